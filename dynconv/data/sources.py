@@ -1,0 +1,249 @@
+"""Dataset sources: find the layout of a dataset root, read its splits, and validate every entry.
+
+Two layouts are supported, and detected from what lies in the root:
+
+* **txt** (the seed's ImageNet-mini layout): ``ROOT/{train,val,test}.txt``, each line
+  ``RELATIVE/PATH LABEL`` with the path relative to ROOT, e.g. ``images/n01532829/n01532829_1234.JPEG 17``.
+  Blank lines and lines starting with ``#`` are ignored. An optional ``ROOT/classes.txt`` (one class
+  name per line, line *i* naming label *i*) fixes the number of classes; without it the number of
+  classes is ``max label + 1`` over all splits.
+* **folder**: ``ROOT/{train,val,test}/<class name>/*.{jpg,jpeg,png}`` (any case). Class names are the
+  sorted directory names under ``train/``, and a class's label is its index in that order (as
+  torchvision's ``ImageFolder`` does).
+
+Every check that can be made without decoding images is made here, so that a bad list fails in
+well under a second, with a one-line :class:`DataError` naming the file and line, before any work.
+Decoding problems (unreadable, truncated or non-image files) are found later, by the cache builder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from dynconv.errors import DynconvError
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+CLASSES_FILE = "classes.txt"
+
+
+class DataError(DynconvError):
+    """A problem with a dataset or its cache; the message is one line and names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of a split: where it is, its label, and where it was listed (for error messages)."""
+
+    rel: str  # path relative to the root, with forward slashes
+    label: int
+    origin: str  # "LIST:LINE" for the txt layout, the image path for the folder layout
+
+
+@dataclass
+class DatasetSource:
+    """A validated dataset: its layout, the entries of every split, and its classes."""
+
+    root: Path
+    layout: str  # "txt" or "folder"
+    splits: dict[str, list[Entry]]
+    num_classes: int
+    class_names: list[str] | None
+    list_digests: dict[str, str] = field(default_factory=dict)  # split -> sha256 of its list/listing
+
+    def path(self, entry: Entry) -> Path:
+        """The file of an entry."""
+        return self.root / entry.rel
+
+
+def one_line(text: object) -> str:
+    """Collapse a message (e.g. an exception's text) to one line, so errors never span lines."""
+    return " ".join(str(text).split())
+
+
+def load_source(root: Path, num_classes: int | None = None) -> DatasetSource:
+    """Detect the layout of ``root``, read all three splits and validate them.
+
+    ``num_classes``, when given (e.g. from a job spec), is checked against the dataset: labels must be
+    below it and every class must have a training image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist or is not a directory")
+    layout = detect_layout(root)
+    source = _load_txt(root, num_classes) if layout == "txt" else _load_folder(root, num_classes)
+    _check_classes(source)
+    return source
+
+
+def detect_layout(root: Path) -> str:
+    """``"txt"`` when any split list exists in ``root``, ``"folder"`` when ``root/train`` is a directory."""
+    if any((root / f"{split}.txt").exists() for split in SPLITS):
+        return "txt"
+    if (root / "train").is_dir():
+        return "folder"
+    raise DataError(
+        f"{root}: no dataset found: expected split lists {root}/train.txt, val.txt, test.txt "
+        f"(ImageNet-mini layout) or folders {root}/train/<class>/, val/, test/ (folder layout)"
+    )
+
+
+# --------------------------------------------------------------------------- txt layout
+
+
+def _load_txt(root: Path, num_classes: int | None) -> DatasetSource:
+    declared = _read_classes_file(root)
+    if declared is not None and num_classes is not None and len(declared) != num_classes:
+        raise DataError(
+            f"{root / CLASSES_FILE}: lists {len(declared)} classes but {num_classes} were expected"
+        )
+    limit = num_classes if num_classes is not None else (len(declared) if declared is not None else None)
+    splits: dict[str, list[Entry]] = {}
+    digests: dict[str, str] = {}
+    for split in SPLITS:
+        list_path = root / f"{split}.txt"
+        if not list_path.is_file():
+            raise DataError(f"{list_path}: missing split list (the {split} split needs {split}.txt)")
+        data = list_path.read_bytes()
+        digests[split] = hashlib.sha256(data).hexdigest()
+        splits[split] = _parse_list(list_path, data, limit)
+    inferred = 1 + max(e.label for entries in splits.values() for e in entries)
+    count = limit if limit is not None else inferred
+    names = declared if declared is not None else _names_from_dirs(splits, count)
+    return DatasetSource(root, "txt", splits, count, names, digests)
+
+
+def _read_classes_file(root: Path) -> list[str] | None:
+    path = root / CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {one_line(exc)}") from None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise DataError(f"{path}: no class names (one name per line, line i names label i)")
+    dup = [n for n, c in Counter(names).items() if c > 1]
+    if dup:
+        raise DataError(f"{path}: class name {dup[0]!r} appears more than once")
+    return names
+
+
+def _parse_list(list_path: Path, data: bytes, limit: int | None) -> list[Entry]:
+    """Parse and check one split list; every error names ``list_path:line``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{list_path}: not UTF-8 text ({one_line(exc)})") from None
+    entries: list[Entry] = []
+    first_seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{list_path}:{lineno}"
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{where}: malformed line {line!r}: expected 'RELATIVE/PATH LABEL'")
+        rel_text, label_text = parts
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise DataError(f"{where}: label {label_text!r} is not an integer") from None
+        if label < 0:
+            raise DataError(f"{where}: label {label} is negative")
+        if limit is not None and label >= limit:
+            raise DataError(f"{where}: label {label} is out of range (the dataset has {limit} classes)")
+        rel = _safe_relative(rel_text, where)
+        if rel in first_seen:
+            raise DataError(
+                f"{where}: duplicate entry {rel!r} (first listed at {list_path}:{first_seen[rel]})"
+            )
+        first_seen[rel] = lineno
+        entries.append(Entry(rel, label, f"{list_path.name}:{lineno}"))
+    if not entries:
+        raise DataError(f"{list_path}: the {list_path.stem} split is empty (no entries)")
+    return entries
+
+
+def _safe_relative(rel_text: str, where: str) -> str:
+    """Normalise a listed path; reject absolute paths and paths that leave the root."""
+    text = rel_text.replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        raise DataError(f"{where}: absolute path {rel_text!r}: paths must be relative to the dataset root")
+    parts: list[str] = []
+    for part in PurePosixPath(text).parts:
+        if part == "..":
+            if not parts:
+                raise DataError(f"{where}: path {rel_text!r} escapes the dataset root")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    if not parts:
+        raise DataError(f"{where}: empty path {rel_text!r}")
+    return "/".join(parts)
+
+
+def _names_from_dirs(splits: dict[str, list[Entry]], count: int) -> list[str]:
+    """Class names from image directories when every label lives in exactly one, distinct, directory."""
+    dirs: dict[int, set[str]] = {}
+    for entries in splits.values():
+        for e in entries:
+            dirs.setdefault(e.label, set()).add(PurePosixPath(e.rel).parent.name)
+    names = [next(iter(dirs[k])) if len(dirs.get(k, ())) == 1 else "" for k in range(count)]
+    if all(names) and len(set(names)) == count:
+        return names
+    return [str(k) for k in range(count)]
+
+
+# ------------------------------------------------------------------------ folder layout
+
+
+def _load_folder(root: Path, num_classes: int | None) -> DatasetSource:
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            raise DataError(f"{root / split}: missing split folder (folder layout needs train/, val/, test/)")
+    names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"{root / 'train'}: no class folders (expected train/<class name>/*.jpg)")
+    if num_classes is not None and len(names) != num_classes:
+        raise DataError(f"{root / 'train'}: has {len(names)} class folders but {num_classes} were expected")
+    index = {name: k for k, name in enumerate(names)}
+    splits: dict[str, list[Entry]] = {}
+    digests: dict[str, str] = {}
+    for split in SPLITS:
+        entries: list[Entry] = []
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            if class_dir.name.startswith("."):
+                continue
+            if class_dir.name not in index:
+                raise DataError(f"{class_dir}: class {class_dir.name!r} has no folder in train/")
+            for name in sorted(os.listdir(class_dir)):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                    rel = f"{split}/{class_dir.name}/{name}"
+                    entries.append(Entry(rel, index[class_dir.name], str(root / rel)))
+        if not entries:
+            raise DataError(f"{root / split}: the {split} split is empty (no .jpg/.jpeg/.png images)")
+        listing = "\n".join(f"{e.rel} {e.label}" for e in entries).encode()
+        digests[split] = hashlib.sha256(listing).hexdigest()
+        splits[split] = entries
+    return DatasetSource(root, "folder", splits, len(names), names, digests)
+
+
+# ------------------------------------------------------------------------------ classes
+
+
+def _check_classes(source: DatasetSource) -> None:
+    """Every class from 0 to num_classes-1 needs at least one training image."""
+    seen = {e.label for e in source.splits["train"]}
+    for k in range(source.num_classes):
+        if k not in seen:
+            name = source.class_names[k] if source.class_names else str(k)
+            name = f" ({name!r})" if name != str(k) else ""
+            where = source.root / ("train.txt" if source.layout == "txt" else "train")
+            raise DataError(f"{where}: class {k}{name} has no training images")

@@ -1,0 +1,268 @@
+"""`dynconv rerun RUN_OR_STUDY`: rebuild a trial's exact configuration from MLflow and train it locally.
+
+The configuration comes from the trial's checkpoint artifact, whose `spec` field is the whole JobSpec
+with the trial's searched values already applied (model and its arguments, every `train.*` value,
+data settings, seed); it is checked against the parameters the trial logged. No YAML file and no Ray:
+the run trains in this process through `LocalSession`, is evaluated over the channel subsets with the
+same code as `dynconv evaluate`, and lands in MLflow as a new run (`dynconv.role=rerun`,
+`dynconv.rerun_of=<original run id>`) in the original's experiment, nested under the same study.
+Finally the original and the rerun are printed side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynconv import tracking
+from dynconv.errors import DynconvError
+from dynconv.evaluate import (
+    RUN_ID_PATTERN,
+    TAG_DYNAMIC,
+    TAG_MODEL,
+    TAG_SOURCE_RUN,
+    Evaluation,
+    SpeedConfig,
+    create_child_run,
+    evaluate_model,
+    find_study_run,
+    get_run,
+    list_trials,
+    load_checkpoint,
+    log_evaluation,
+    model_from_checkpoint,
+    print_evaluation,
+    resolve_tracking_uri,
+    search_runs,
+    select_trials,
+)
+
+TAG_RERUN_OF = "dynconv.rerun_of"
+
+
+@dataclass
+class RerunResult:
+    """What a rerun produced."""
+
+    run_id: str
+    original_run_id: str
+    spec: Any
+    history: list[dict[str, float]]
+    evaluation: Evaluation | None
+    notes: list[str]
+
+
+def resolve_trial(uri: str, run: str) -> Any:
+    """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial,
+    an evaluation run id -> the trial it evaluated."""
+    if RUN_ID_PATTERN.match(run):
+        found = None
+        with contextlib.suppress(DynconvError):
+            found = get_run(uri, run)
+        if found is not None:
+            role = found.data.tags.get(tracking.TAG_ROLE)
+            if role in ("trial", "rerun"):
+                return found
+            if role == "evaluation":
+                return get_run(uri, found.data.tags.get(TAG_SOURCE_RUN, ""))
+    parent = find_study_run(uri, run)
+    study = parent.data.tags.get(tracking.TAG_STUDY, run)
+    best = select_trials(list_trials(uri, parent), 1, study)[0]
+    return get_run(uri, best.run_id)
+
+
+def spec_from_checkpoint(state: dict[str, Any], run_id: str):
+    """The JobSpec stored in a checkpoint, validated (one-line error when it no longer validates)."""
+    from dynconv.spec import parse_spec
+
+    if not isinstance(state.get("spec"), dict):
+        raise DynconvError(f"checkpoint of run {run_id} carries no job spec")
+    return parse_spec(state["spec"], source=f"checkpoint of run {run_id}")
+
+
+def with_epochs(spec, epochs: int | None) -> tuple[Any, list[str]]:
+    """The spec with `train.epochs` overridden; warm-up and ASHA grace are shortened to fit. (spec, notes)."""
+    from dynconv.spec import parse_spec
+
+    if epochs is None or epochs == spec.train.epochs:
+        return spec, []
+    if epochs < 1:
+        raise DynconvError(f"--epochs must be at least 1, got {epochs}")
+    data = spec.to_json_dict()
+    notes = [f"epochs overridden: {spec.train.epochs} -> {epochs}"]
+    data["train"]["epochs"] = epochs
+    warmup = data["train"]["schedule"]["warmup_epochs"]
+    if epochs > 1 and warmup >= epochs:
+        data["train"]["schedule"]["warmup_epochs"] = epochs - 1
+        notes.append(f"warm-up shortened to fit: {warmup} -> {epochs - 1} epochs")
+    if data["scheduler"]["grace_period"] > epochs:
+        data["scheduler"]["grace_period"] = epochs  # unused by a local rerun, but must validate
+    return parse_spec(data, source="rerun"), notes
+
+
+def spec_params(spec) -> dict[str, Any]:
+    """The params a trial run logs for its spec (same keys, so the UI can compare them column by column)."""
+    from dynconv.tune.trial import flat_spec
+
+    searched = {k: getattr(spec.train, k) for k in spec.search.space}
+    return {**searched, "model": spec.model.name, **flat_spec(spec)}
+
+
+def check_against_logged(spec, logged: dict[str, str]) -> list[str]:
+    """Differences between the rebuilt configuration and the params the original run logged."""
+    diffs = []
+    for key, value in spec_params(spec).items():
+        if key in logged and str(value)[:6000] != logged[key] and key != "train.epochs":
+            diffs.append(f"{key}: logged {logged[key]!r}, rebuilt {value!r}")
+    return diffs
+
+
+def setting_notes(spec, device) -> list[str]:
+    """Where a local rerun necessarily differs from how the original trained (said, not hidden)."""
+    notes = []
+    workers, batch = spec.resources.workers_per_trial, spec.train.batch_size
+    if workers > 1:
+        notes.append(
+            f"the original trained on {workers} DDP workers (global batch {workers * batch}); this rerun is "
+            f"one process (batch {batch}), so its curves can differ"
+        )
+    if spec.resources.gpu and device.type != "cuda":
+        notes.append(
+            f"the original trained on GPU workers (bf16 autocast); this rerun runs on {device} in fp32"
+        )
+    return notes
+
+
+def _original_evaluation(uri: str, original) -> dict[str, float]:
+    """Metrics of the newest evaluation of the original run (empty when it was never evaluated)."""
+    runs = search_runs(
+        uri,
+        f"tags.`dynconv.role` = 'evaluation' and tags.`{TAG_SOURCE_RUN}` = '{original.info.run_id}'",
+        [original.info.experiment_id],
+    )
+    return dict(runs[0].data.metrics) if runs else {}
+
+
+def _history(uri: str, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in tracking.client(uri).get_metric_history(run_id, key)}
+
+
+def format_side_by_side(uri: str, original, rerun_id: str, ev: Evaluation | None) -> str:
+    """Validation accuracy per epoch and test accuracy per subset, original next to rerun."""
+    orig, new = _history(uri, original.info.run_id, "val_acc"), _history(uri, rerun_id, "val_acc")
+    lines = ["epoch  original val_acc  rerun val_acc  difference"]
+    for epoch in sorted(set(orig) | set(new)):
+        a, b = orig.get(epoch), new.get(epoch)
+        diff = f"{b - a:+.4f}" if a is not None and b is not None else "-"
+        lines.append(f"{epoch:>5}  {_f(a):>16}  {_f(b):>13}  {diff:>10}")
+    if ev is not None:
+        o_metrics = _original_evaluation(uri, original)
+        lines.append("")
+        lines.append("subset  original test acc  rerun test acc  [95% CI]")
+        for r in ev.results:
+            lines.append(
+                f"{r.subset:<6}  {_f(o_metrics.get(f'acc_{r.subset}')):>17}  {_f(r.accuracy):>14}  "
+                f"[{r.acc_low:.4f}, {r.acc_high:.4f}]"
+            )
+        if not o_metrics:
+            lines.append(
+                "(the original run has no evaluation; run `dynconv evaluate` on its study to compare)"
+            )
+    return "\n".join(lines)
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def rerun(
+    run: str,
+    epochs: int | None = None,
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    subsets: Sequence[str] | None = None,
+    speed: SpeedConfig | None = None,
+    file=None,
+) -> RerunResult:
+    """Retrain the configuration of `run` (a trial run id, or a study whose best trial is taken) locally."""
+    import torch
+
+    from dynconv.data.channels import parse_subsets
+    from dynconv.datasets import prepare_for_spec
+    from dynconv.train.loop import fit
+    from dynconv.train.session import LocalSession, default_device
+
+    out = file or sys.stdout
+    names = parse_subsets(list(subsets)) if subsets is not None else None  # bad names fail before training
+    uri = resolve_tracking_uri(tracking_uri)
+    original = resolve_trial(uri, run)
+    oid = original.info.run_id
+    state = load_checkpoint(uri, oid)
+    spec, notes = with_epochs(spec_from_checkpoint(state, oid), epochs)
+    diffs = check_against_logged(spec, dict(original.data.params))
+    if diffs:
+        notes.append("the checkpoint's configuration differs from the logged params: " + "; ".join(diffs))
+    dev = default_device(device)
+    notes += setting_notes(spec, dev)
+    data = prepare_for_spec(spec, progress=False)
+
+    tags = {
+        tracking.TAG_ROLE: "rerun",
+        TAG_RERUN_OF: oid,
+        tracking.TAG_STUDY: original.data.tags.get(tracking.TAG_STUDY, spec.study),
+        TAG_MODEL: spec.model.name,
+    }
+    parent = original.data.tags.get(tracking.TAG_PARENT)
+    name = f"rerun-{original.info.run_name or oid[:8]}"
+    if parent:
+        run_id = create_child_run(uri, original.info.experiment_id, parent, name, tags)
+    else:
+        run_id = (
+            tracking.client(uri).create_run(original.info.experiment_id, run_name=name, tags=tags).info.run_id
+        )
+    tracking.log_params(uri, run_id, {**spec_params(spec), "rerun_of": oid, "device": str(dev)})
+    print(
+        f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
+        f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
+        "configuration rebuilt from the run's checkpoint",
+        file=out,
+    )
+    for note in notes:
+        print(f"note: {note}", file=out)
+
+    def on_report(metrics: dict[str, float], _state: dict[str, Any]) -> None:
+        tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
+
+    session = LocalSession(device=dev, on_report=on_report)
+    try:
+        fit(spec, session, data)
+    except KeyboardInterrupt:
+        tracking.end_run(uri, run_id, "KILLED")
+        raise
+    except Exception:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+
+    final = session.last_state
+    ev = None
+    if final is not None:
+        with tempfile.TemporaryDirectory(prefix="dynconv_rerun_") as tmp:
+            path = Path(tmp) / "state.pt"
+            torch.save(final, path)
+            tracking.log_artifact(uri, run_id, path, "checkpoint")
+        model = model_from_checkpoint(final, run_id)
+        ev = evaluate_model(
+            model, data, names or spec.evaluate.subsets, spec.evaluate.split, dev, speed=speed
+        )
+        tracking.set_tags(uri, run_id, {TAG_DYNAMIC: str(ev.dynamic).lower()})
+        log_evaluation(uri, run_id, ev, f"rerun of {original.info.run_name}")
+        print_evaluation(ev, f"Rerun {run_id}: {spec.evaluate.split} split", file=out)
+    tracking.end_run(uri, run_id, "FINISHED")
+    print("\nOriginal vs rerun\n" + format_side_by_side(uri, original, run_id, ev), file=out)
+    return RerunResult(run_id, oid, spec, session.history, ev, notes)

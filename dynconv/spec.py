@@ -1,0 +1,334 @@
+"""The job spec: one validated, frozen object built from a `tune_jobs/*.yaml` file.
+
+Every layer (study driver, trial driver, training workers, evaluation, rerun) receives this object or
+its JSON form; there are no hidden defaults deeper down. Unknown keys, wrong types, empty or inverted
+ranges and unknown model names are reported as one line naming the file and the key, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynconv.errors import DynconvError
+
+SUBSET_NAMES = ("RGB", "RG", "RB", "GB", "R", "G", "B")
+
+
+class SpecError(DynconvError, ValueError):
+    """A job spec that does not validate."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which registered model to build and with which constructor arguments."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from dynconv.models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+        return name
+
+
+class SyntheticSpec(_Strict):
+    """Settings of the embedded synthetic dataset, written on first use when `data.root` is not set."""
+
+    dir: str = "data/synthetic"
+    classes: int = Field(10, ge=2)
+    per_class: int = Field(200, ge=10)
+    size: int = Field(84, ge=16)
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    """Where the images come from and how they are cached."""
+
+    root: str | None = None
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    image_size: int = Field(84, ge=8, le=1024)
+    cache_dir: str | None = None
+    skip_bad: bool = False
+
+
+class ScheduleSpec(_Strict):
+    """Learning-rate schedule: linear warm-up then cosine decay (or constant)."""
+
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainSpec(_Strict):
+    """Per-trial training settings. `lr` and `augment_strength` are the defaults the search overrides."""
+
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="per worker")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment_strength: float = Field(0.5, ge=0, le=1)
+    channel_drop: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.schedule.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be < epochs ({self.epochs})"
+            )
+        return self
+
+
+class ParamSpec(_Strict):
+    """One searched dimension. `low`/`high` for (log)uniform, `values` for choice."""
+
+    type: Literal["loguniform", "uniform", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> ParamSpec:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("choice needs a non-empty 'values' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"empty or inverted range: low={self.low} must be < high={self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        return self
+
+
+REQUIRED_SEARCH_KEYS = ("lr", "augment_strength")
+
+
+class SearchSpec(_Strict):
+    """The search: which `train.*` fields are searched and how many trials run."""
+
+    space: dict[str, ParamSpec]
+    algorithm: Literal["tpe", "random"] = "tpe"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    seed: int = 0
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+
+    @field_validator("space")
+    @classmethod
+    def _space_keys(cls, space: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        missing = [k for k in REQUIRED_SEARCH_KEYS if k not in space]
+        if missing:
+            raise ValueError(f"search.space must include {', '.join(missing)}")
+        searchable = {
+            name
+            for name, field in TrainSpec.model_fields.items()
+            if field.annotation in (float, int, "float", "int")
+        }
+        for key in space:
+            if key not in searchable:
+                raise ValueError(f"{key!r} is not a numeric train field; searchable: {sorted(searchable)}")
+        return space
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping of weak trials. ASHA's time unit is the reported `epoch` (monotonic across restarts)."""
+
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class ResourcesSpec(_Strict):
+    """What one trial occupies: a driver (Tune trial actor) plus `workers_per_trial` DDP workers."""
+
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpu: bool = False
+    driver_cpus: float = Field(0.25, gt=0)
+    driver_resource: str | None = Field(
+        None, description="custom resource (e.g. 'trial_driver') that keeps trial drivers on the head node"
+    )
+
+
+class MlflowSpec(_Strict):
+    """Tracking store. `tracking_uri` unset: $MLFLOW_TRACKING_URI, else ./mlflow.db (embedded sqlite)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+class FailureSpec(_Strict):
+    """Retries: a trial (Tune) and a worker group within a trial (Train), each resuming from checkpoints."""
+
+    trial_max_failures: int = Field(1, ge=0)
+    worker_max_failures: int = Field(2, ge=0)
+
+
+class EvaluateSpec(_Strict):
+    """Channel-subset evaluation run at the end of a study."""
+
+    enabled: bool = True
+    top_k: int = Field(1, ge=1)
+    subsets: list[str] = Field(default_factory=lambda: list(SUBSET_NAMES))
+    split: Literal["train", "val", "test"] = "test"
+
+    @field_validator("subsets")
+    @classmethod
+    def _known_subsets(cls, subsets: list[str]) -> list[str]:
+        bad = [s for s in subsets if s not in SUBSET_NAMES]
+        if bad or not subsets:
+            raise ValueError(f"unknown subset(s) {bad or subsets}; valid: {', '.join(SUBSET_NAMES)}")
+        return subsets
+
+
+class JobSpec(_Strict):
+    """A whole study, as written in a tune_jobs/*.yaml file."""
+
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec
+    search: SearchSpec
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    storage_path: str = "ray_results"
+
+    @model_validator(mode="after")
+    def _grace_fits(self) -> JobSpec:
+        if self.scheduler.name == "asha" and self.scheduler.grace_period > self.train.epochs:
+            raise ValueError(
+                f"scheduler.grace_period ({self.scheduler.grace_period}) exceeds "
+                f"train.epochs ({self.train.epochs})"
+            )
+        return self
+
+    # -- derived values: computed here once so every layer agrees -------------------------------------------
+
+    @property
+    def experiment(self) -> str:
+        """MLflow experiment name (defaults to the study name)."""
+        return self.mlflow.experiment or self.study
+
+    def tracking_uri(self) -> str:
+        """Resolved MLflow tracking URI: spec, then $MLFLOW_TRACKING_URI, then ./mlflow.db (absolute)."""
+        uri = self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        return absolute_tracking_uri(uri or "sqlite:///mlflow.db")
+
+    def storage_uri(self) -> str:
+        """Absolute Ray storage path (cloud URIs are passed through)."""
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(self.storage_path).expanduser().resolve())
+
+    def with_params(self, params: dict[str, Any]) -> JobSpec:
+        """A copy with searched `train.*` values applied, validated again."""
+        data = self.model_dump(mode="json")
+        for key, value in params.items():
+            if key not in self.search.space and key not in data["train"]:
+                raise SpecError(f"unknown trial parameter {key!r}")
+            data["train"][key] = value
+        return JobSpec.model_validate(data)
+
+    def resolved(self) -> JobSpec:
+        """A copy with every path and the tracking URI made absolute against the current directory.
+
+        Done once in the study driver: Ray runs trial actors and workers in other working directories,
+        where a relative `ray_results` or `data/synthetic` would point somewhere else.
+        """
+        data = self.model_dump(mode="json")
+
+        def absolute(p: str | None) -> str | None:
+            return None if p is None or "://" in p else str(Path(p).expanduser().resolve())
+
+        data["storage_path"] = self.storage_uri()
+        data["mlflow"]["tracking_uri"] = self.tracking_uri()
+        for key in ("root", "cache_dir"):
+            data["data"][key] = absolute(data["data"][key])
+        data["data"]["synthetic"]["dir"] = absolute(data["data"]["synthetic"]["dir"])
+        return JobSpec.model_validate(data)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict, the form that travels to Ray workers and into MLflow and checkpoints."""
+        return self.model_dump(mode="json")
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Make a relative sqlite/file store absolute: Ray workers run in other working directories."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_spec(data: dict[str, Any], source: str = "<spec>") -> JobSpec:
+    """Validate a dict into a JobSpec, turning pydantic's report into one line naming file and keys."""
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(source, err)) from None
+
+
+def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int | None = None) -> JobSpec:
+    """Read a YAML job spec, apply `--set key=value` overrides, validate."""
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec must be a mapping of sections")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    if num_samples is not None:
+        _set_dotted(data, "search.num_samples", num_samples)
+    return parse_spec(data, source=str(path))

@@ -1,0 +1,192 @@
+"""MLflow layout of a study: a parent run per study; nested child runs per trial, evaluation and rerun.
+
+Everything goes through `MlflowClient` with explicit run ids, never the process-global active run, because
+the parent is written by the study driver, children by Tune trial actors and epoch metrics by Ray Train's
+rank-0 worker, each in its own process and working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from dynconv.errors import DynconvError
+
+TAG_ROLE = "dynconv.role"  # study | trial | evaluation | rerun
+TAG_STUDY = "dynconv.study"
+TAG_TRIAL_ID = "dynconv.trial_id"
+TAG_TUNE_PATH = "dynconv.tune_path"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+
+def client(tracking_uri: str):
+    """An MlflowClient bound to `tracking_uri` (import deferred: mlflow is slow to import)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def artifact_root(tracking_uri: str, experiment: str) -> str | None:
+    """Absolute artifact location for local sqlite/file stores (None: let the server decide)."""
+    if tracking_uri.startswith("sqlite:///"):
+        base = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
+    elif tracking_uri.startswith("file://"):
+        return None
+    else:
+        return None
+    return (base / experiment).resolve().as_uri()
+
+
+def check_tracking_store(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when the tracking store cannot be used, before any training starts."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise DynconvError(f"MLflow tracking server {tracking_uri} answered HTTP {resp.status}")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise DynconvError(f"MLflow tracking server {tracking_uri} is unreachable ({reason})") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        _check_writable_dir(db.parent, "MLflow store directory")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".dynconv_write_probe_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise DynconvError(f"{what} {path} is not writable ({err.strerror or err})") from None
+
+
+def check_storage_path(storage: str) -> None:
+    """The Ray storage path must be writable (cloud URIs are checked by Ray itself)."""
+    if "://" not in storage:
+        _check_writable_dir(Path(storage), "Ray storage path")
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """Experiment id for `name`, created with an absolute artifact location when missing."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_root(tracking_uri, name))
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_runs(tracking_uri: str, experiment_id: str, **tags: str) -> list[Any]:
+    """Runs of an experiment carrying all the given `dynconv.*` tags, newest first."""
+    filt = " and ".join(f"tags.`dynconv.{k}` = '{v}'" for k, v in tags.items())
+    return client(tracking_uri).search_runs(
+        [experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1000
+    )
+
+
+def start_study_run(tracking_uri: str, experiment_id: str, study: str, params: dict[str, Any]) -> str:
+    """A new parent run for one study."""
+    c = client(tracking_uri)
+    run = c.create_run(experiment_id, run_name=study, tags={TAG_ROLE: "study", TAG_STUDY: study})
+    log_params(tracking_uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def ensure_child_run(
+    tracking_uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    role: str,
+    key: str,
+    run_name: str,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, bool]:
+    """The child run of `parent_run_id` whose `dynconv.trial_id` tag is `key`, created if missing.
+
+    Returns (run_id, created). A restarted trial finds and continues its run instead of duplicating it.
+    """
+    c = client(tracking_uri)
+    existing = [
+        r
+        for r in find_runs(tracking_uri, experiment_id, role=role, trial_id=key)
+        if r.data.tags.get(TAG_PARENT) == parent_run_id
+    ]
+    if existing:
+        run_id = existing[0].info.run_id
+        if existing[0].info.status != "RUNNING":
+            c.update_run(run_id, status="RUNNING")
+        return run_id, False
+    all_tags = {TAG_ROLE: role, TAG_TRIAL_ID: key, TAG_PARENT: parent_run_id, **(tags or {})}
+    run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id, True
+
+
+def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log params, skipping those already logged with the same value (MLflow forbids changing one)."""
+    from mlflow.entities import Param
+
+    c = client(tracking_uri)
+    have = c.get_run(run_id).data.params
+    fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    for i in range(0, len(fresh), 100):
+        c.log_batch(run_id, params=fresh[i : i + 100])
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Numeric metrics at `step` (non-numeric values are ignored)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if batch:
+        client(tracking_uri).log_batch(run_id, metrics=batch)
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    c = client(tracking_uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client(tracking_uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a run FINISHED, FAILED or KILLED."""
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> None:
+    """Run the MLflow UI on the study store in the foreground (Ctrl-C stops it)."""
+    from dynconv.spec import absolute_tracking_uri
+
+    uri = absolute_tracking_uri(
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    )
+    exe = shutil.which("mlflow")
+    if exe is None:
+        raise DynconvError(
+            "the 'mlflow' command is not on PATH; activate the environment dynconv is installed in"
+        )
+    print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    subprocess.run([exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], check=False)

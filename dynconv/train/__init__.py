@@ -1,0 +1,6 @@
+"""Training: one Ray-free loop (`fit`) driven through a `Session` (local process or Ray Train worker)."""
+
+from dynconv.train.loop import fit
+from dynconv.train.session import LocalSession, Session
+
+__all__ = ["LocalSession", "Session", "fit"]

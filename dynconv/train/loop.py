@@ -1,0 +1,230 @@
+"""The per-worker training loop: data shard → model → optimizer → one report (metrics + checkpoint) per epoch.
+
+Ray-free on purpose: it runs the same under a Ray Train worker, in a plain process and in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynconv.data.augment import BatchAugment, normalize
+from dynconv.data.cache import PreparedData
+from dynconv.data.channels import channel_drop
+from dynconv.data.loader import ShardedBatches
+from dynconv.models import create_model
+from dynconv.spec import JobSpec
+from dynconv.train.optim import build_optimizer, build_scheduler
+from dynconv.train.session import Session
+
+CHECKPOINT_FORMAT = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
+    """The spec's model for a dataset with `num_classes` classes."""
+    return create_model(spec.model.name, num_classes=num_classes, **spec.model.args)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (bf16 convolutions are slower than fp32 on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class _Sums:
+    """Per-rank running sums, all-reduced into epoch metrics."""
+
+    loss: float = 0.0
+    top1: float = 0.0
+    top5: float = 0.0
+    count: float = 0.0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        n = y.numel()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hit = topk.eq(y[:, None])
+        self.loss += float(loss) * n
+        self.top1 += float(hit[:, 0].sum())
+        self.top5 += float(hit.any(dim=1).sum())
+        self.count += n
+
+    def reduce(self, session: Session) -> dict[str, float]:
+        t = torch.tensor([self.loss, self.top1, self.top5, self.count], dtype=torch.float64)
+        t = session.all_reduce_sum(t.to(session.device)).cpu()
+        loss, top1, top5, count = t.tolist()
+        count = max(count, 1.0)
+        return {"loss": loss / count, "acc": top1 / count, "top5": top5 / count, "count": count}
+
+
+def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: ShardedBatches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    spec: JobSpec,
+    session: Session,
+    generator: torch.Generator,
+    dynamic: bool,
+) -> dict[str, float]:
+    """One pass over this rank's training shard; returns metrics summed over ranks."""
+    model.train()
+    augment = BatchAugment(spec.train.augment_strength)
+    channels_last = session.device.type == "cuda"
+    sums = _Sums()
+    for x_u8, y in batches:
+        x = augment(normalize(x_u8, session.device), generator=generator)
+        y = y.to(session.device, non_blocking=True)
+        mask = None
+        if spec.train.channel_drop > 0:
+            x, mask = channel_drop(x, spec.train.channel_drop, generator=generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(session.device):
+            logits = model(x, channels=mask) if (dynamic and mask is not None) else model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sums.add(logits.detach().float(), y, loss.detach())
+    return sums.reduce(session)
+
+
+@torch.no_grad()
+def evaluate_epoch(model: nn.Module, batches: ShardedBatches, session: Session) -> dict[str, float]:
+    """Loss, top-1 and top-5 over this rank's shard of an evaluation split, summed over ranks."""
+    model.eval()
+    sums = _Sums()
+    for x_u8, y in batches:
+        x = normalize(x_u8, session.device)
+        y = y.to(session.device, non_blocking=True)
+        if session.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(session.device):
+            logits = model(x).float()
+        sums.add(logits, y, F.cross_entropy(logits, y))
+    return sums.reduce(session)
+
+
+def checkpoint_state(
+    spec: JobSpec,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    num_classes: int,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """Everything needed to resume training or rebuild the model alone (weights_only-loadable)."""
+    plain = unwrap(model)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model": plain.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "spec": spec.to_json_dict(),
+        "model_name": spec.model.name,
+        "model_args": dict(spec.model.args),
+        "num_classes": num_classes,
+        "metrics": dict(metrics),
+    }
+
+
+def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]:
+    """Train `spec` on `data` through `session`; returns the last epoch's metrics.
+
+    Resumes from `session.load_checkpoint()` when there is one. Seeds are derived from
+    `spec.train.seed`, the rank and the epoch, so a resumed run draws the same augmentations
+    as an uninterrupted one from the resumed epoch on.
+    """
+    torch.set_float32_matmul_precision("high")
+    seed = spec.train.seed
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    model = build_model(spec, data.num_classes)
+    dynamic = bool(getattr(model, "dynamic", False))
+    if session.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = session.prepare_model(model)
+    if spec.train.compile:
+        model = torch.compile(model)
+
+    train_split, val_split = data.split("train"), data.split("val")
+    train_batches = ShardedBatches(
+        train_split.images,
+        train_split.labels,
+        spec.train.batch_size,
+        rank=session.rank,
+        world_size=session.world_size,
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+    )
+    val_batches = ShardedBatches(
+        val_split.images,
+        val_split.labels,
+        spec.train.batch_size * 2,
+        rank=session.rank,
+        world_size=session.world_size,
+        shuffle=False,
+        drop_last=False,
+    )
+    optimizer = build_optimizer(spec.train, model)
+    scheduler = build_scheduler(spec.train, optimizer, len(train_batches))
+
+    start_epoch = 0
+    resumed = session.load_checkpoint()
+    if resumed is not None:
+        unwrap(model).load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        start_epoch = int(resumed["epoch"])
+
+    metrics: dict[str, float] = dict(resumed["metrics"]) if resumed is not None else {}
+    for epoch in range(start_epoch, spec.train.epochs):
+        t0 = time.perf_counter()
+        train_batches.set_epoch(epoch)
+        gen = _seeded_generator(session.device, seed * 1_000_003 + epoch * 1009 + session.rank)
+        tr = train_epoch(model, train_batches, optimizer, scheduler, spec, session, gen, dynamic)
+        train_seconds = time.perf_counter() - t0
+        va = evaluate_epoch(model, val_batches, session)
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": va["loss"],
+            "val_acc": va["acc"],
+            "val_top5": va["top5"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": seconds,
+            "train_images_per_second": tr["count"] / train_seconds,
+            "world_size": session.world_size,
+        }
+        state = checkpoint_state(spec, model, optimizer, scheduler, epoch + 1, data.num_classes, metrics)
+        session.report(metrics, state)
+    return metrics

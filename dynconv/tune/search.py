@@ -1,0 +1,80 @@
+"""Spec → Ray Tune objects, in one place: the search space, the searcher and the trial scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynconv.spec import JobSpec, ParamSpec
+
+
+def tune_domain(param: ParamSpec) -> Any:
+    """The Ray Tune sampling domain for one searched parameter."""
+    from ray import tune
+
+    if param.type == "loguniform":
+        return tune.loguniform(param.low, param.high)
+    if param.type == "uniform":
+        return tune.uniform(param.low, param.high)
+    return tune.choice(list(param.values or []))
+
+
+def param_space(spec: JobSpec) -> dict[str, Any]:
+    """Searched `train.*` fields → Tune domains; keys are train field names (lr, augment_strength, ...)."""
+    return {key: tune_domain(p) for key, p in spec.search.space.items()}
+
+
+def describe_space(spec: JobSpec) -> dict[str, str]:
+    """Human-readable search space, logged as params of the study's parent run."""
+    out = {}
+    for key, p in spec.search.space.items():
+        rng = f"{p.values}" if p.type == "choice" else f"[{p.low:g}, {p.high:g}]"
+        out[f"space.{key}"] = f"{p.type}{rng}"
+    return out
+
+
+def build_searcher(spec: JobSpec):
+    """Seeded Optuna TPE (or random, the benchmark's baseline) through Ray Tune's OptunaSearch."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = spec.search.seed
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if spec.search.algorithm == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    return OptunaSearch(sampler=sampler)
+
+
+def build_scheduler(spec: JobSpec):
+    """ASHA on the reported `epoch` (monotonic across restarts, unlike `training_iteration`), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.name == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=spec.train.epochs,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def trial_resources(spec: JobSpec) -> dict[str, float]:
+    """Resources of one trial's driver (the Tune trial actor). Its workers are reserved by Ray Train."""
+    res = {"CPU": spec.resources.driver_cpus}
+    if spec.resources.driver_resource:
+        res[spec.resources.driver_resource] = 0.01
+    return res
+
+
+def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float]) -> int:
+    """How many trials fit at once: driver + workers per trial against the cluster's CPUs (and GPUs)."""
+    if spec.search.max_concurrent:
+        return spec.search.max_concurrent
+    r = spec.resources
+    per_trial_cpu = r.driver_cpus + r.workers_per_trial * r.cpus_per_worker
+    fits = int(cluster.get("CPU", 1) // per_trial_cpu)
+    if r.gpu:
+        fits = min(fits, int(cluster.get("GPU", 0) // r.workers_per_trial))
+    return max(1, min(fits, spec.search.num_samples))

@@ -1,0 +1,127 @@
+"""End to end: a 2-trial study, 2 DDP workers per trial, Optuna TPE + ASHA, everything landing in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynconv import tracking
+from dynconv.errors import DynconvError
+from dynconv.spec import parse_spec
+from tests.conftest import tiny_spec_dict
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=None, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    from dynconv.tune.study import run_study
+
+    tmp = tmp_path_factory.mktemp("study")
+    spec = parse_spec(tiny_spec_dict(tmp, tiny_dataset))
+    return spec, run_study(spec)
+
+
+def _children(result, role: str) -> list:
+    runs = tracking.find_runs(result.tracking_uri, result.experiment_id, role=role)
+    return [r for r in runs if r.data.tags.get(tracking.TAG_PARENT) == result.parent_run_id]
+
+
+def test_every_trial_reports_every_epoch_it_ran(study) -> None:
+    spec, result = study
+    assert not result.interrupted
+    assert len(result.trials) == 2
+    client = tracking.client(result.tracking_uri)
+    for trial in result.trials:
+        assert trial.run_id is not None
+        steps = [m.step for m in client.get_metric_history(trial.run_id, "val_acc")]
+        # Contiguous from epoch 1. A trial ASHA stops may log one more epoch than Tune saw: its worker
+        # finishes the epoch in flight before the stop reaches it.
+        assert steps == list(range(1, len(steps) + 1))
+        assert trial.epochs <= len(steps) <= trial.epochs + 1
+        sizes = {m.value for m in client.get_metric_history(trial.run_id, "world_size")}
+        assert sizes == {2.0}, "each trial trains with 2 DDP workers"
+    assert max(t.epochs for t in result.trials) == spec.train.epochs
+
+
+def test_mlflow_holds_parent_and_one_child_per_trial(study) -> None:
+    spec, result = study
+    client = tracking.client(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["space.lr"].startswith("loguniform")
+    assert "best_val_acc" in parent.data.metrics
+    assert [a.path for a in client.list_artifacts(result.parent_run_id)].count("spec.yaml") == 1
+
+    children = _children(result, "trial")
+    assert len(children) == 2, "exactly one MLflow run per trial"
+    by_trial = {t.trial_id: t for t in result.trials}
+    for run in children:
+        trial = by_trial[run.data.tags[tracking.TAG_TRIAL_ID]]
+        assert run.data.metrics["flops"] > 0 and run.data.metrics["params"] > 0
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+            "checkpoint/state.pt"
+        ]
+        expected = "FINISHED" if trial.epochs == spec.train.epochs else "KILLED"
+        assert run.info.status == expected
+
+
+def test_tpe_and_asha_are_the_searcher_and_scheduler(study) -> None:
+    spec, result = study
+    from ray.tune.schedulers import ASHAScheduler
+
+    from dynconv.tune.search import build_scheduler, build_searcher
+
+    assert type(build_searcher(spec)._sampler).__name__ == "TPESampler"
+    scheduler = build_scheduler(spec)
+    assert isinstance(scheduler, ASHAScheduler) and scheduler._time_attr == "epoch"
+    state = Path(result.tune_path)
+    assert list(state.glob("searcher-state-*.pkl")), "Tune saved the Optuna searcher's state"
+    values = [t.params["lr"] for t in result.trials]
+    assert len(set(values)) == 2 and all(0.01 <= v <= 0.2 for v in values)
+
+
+def test_checkpoint_rebuilds_the_model(study) -> None:
+    import torch
+
+    from dynconv.models import create_model
+
+    _, result = study
+    best = result.best
+    path = tracking.client(result.tracking_uri).download_artifacts(best.run_id, "checkpoint/state.pt")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(state["model_name"], num_classes=state["num_classes"], **state["model_args"])
+    model.load_state_dict(state["model"])
+    assert state["spec"]["train"]["lr"] == pytest.approx(best.params["lr"])
+    assert state["epoch"] == best.epochs
+
+
+def test_unreachable_tracking_server_fails_before_training(tiny_dataset: Path, tmp_path: Path) -> None:
+    from dynconv.tune.study import run_study
+
+    data = tiny_spec_dict(tmp_path, tiny_dataset)
+    data["mlflow"] = {"tracking_uri": "http://127.0.0.1:9"}
+    with pytest.raises(DynconvError, match=r"MLflow tracking server http://127.0.0.1:9 is unreachable"):
+        run_study(parse_spec(data))
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_unwritable_storage_fails_before_training(tiny_dataset: Path, tmp_path: Path) -> None:
+    from dynconv.tune.study import run_study
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    data = tiny_spec_dict(tmp_path, tiny_dataset, storage_path=str(blocker / "ray_results"))
+    with pytest.raises(DynconvError, match=r"Ray storage path .* is not writable"):
+        run_study(parse_spec(data))

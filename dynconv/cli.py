@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dynconv.errors import DynconvError
 
+EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by SIGINT"
+
 
 def _cmd_flops(args: argparse.Namespace) -> None:
     from dynconv.flops import flops_table, format_flops_table
@@ -43,12 +45,13 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote synthetic dataset to {out}")
 
 
-def _cmd_tune(args: argparse.Namespace) -> None:
+def _cmd_tune(args: argparse.Namespace) -> int:
     from dynconv.spec import load_spec
     from dynconv.tune.study import run_study
 
     spec = load_spec(Path(args.spec), overrides=args.set, num_samples=args.num_samples)
-    run_study(spec, address=args.address, resume=args.resume)
+    result = run_study(spec, address=args.address, resume=args.resume)
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> None:
@@ -159,14 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dynconv` console script."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except DynconvError as exc:
         print(f"dynconv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynconv: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ class ResourcesSpec(_Strict):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpu: bool = False
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra custom resources per DDP worker (e.g. an accelerator type)"
+    )
     driver_cpus: float = Field(0.25, gt=0)
     driver_resource: str | None = Field(
         None, description="custom resource (e.g. 'trial_driver') that keeps trial drivers on the head node"

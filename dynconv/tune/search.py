@@ -75,6 +75,7 @@ def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float]) -> int:
     r = spec.resources
     per_trial_cpu = r.driver_cpus + r.workers_per_trial * r.cpus_per_worker
     fits = int(cluster.get("CPU", 1) // per_trial_cpu)
-    if r.gpu:
-        fits = min(fits, int(cluster.get("GPU", 0) // r.workers_per_trial))
+    per_trial = {**({"GPU": 1.0} if r.gpu else {}), **r.worker_resources}
+    for name, amount in per_trial.items():
+        fits = min(fits, int(cluster.get(name, 0) // (amount * r.workers_per_trial)))
     return max(1, min(fits, spec.search.num_samples))

@@ -6,9 +6,12 @@ their own child runs (see `dynconv.tune.trial`), and the `TrialRunCloser` callba
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,12 +223,9 @@ def run_study(
         concurrent = max_concurrent_trials(spec, ray.cluster_resources())
         tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent)
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     t0 = time.perf_counter()
-    try:
+    with _sigterm_as_sigint():
         grid = tuner.fit()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     timings["tune_seconds"] = time.perf_counter() - t0
 
     trials = _summarise(grid, spec, uri, experiment_id, parent)
@@ -236,6 +236,9 @@ def run_study(
     print("\n" + format_summary(result, spec))
 
     if interrupted:
+        for run in tracking.find_runs(uri, experiment_id, role="trial"):
+            if run.data.tags.get(tracking.TAG_PARENT) == parent and run.info.status == "RUNNING":
+                tracking.end_run(uri, run.info.run_id, "KILLED")
         tracking.end_run(uri, parent, "KILLED")
         print(
             f"\nStudy interrupted. Continue it with: dynconv tune <spec> --resume  (Tune state: {tune_path})"
@@ -257,6 +260,19 @@ def run_study(
     print(f"\nMLflow: experiment {spec.experiment!r}, study run {parent} in {uri}")
     print(f"Browse it with: dynconv ui --tracking-uri {uri}   (then open http://127.0.0.1:5000)")
     return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """Let SIGTERM (a scheduler or `kill`) stop the study the way Ctrl-C does: Tune saves its state first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def tracking_callback(uri: str, experiment_id: str, parent: str, epochs: int) -> Any:

@@ -70,7 +70,11 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial,
             use_gpu=r.gpu,
-            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if r.gpu else {})},
+            resources_per_worker={
+                "CPU": r.cpus_per_worker,
+                **({"GPU": 1} if r.gpu else {}),
+                **r.worker_resources,
+            },
             placement_strategy=study.get("placement_strategy", "PACK"),
         ),
         run_config=ray.train.RunConfig(

@@ -1,0 +1,7 @@
+"""`python -m dynconv` = the `dynconv` command (for environments where the script is not on PATH)."""
+
+import sys
+
+from dynconv.cli import main
+
+sys.exit(main())

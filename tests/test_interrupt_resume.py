@@ -75,7 +75,8 @@ def _wait_until_mid_study(uri: str, proc: subprocess.Popen, timeout_s: float = 2
         assert proc.poll() is None, proc.stdout.read()
         runs = _trial_runs(uri)
         finished = [r for r in runs if r.info.status == "FINISHED"]
-        started = [r for r in runs if r.info.status == "RUNNING" and c.get_metric_history(r.info.run_id, "epoch")]
+        running = [r for r in runs if r.info.status == "RUNNING"]
+        started = [r for r in running if c.get_metric_history(r.info.run_id, "epoch")]
         if finished and started:
             return
         time.sleep(1.0)

@@ -182,10 +182,18 @@ class MlflowSpec(_Strict):
 
 
 class FailureSpec(_Strict):
-    """Retries: a trial (Tune) and a worker group within a trial (Train), each resuming from checkpoints."""
+    """Retries: a trial (Tune) and a worker group within a trial (Train), each resuming from checkpoints.
+
+    `report_poll_s` is how often Ray Train's controller collects the workers' reports (Ray's default is
+    2 s). A worker's `ray.train.report` blocks until its previous report was collected, and a checkpoint
+    counts for recovery only once collected, so a short interval keeps short epochs from waiting and
+    bounds what a crash can lose to the epoch in flight.
+    """
 
     trial_max_failures: int = Field(1, ge=0)
     worker_max_failures: int = Field(2, ge=0)
+    report_poll_s: float = Field(0.5, gt=0, le=60)
+    keep_checkpoints: int = Field(2, ge=1, description="latest Train checkpoints kept per trial")
 
 
 class EvaluateSpec(_Strict):

@@ -7,6 +7,7 @@ with a deterministic run name (so a retried or restored trial resumes its own Tr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from dynconv import tracking
@@ -42,6 +43,8 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
 
     quiet_ray_train_logs()
     spec = JobSpec.model_validate(spec_json).with_params(params)
+    # Read by the Train controller this trial starts (Ray propagates it from the driver's environment).
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(spec.failure.report_poll_s)
     ctx = ray.tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     uri = study["tracking_uri"]
@@ -81,6 +84,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
             name=train_run_name(study["run_name"], trial_id),
             storage_path=spec.storage_uri(),
             callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             failure_config=ray.train.FailureConfig(
                 max_failures=spec.failure.worker_max_failures,
                 controller_failure_limit=study.get("controller_failure_limit", -1),

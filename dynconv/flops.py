@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynconv.data.channels import SUBSETS
 from dynconv.models import create_model, list_models
 
 log = logging.getLogger(__name__)
@@ -42,18 +43,6 @@ SEED_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("simple_cnn", {"dense_padding": 1}),
 )
 """Extra rows of `flops_table`: the arguments that rebuild the seed's own geometry (docs/flops.md)."""
-
-# The seven RGB subsets of the seed's evaluation. The data package owns the canonical names; this copy
-# only labels rows of the FLOP table.
-_SUBSETS: dict[str, tuple[int, ...]] = {
-    "RGB": (0, 1, 2),
-    "RG": (0, 1),
-    "RB": (0, 2),
-    "GB": (1, 2),
-    "R": (0,),
-    "G": (1,),
-    "B": (2,),
-}
 
 CONVENTIONS = ("fvcore", "seed")
 
@@ -177,7 +166,7 @@ def flops_table(
     for name, kwargs in configs:
         model = create_model(name, num_classes=num_classes, **kwargs)
         params = count_params(model)
-        subsets = _SUBSETS if per_subset and model.dynamic else {"RGB": None}
+        subsets = SUBSETS if per_subset and model.dynamic else {"RGB": None}
         for subset, channels in subsets.items():
             flops = count_flops(model, image_size, channels)
             seed = SEED_FLOPS.get(name) if at_seed_setting else None

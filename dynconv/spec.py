@@ -15,9 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.errors import DynconvError
-
-SUBSET_NAMES = ("RGB", "RG", "RB", "GB", "R", "G", "B")
 
 
 class SpecError(DynconvError, ValueError):

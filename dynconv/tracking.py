@@ -8,8 +8,8 @@ rank-0 worker, each in its own process and working directory.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -183,10 +183,17 @@ def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000
     uri = absolute_tracking_uri(
         tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
-    exe = shutil.which("mlflow")
-    if exe is None:
-        raise DynconvError(
-            "the 'mlflow' command is not on PATH; activate the environment dynconv is installed in"
-        )
     print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    subprocess.run([exe, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], check=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    subprocess.run(cmd, check=False)

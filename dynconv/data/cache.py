@@ -399,18 +399,22 @@ def _check_train_classes_after_skips(source: DatasetSource, tmp: Path) -> None:
 
 @contextlib.contextmanager
 def _decoder(workers: int) -> Iterator:
-    """A function mapping decode tasks to results in order: in-process, or over a spawn pool."""
+    """A function mapping decode tasks to results in order: in-process, or over a process pool.
+
+    The pool starts its workers from a forkserver, not by forking this process: a process that already
+    runs other threads (Ray's and gRPC's, torch's pools) can hold a lock at the moment of a fork, and
+    the forked child then waits on it forever (seen in the test suite after a Ray test module). Like
+    spawn, this re-imports the caller's main module, so scripts calling `prepare` need the usual
+    `if __name__ == "__main__":` guard.
+    """
     if workers <= 1:
         yield lambda tasks: map(_decode_task, tasks)
         return
-    # fork where there is one (as torch's DataLoader does): workers only run PIL/numpy code the parent has
-    # already imported, and unlike spawn it does not re-run the caller's unguarded __main__ script.
-    # Python >= 3.12 warns about forking a multi-threaded process; these children never touch the
-    # parent's threads (torch's pools, Ray's), so the warning does not apply here.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        pool = multiprocessing.get_context(method).Pool(workers)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__])
+    pool = ctx.Pool(workers)
     try:
         yield lambda tasks: pool.imap(_decode_task, tasks, chunksize=_chunksize(len(tasks), workers))
     finally:

@@ -108,23 +108,6 @@ def asha_expected_epochs(epochs: int, grace: int, reduction: float) -> float:
     return expected + prob * (epochs - prev)
 
 
-def patch_tpe_startup(n: int) -> None:
-    """Benchmark-only experiment: TPE with `n` random start-up trials instead of Optuna's default (10)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    import dynconv.tune.study as study_module
-
-    shipped = study_module.build_searcher
-
-    def build_searcher(spec):
-        if spec.search.algorithm != "tpe":
-            return shipped(spec)
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=n))
-
-    study_module.build_searcher = build_searcher
-
-
 def epoch_events(tracking_uri: str, trials: list) -> list[tuple[int, str, int, float]]:
     """Every trained epoch of every trial, from the trials' MLflow `val_acc` histories, by time logged."""
     from dynconv import tracking
@@ -380,9 +363,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="train.epochs of every trial")
     parser.add_argument("--per-class", type=int, default=120, help="synthetic images per class")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more spec overrides")
-    parser.add_argument(
-        "--tpe-startup", type=int, default=None, help="experiment: TPE random start-up trials (Optuna: 10)"
-    )
+    parser.add_argument("--tpe-startup", type=int, default=None, help="sets search.tpe_startup_trials")
     parser.add_argument("--ray-cpus", type=int, default=None, help="ray.init(num_cpus=...) (default: cores)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep stores and data here (default: tmp)")
     parser.add_argument(
@@ -401,6 +382,8 @@ def main() -> None:
         args.random_samples, args.tpe_samples = 2, 2
         overrides = ["train.epochs=2", "scheduler.grace_period=1", "data.synthetic.per_class=20"]
     overrides += args.set
+    if args.tpe_startup is not None:
+        overrides.append(f"search.tpe_startup_trials={args.tpe_startup}")
 
     from dynconv.spec import load_spec
 
@@ -416,8 +399,6 @@ def main() -> None:
         f"trial -> TPE + ASHA gets {tpe_samples} trials",
         flush=True,
     )
-    if args.tpe_startup is not None:
-        patch_tpe_startup(args.tpe_startup)
 
     start_ray(args.ray_cpus or usable_cores())
     import ray
@@ -450,7 +431,7 @@ def main() -> None:
             f"{', '.join(map(str, seeds))} (`search.seed` = `train.seed`). The budget a study consumed is "
             "counted from MLflow: each trained epoch logs one `val_acc` point; merged in time order they "
             "give the best validation accuracy so far against trial-epochs consumed."
-            + (f" TPE start-up trials: {args.tpe_startup} (experiment)." if args.tpe_startup else "")
+            + f" TPE start-up trials: {base.search.tpe_startup_trials}."
         )
         body = (
             tables

@@ -127,6 +127,9 @@ class SearchSpec(_Strict):
 
     space: dict[str, ParamSpec]
     algorithm: Literal["tpe", "random"] = "tpe"
+    tpe_startup_trials: int = Field(
+        10, ge=1, description="random trials before TPE models the results (Optuna's default is 10)"
+    )
     num_samples: int = Field(4, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0

@@ -39,7 +39,7 @@ def build_searcher(spec: JobSpec):
 
     seed = spec.search.seed
     sampler = (
-        optuna.samplers.TPESampler(seed=seed)
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.search.tpe_startup_trials)
         if spec.search.algorithm == "tpe"
         else optuna.samplers.RandomSampler(seed=seed)
     )

@@ -86,6 +86,7 @@ class TrainSpec(_Strict):
     channel_drop: float = Field(0.0, ge=0, le=1)
     seed: int = 0
     compile: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU (train/loop.py)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,11 +40,31 @@ def build_model(spec: JobSpec, num_classes: int) -> nn.Module:
     return create_model(spec.model.name, num_classes=num_classes, **spec.model.args)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU (bf16 convolutions are slower than fp32 on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@dataclass(frozen=True)
+class Precision:
+    """How the loop computes: bf16 autocast or fp32, and whether activations are channels_last.
+
+    `train.precision: auto` means bf16 + channels_last on CUDA and fp32 NCHW on the CPU. Measured on this
+    project's 2-core dev CPU (docs/benchmarks.md, "speed options"): bf16 + channels_last trains ResNet-18
+    1.50x faster than fp32 there (the CPU has AMX), but channels_last alone is 0.86x and CPUs without bf16
+    units get slower, so the CPU default stays fp32 and `precision: bf16` opts in.
+    """
+
+    bf16: bool
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, precision: str, device: torch.device) -> Precision:
+        bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        return cls(bf16=bf16, channels_last=bf16)
+
+    def autocast(self, device: torch.device):
+        if self.bf16:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 class _Sums:
@@ -90,7 +111,7 @@ def train_epoch(
     """One pass over this rank's training shard; returns metrics summed over ranks."""
     model.train()
     augment = BatchAugment(spec.train.augment_strength)
-    channels_last = session.device.type == "cuda"
+    precision = Precision.resolve(spec.train.precision, session.device)
     sums = _Sums(session.device)
     for x_u8, y in batches:
         x = augment(normalize(x_u8, session.device), generator=generator)
@@ -98,9 +119,8 @@ def train_epoch(
         mask = None
         if spec.train.channel_drop > 0:
             x, mask = channel_drop(x, spec.train.channel_drop, generator=generator)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(session.device):
+        x = precision.layout(x)
+        with precision.autocast(session.device):
             logits = model(x, channels=mask) if (dynamic and mask is not None) else model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=spec.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -112,17 +132,17 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate_epoch(model: nn.Module, batches: ShardedBatches, session: Session) -> dict[str, float]:
+def evaluate_epoch(
+    model: nn.Module, batches: ShardedBatches, session: Session, precision: Precision
+) -> dict[str, float]:
     """Loss, top-1 and top-5 over this rank's shard of an evaluation split, summed over ranks."""
     model.eval()
     sums = _Sums(session.device)
     for x_u8, y in batches:
         x = normalize(x_u8, session.device)
         y = y.to(session.device, non_blocking=True)
-        if session.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(session.device):
-            logits = model(x).float()
+        with precision.autocast(session.device):
+            logits = model(precision.layout(x)).float()
         sums.add(logits, y, F.cross_entropy(logits, y))
     return sums.reduce(session)
 
@@ -164,7 +184,8 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = build_model(spec, data.num_classes)
     dynamic = bool(getattr(model, "dynamic", False))
-    if session.device.type == "cuda":
+    precision = Precision.resolve(spec.train.precision, session.device)
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = session.prepare_model(model)
     if spec.train.compile:
@@ -208,7 +229,7 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
         gen = _seeded_generator(session.device, seed * 1_000_003 + epoch * 1009 + session.rank)
         tr = train_epoch(model, train_batches, optimizer, scheduler, spec, session, gen, dynamic)
         train_seconds = time.perf_counter() - t0
-        va = evaluate_epoch(model, val_batches, session)
+        va = evaluate_epoch(model, val_batches, session, precision)
         seconds = time.perf_counter() - t0
         metrics = {
             "epoch": epoch + 1,

@@ -39,7 +39,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynconv.data.sources import SPLITS, DataError, DatasetSource, load_source, one_line
+from dynconv.data.sources import (
+    SPLITS,
+    DataError,
+    DatasetSource,
+    load_source,
+    one_line,
+    require_train_classes,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -389,12 +396,7 @@ def _build_split(
 
 def _check_train_classes_after_skips(source: DatasetSource, tmp: Path) -> None:
     present = set(np.load(tmp / "train_labels.npy").tolist())
-    for k in range(source.num_classes):
-        if k not in present:
-            name = source.class_names[k] if source.class_names else str(k)
-            name = f" ({name!r})" if name != str(k) else ""
-            where = source.root / ("train.txt" if source.layout == "txt" else "train")
-            raise DataError(f"{where}: class {k}{name} has no readable training images (all were skipped)")
+    require_train_classes(source, present, "has no readable training images (all were skipped)")
 
 
 @contextlib.contextmanager

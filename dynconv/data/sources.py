@@ -240,10 +240,14 @@ def _load_folder(root: Path, num_classes: int | None) -> DatasetSource:
 
 def _check_classes(source: DatasetSource) -> None:
     """Every class from 0 to num_classes-1 needs at least one training image."""
-    seen = {e.label for e in source.splits["train"]}
+    require_train_classes(source, {e.label for e in source.splits["train"]}, "has no training images")
+
+
+def require_train_classes(source: DatasetSource, present: set[int], problem: str) -> None:
+    """Raise naming the first class in 0..num_classes-1 missing from `present` (training labels)."""
     for k in range(source.num_classes):
-        if k not in seen:
+        if k not in present:
             name = source.class_names[k] if source.class_names else str(k)
             name = f" ({name!r})" if name != str(k) else ""
             where = source.root / ("train.txt" if source.layout == "txt" else "train")
-            raise DataError(f"{where}: class {k}{name} has no training images")
+            raise DataError(f"{where}: class {k}{name} {problem}")

@@ -107,11 +107,11 @@ def train_epoch(
     session: Session,
     generator: torch.Generator,
     dynamic: bool,
+    precision: Precision,
 ) -> dict[str, float]:
     """One pass over this rank's training shard; returns metrics summed over ranks."""
     model.train()
     augment = BatchAugment(spec.train.augment_strength)
-    precision = Precision.resolve(spec.train.precision, session.device)
     sums = _Sums(session.device)
     for x_u8, y in batches:
         x = augment(normalize(x_u8, session.device), generator=generator)
@@ -227,7 +227,7 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
         t0 = time.perf_counter()
         train_batches.set_epoch(epoch)
         gen = _seeded_generator(session.device, seed * 1_000_003 + epoch * 1009 + session.rank)
-        tr = train_epoch(model, train_batches, optimizer, scheduler, spec, session, gen, dynamic)
+        tr = train_epoch(model, train_batches, optimizer, scheduler, spec, session, gen, dynamic, precision)
         train_seconds = time.perf_counter() - t0
         va = evaluate_epoch(model, val_batches, session, precision)
         seconds = time.perf_counter() - t0

@@ -182,6 +182,8 @@ def run_study(
     """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table."""
     from ray import tune
 
+    from dynconv.tune.callbacks import TrialRunCloser
+
     spec = spec.resolved()
     timings: dict[str, float] = {}
     uri, storage = spec.tracking_uri(), spec.storage_uri()
@@ -214,13 +216,13 @@ def run_study(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=study_ctx), trial_resources(spec)
     )
-    callbacks = [tracking_callback(uri, experiment_id, parent, spec.train.epochs)]
-    if resume:
+    if resume:  # Tune restores its callbacks (the TrialRunCloser below) with the rest of its state
         tuner = tune.Tuner.restore(
             tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         concurrent = max_concurrent_trials(spec, ray.cluster_resources())
+        callbacks = [TrialRunCloser(uri, experiment_id, parent, spec.train.epochs)]
         tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent)
 
     t0 = time.perf_counter()
@@ -253,7 +255,9 @@ def run_study(
         )
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
-        _evaluate(spec, result)
+        from dynconv.evaluate import evaluate_study
+
+        evaluate_study(spec, result)
         timings["evaluate_seconds"] = time.perf_counter() - t0
     tracking.log_metrics(uri, parent, timings)
     tracking.end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
@@ -273,18 +277,3 @@ def _sigterm_as_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def tracking_callback(uri: str, experiment_id: str, parent: str, epochs: int) -> Any:
-    from dynconv.tune.callbacks import TrialRunCloser
-
-    return TrialRunCloser(uri, experiment_id, parent, epochs)
-
-
-def _evaluate(spec: JobSpec, result: StudyResult) -> None:
-    """Channel-subset evaluation of the best trials, when the evaluation module is available."""
-    try:
-        from dynconv.evaluate import evaluate_study
-    except ImportError:
-        return
-    evaluate_study(spec, result)

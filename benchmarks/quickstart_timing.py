@@ -47,7 +47,7 @@ QUICK_OVERRIDES = [
 ]
 IMPORTS = (
     "import torch, ray, mlflow, optuna, fvcore, pydantic; from ray import tune, train; "
-    "import ray.train.torch; import dynconv.cli, dynconv.tune.study, dynconv.evaluate"
+    "import ray.train.torch; import dynconv.cli, dynconv.tune.study, dynconv.evaluation.study"
 )
 
 

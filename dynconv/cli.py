@@ -61,7 +61,7 @@ def _cmd_ui(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from dynconv.evaluate import evaluate_study_cli
+    from dynconv.evaluation.study import evaluate_study_cli
 
     evaluate_study_cli(
         args.study,

@@ -21,28 +21,11 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.errors import DynconvError
-from dynconv.evaluate import (
-    RUN_ID_PATTERN,
-    TAG_DYNAMIC,
-    TAG_MODEL,
-    TAG_SOURCE_RUN,
-    Evaluation,
-    SpeedConfig,
-    create_child_run,
-    evaluate_model,
-    find_study_run,
-    get_run,
-    list_trials,
-    load_checkpoint,
-    log_evaluation,
-    model_from_checkpoint,
-    print_evaluation,
-    resolve_tracking_uri,
-    search_runs,
-    select_trials,
-)
-
-TAG_RERUN_OF = "dynconv.rerun_of"
+from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
+from dynconv.evaluation.results import Evaluation, SpeedConfig
+from dynconv.evaluation.study import select_trials
+from dynconv.evaluation.tables import print_evaluation
+from dynconv.tracking.evaluations import log_evaluation
 
 
 @dataclass
@@ -60,20 +43,20 @@ class RerunResult:
 def resolve_trial(uri: str, run: str) -> Any:
     """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial,
     an evaluation run id -> the trial it evaluated."""
-    if RUN_ID_PATTERN.match(run):
+    if tracking.RUN_ID_PATTERN.match(run):
         found = None
         with contextlib.suppress(DynconvError):
-            found = get_run(uri, run)
+            found = tracking.get_run(uri, run)
         if found is not None:
             role = found.data.tags.get(tracking.TAG_ROLE)
             if role in ("trial", "rerun"):
                 return found
             if role == "evaluation":
-                return get_run(uri, found.data.tags.get(TAG_SOURCE_RUN, ""))
-    parent = find_study_run(uri, run)
+                return tracking.get_run(uri, found.data.tags.get(tracking.TAG_SOURCE_RUN, ""))
+    parent = tracking.find_study_run(uri, run)
     study = parent.data.tags.get(tracking.TAG_STUDY, run)
-    best = select_trials(list_trials(uri, parent), 1, study)[0]
-    return get_run(uri, best.run_id)
+    best = select_trials(tracking.list_trials(uri, parent), 1, study)[0]
+    return tracking.get_run(uri, best.run_id)
 
 
 def spec_from_checkpoint(state: dict[str, Any], run_id: str):
@@ -138,30 +121,17 @@ def setting_notes(spec, device) -> list[str]:
     return notes
 
 
-def _original_evaluation(uri: str, original) -> dict[str, float]:
-    """Metrics of the newest evaluation of the original run (empty when it was never evaluated)."""
-    runs = search_runs(
-        uri,
-        f"tags.`dynconv.role` = 'evaluation' and tags.`{TAG_SOURCE_RUN}` = '{original.info.run_id}'",
-        [original.info.experiment_id],
-    )
-    return dict(runs[0].data.metrics) if runs else {}
-
-
-def _history(uri: str, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in tracking.client(uri).get_metric_history(run_id, key)}
-
-
 def format_side_by_side(uri: str, original, rerun_id: str, ev: Evaluation | None) -> str:
     """Validation accuracy per epoch and test accuracy per subset, original next to rerun."""
-    orig, new = _history(uri, original.info.run_id, "val_acc"), _history(uri, rerun_id, "val_acc")
+    orig = tracking.metric_history(uri, original.info.run_id, "val_acc")
+    new = tracking.metric_history(uri, rerun_id, "val_acc")
     lines = ["epoch  original val_acc  rerun val_acc  difference"]
     for epoch in sorted(set(orig) | set(new)):
         a, b = orig.get(epoch), new.get(epoch)
         diff = f"{b - a:+.4f}" if a is not None and b is not None else "-"
         lines.append(f"{epoch:>5}  {_f(a):>16}  {_f(b):>13}  {diff:>10}")
     if ev is not None:
-        o_metrics = _original_evaluation(uri, original)
+        o_metrics = tracking.latest_evaluation_metrics(uri, original)
         lines.append("")
         lines.append("subset  original test acc  rerun test acc  [95% CI]")
         for r in ev.results:
@@ -180,61 +150,26 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def rerun(
-    run: str,
-    epochs: int | None = None,
-    device: str | None = None,
-    tracking_uri: str | None = None,
-    *,
-    subsets: Sequence[str] | None = None,
-    speed: SpeedConfig | None = None,
-    file=None,
-) -> RerunResult:
-    """Retrain the configuration of `run` (a trial run id, or a study whose best trial is taken) locally."""
-    import torch
-
-    from dynconv.data.channels import parse_subsets
-    from dynconv.datasets import prepare_for_spec
-    from dynconv.train.loop import fit
-    from dynconv.train.session import LocalSession, default_device
-
-    out = file or sys.stdout
-    names = parse_subsets(list(subsets)) if subsets is not None else None  # bad names fail before training
-    uri = resolve_tracking_uri(tracking_uri)
-    original = resolve_trial(uri, run)
+def _open_rerun_run(uri: str, original, spec, dev) -> str:
+    """A new `dynconv.role=rerun` run beside the original (nested under its study when it has one)."""
     oid = original.info.run_id
-    state = load_checkpoint(uri, oid)
-    spec, notes = with_epochs(spec_from_checkpoint(state, oid), epochs)
-    diffs = check_against_logged(spec, dict(original.data.params))
-    if diffs:
-        notes.append("the checkpoint's configuration differs from the logged params: " + "; ".join(diffs))
-    dev = default_device(device)
-    notes += setting_notes(spec, dev)
-    data = prepare_for_spec(spec, progress=False)
-
     tags = {
         tracking.TAG_ROLE: "rerun",
-        TAG_RERUN_OF: oid,
+        tracking.TAG_RERUN_OF: oid,
         tracking.TAG_STUDY: original.data.tags.get(tracking.TAG_STUDY, spec.study),
-        TAG_MODEL: spec.model.name,
+        tracking.TAG_MODEL: spec.model.name,
     }
     parent = original.data.tags.get(tracking.TAG_PARENT)
     name = f"rerun-{original.info.run_name or oid[:8]}"
-    if parent:
-        run_id = create_child_run(uri, original.info.experiment_id, parent, name, tags)
-    else:
-        run_id = (
-            tracking.client(uri).create_run(original.info.experiment_id, run_name=name, tags=tags).info.run_id
-        )
+    run_id = tracking.create_child_run(uri, original.info.experiment_id, parent, name, tags)
     tracking.log_params(uri, run_id, {**spec_params(spec), "rerun_of": oid, "device": str(dev)})
-    print(
-        f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
-        f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
-        "configuration rebuilt from the run's checkpoint",
-        file=out,
-    )
-    for note in notes:
-        print(f"note: {note}", file=out)
+    return run_id
+
+
+def _train(uri: str, run_id: str, spec, data, dev):
+    """Train in this process, logging each epoch's metrics; the run is closed KILLED/FAILED on error."""
+    from dynconv.train.loop import fit
+    from dynconv.train.session import LocalSession
 
     def on_report(metrics: dict[str, float], _state: dict[str, Any]) -> None:
         tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
@@ -248,21 +183,68 @@ def rerun(
     except Exception:
         tracking.end_run(uri, run_id, "FAILED")
         raise
+    return session
 
-    final = session.last_state
+
+def _evaluate_rerun(uri: str, run_id: str, final, spec, data, dev, names, speed, title: str, out):
+    """Log the final checkpoint, evaluate it over the subsets, log and print the evaluation."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="dynconv_rerun_") as tmp:
+        path = Path(tmp) / "state.pt"
+        torch.save(final, path)
+        tracking.log_artifact(uri, run_id, path, "checkpoint")
+    model = model_from_checkpoint(final, run_id)
+    ev = evaluate_model(model, data, names or spec.evaluate.subsets, spec.evaluate.split, dev, speed=speed)
+    tracking.set_tags(uri, run_id, {tracking.TAG_DYNAMIC: str(ev.dynamic).lower()})
+    log_evaluation(uri, run_id, ev, title)
+    print_evaluation(ev, f"Rerun {run_id}: {spec.evaluate.split} split", file=out)
+    return ev
+
+
+def rerun(
+    run: str,
+    epochs: int | None = None,
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    subsets: Sequence[str] | None = None,
+    speed: SpeedConfig | None = None,
+    file=None,
+) -> RerunResult:
+    """Retrain the configuration of `run` (a trial run id, or a study whose best trial is taken) locally."""
+    from dynconv.data.channels import parse_subsets
+    from dynconv.datasets import prepare_for_spec
+    from dynconv.train.session import default_device
+
+    out = file or sys.stdout
+    names = parse_subsets(list(subsets)) if subsets is not None else None  # bad names fail before training
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    original = resolve_trial(uri, run)
+    oid = original.info.run_id
+    state = tracking.load_checkpoint(uri, oid)
+    spec, notes = with_epochs(spec_from_checkpoint(state, oid), epochs)
+    diffs = check_against_logged(spec, dict(original.data.params))
+    if diffs:
+        notes.append("the checkpoint's configuration differs from the logged params: " + "; ".join(diffs))
+    dev = default_device(device)
+    notes += setting_notes(spec, dev)
+    data = prepare_for_spec(spec, progress=False)
+
+    run_id = _open_rerun_run(uri, original, spec, dev)
+    print(
+        f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
+        f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
+        "configuration rebuilt from the run's checkpoint",
+        file=out,
+    )
+    for note in notes:
+        print(f"note: {note}", file=out)
+    session = _train(uri, run_id, spec, data, dev)
     ev = None
-    if final is not None:
-        with tempfile.TemporaryDirectory(prefix="dynconv_rerun_") as tmp:
-            path = Path(tmp) / "state.pt"
-            torch.save(final, path)
-            tracking.log_artifact(uri, run_id, path, "checkpoint")
-        model = model_from_checkpoint(final, run_id)
-        ev = evaluate_model(
-            model, data, names or spec.evaluate.subsets, spec.evaluate.split, dev, speed=speed
-        )
-        tracking.set_tags(uri, run_id, {TAG_DYNAMIC: str(ev.dynamic).lower()})
-        log_evaluation(uri, run_id, ev, f"rerun of {original.info.run_name}")
-        print_evaluation(ev, f"Rerun {run_id}: {spec.evaluate.split} split", file=out)
+    if session.last_state is not None:
+        title = f"rerun of {original.info.run_name}"
+        ev = _evaluate_rerun(uri, run_id, session.last_state, spec, data, dev, names, speed, title, out)
     tracking.end_run(uri, run_id, "FINISHED")
     print("\nOriginal vs rerun\n" + format_side_by_side(uri, original, run_id, ev), file=out)
     return RerunResult(run_id, oid, spec, session.history, ev, notes)

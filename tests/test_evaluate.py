@@ -19,18 +19,13 @@ from torch import nn
 
 from dynconv import tracking
 from dynconv.errors import DynconvError
-from dynconv.evaluate import (
-    DYNAMIC_NOTE,
-    PLAIN_NOTE,
-    SpeedConfig,
-    TrialInfo,
-    evaluate_model,
-    evaluate_study_cli,
-    model_inputs,
-    predict,
-    select_trials,
-)
+from dynconv.evaluation.model import evaluate_model
+from dynconv.evaluation.predict import model_inputs, predict
+from dynconv.evaluation.results import DYNAMIC_NOTE, PLAIN_NOTE, SpeedConfig
+from dynconv.evaluation.study import evaluate_study_cli, select_trials
 from dynconv.spec import JobSpec
+from dynconv.tracking import TrialInfo
+from tests import mlflow_layout
 
 FAST = SpeedConfig(warmup=1, latency_iters=2, throughput_batch=8, throughput_iters=1)
 EXPERIMENT = "dynconv-test"
@@ -367,6 +362,7 @@ def test_rerun_rebuilds_the_exact_configuration_and_lands_in_mlflow(store, capsy
     assert "acc_RGB" in new.data.metrics and "checkpoint/state.pt" in artifact_paths(uri, result.run_id)
     out = capsys.readouterr().out
     assert "Original vs rerun" in out and "original val_acc" in out and "original test acc" in out
+    mlflow_layout.check("rerun", mlflow_layout.one_run(uri, result.run_id))
 
 
 def test_rerun_of_a_study_with_fewer_epochs(store) -> None:
@@ -410,7 +406,7 @@ def test_cli_reports_bad_input_as_one_line(store, capsys, tmp_path) -> None:
 def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     from types import SimpleNamespace
 
-    from dynconv.evaluate import evaluate_study
+    from dynconv.evaluation.study import evaluate_study
 
     uri = store["uri"]
     spec = make_spec(store["root"], "notrials", "simple_cnn_dynamic")

@@ -18,8 +18,10 @@ from test_evaluate import EXPERIMENT, make_spec, open_study, train_trial
 
 from dynconv import stats, tracking
 from dynconv.errors import DynconvError
-from dynconv.evaluate import Evaluation, SpeedConfig, SubsetResult, evaluate_study_cli, record_evaluation
+from dynconv.evaluation.results import Evaluation, SpeedConfig, SubsetResult
+from dynconv.evaluation.study import evaluate_study_cli
 from dynconv.report import same_test_images, write_report
+from dynconv.tracking.evaluations import record_evaluation
 
 FAST = SpeedConfig(warmup=0, latency_iters=1, throughput_batch=4, throughput_iters=1)
 

@@ -9,6 +9,7 @@ import pytest
 from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.spec import parse_spec
+from tests import mlflow_layout
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.ray
@@ -75,6 +76,12 @@ def test_mlflow_holds_parent_and_one_child_per_trial(study) -> None:
         ]
         expected = "FINISHED" if trial.epochs == spec.train.epochs else "KILLED"
         assert run.info.status == expected
+
+
+def test_mlflow_layout_is_the_recorded_one(study) -> None:
+    """Run names, tags, param/metric keys and artifacts of the study, its trials and its evaluation."""
+    _, result = study
+    mlflow_layout.check("tune_study", mlflow_layout.layout(result.tracking_uri, result.parent_run_id))
 
 
 def test_tpe_and_asha_are_the_searcher_and_scheduler(study) -> None:

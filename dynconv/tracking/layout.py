@@ -1,20 +1,21 @@
-"""MLflow layout of a study: a parent run per study; nested child runs per trial, evaluation and rerun.
+"""The MLflow layout of a study: tag and artifact names, the tracking store, and the client to it.
 
+A study is one parent run (`dynconv.role=study`) with nested child runs per trial, evaluation and rerun.
 Everything goes through `MlflowClient` with explicit run ids, never the process-global active run, because
 the parent is written by the study driver, children by Tune trial actors and epoch metrics by Ray Train's
 rank-0 worker, each in its own process and working directory.
+
+Imports nothing from dynconv but `errors` and `spec` (lazily); `mlflow` is imported inside functions only
+(slow to import). Nothing outside `dynconv/tracking/` imports `mlflow`.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from dynconv.errors import DynconvError
 
@@ -24,6 +25,16 @@ TAG_TRIAL_ID = "dynconv.trial_id"
 TAG_TUNE_PATH = "dynconv.tune_path"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_SOURCE_RUN = "dynconv.source_run_id"  # evaluation -> the trial it evaluated
+TAG_MODEL = "dynconv.model"
+TAG_DYNAMIC = "dynconv.dynamic"
+TAG_RANK = "dynconv.rank"  # evaluation: 1 = the study's best trial, "manual" = chosen by run id
+TAG_TEST_SET = "dynconv.test_set"
+TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
+TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
+CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
+SPEC_ARTIFACT = "spec.yaml"
+RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 
 def client(tracking_uri: str):
@@ -91,109 +102,16 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-def find_runs(tracking_uri: str, experiment_id: str, **tags: str) -> list[Any]:
-    """Runs of an experiment carrying all the given `dynconv.*` tags, newest first."""
-    filt = " and ".join(f"tags.`dynconv.{k}` = '{v}'" for k, v in tags.items())
-    return client(tracking_uri).search_runs(
-        [experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1000
-    )
-
-
-def start_study_run(tracking_uri: str, experiment_id: str, study: str, params: dict[str, Any]) -> str:
-    """A new parent run for one study."""
-    c = client(tracking_uri)
-    run = c.create_run(experiment_id, run_name=study, tags={TAG_ROLE: "study", TAG_STUDY: study})
-    log_params(tracking_uri, run.info.run_id, params)
-    return run.info.run_id
-
-
-def ensure_child_run(
-    tracking_uri: str,
-    experiment_id: str,
-    parent_run_id: str,
-    role: str,
-    key: str,
-    run_name: str,
-    tags: dict[str, str] | None = None,
-) -> tuple[str, bool]:
-    """The child run of `parent_run_id` whose `dynconv.trial_id` tag is `key`, created if missing.
-
-    Returns (run_id, created). A restarted trial finds and continues its run instead of duplicating it.
-    """
-    c = client(tracking_uri)
-    existing = [
-        r
-        for r in find_runs(tracking_uri, experiment_id, role=role, trial_id=key)
-        if r.data.tags.get(TAG_PARENT) == parent_run_id
-    ]
-    if existing:
-        run_id = existing[0].info.run_id
-        if existing[0].info.status != "RUNNING":
-            c.update_run(run_id, status="RUNNING")
-        return run_id, False
-    all_tags = {TAG_ROLE: role, TAG_TRIAL_ID: key, TAG_PARENT: parent_run_id, **(tags or {})}
-    run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    return run.info.run_id, True
-
-
-def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
-    """Log params, skipping those already logged with the same value (MLflow forbids changing one)."""
-    from mlflow.entities import Param
-
-    c = client(tracking_uri)
-    have = c.get_run(run_id).data.params
-    fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
-    for i in range(0, len(fresh), 100):
-        c.log_batch(run_id, params=fresh[i : i + 100])
-
-
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    """Numeric metrics at `step` (non-numeric values are ignored)."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = [
-        Metric(k, float(v), now, step)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    ]
-    if batch:
-        client(tracking_uri).log_batch(run_id, metrics=batch)
-
-
-def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    c = client(tracking_uri)
-    for k, v in tags.items():
-        c.set_tag(run_id, k, str(v))
-
-
-def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    client(tracking_uri).log_artifact(run_id, str(path), artifact_path)
-
-
-def end_run(tracking_uri: str, run_id: str, status: str) -> None:
-    """Mark a run FINISHED, FAILED or KILLED."""
-    client(tracking_uri).set_terminated(run_id, status=status)
-
-
-def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Run the MLflow UI on the study store in the foreground (Ctrl-C stops it)."""
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """`tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlflow.db; relative stores made absolute."""
     from dynconv.spec import absolute_tracking_uri
 
-    uri = absolute_tracking_uri(
+    quiet_artifact_downloads()
+    return absolute_tracking_uri(
         tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
-    print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    subprocess.run(cmd, check=False)
+
+
+def quiet_artifact_downloads() -> None:
+    """No MLflow progress bar per downloaded artifact (unless the user asked for them)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

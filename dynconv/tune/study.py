@@ -255,7 +255,7 @@ def run_study(
         )
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
-        from dynconv.evaluate import evaluate_study
+        from dynconv.evaluation.study import evaluate_study
 
         evaluate_study(spec, result)
         timings["evaluate_seconds"] = time.perf_counter() - t0

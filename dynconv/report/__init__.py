@@ -1,0 +1,35 @@
+"""`dynconv report`: the seed's Tables 1-3 rebuilt from MLflow alone, with intervals and paired tests.
+
+Inputs: the evaluation runs (`dynconv.role=evaluation`, rank 1 = the study's best trial) of every study
+in the chosen experiments, their study's `spec.yaml` (which model, which stem) and their artifacts
+(`evaluation.json`, `predictions/predictions_<S>.npz`). No YAML file and no checkpoint is read.
+
+Which study fills which column: by the study spec's `model.name` and `model.args.stem` (default
+"imagenet"), the most recently started study of each kind (never the best on the test set: choosing
+by test accuracy would bias the comparison). Missing kinds are printed as "not run" with the spec that
+produces them; nothing crashes on a partial store.
+
+Honesty rules:
+
+* Every accuracy carries a 95 % Wilson interval; with 450 test images it is about ±4.6 points.
+* Two models are compared on RGB with McNemar's test, and only when they were evaluated on the same
+  test images (same test-set id: file list and labels, and identical label vectors); results on
+  different test sets are grouped into separate sections and never paired.
+* Table 3's "accuracy as % of ResNet-34" has a paired bootstrap interval, and the seed's "≥ 90 %"
+  target is judged met / not met / inconclusive from that interval, not from the point estimate.
+
+Outputs in `--out`: `report.md`, `table1.csv`, `table2.csv`, `table3.csv`, `significance.csv`,
+`evaluations.csv`, `pareto.csv`, `pareto.png`, `table1_accuracy.png` (suffixed `_<test set>` when the
+store holds evaluations on more than one test set).
+
+Modules: `records` (evaluation runs read through `dynconv.tracking`), `roles` (which study fills which
+column), `compare` (paired McNemar tests), `format` (cells, markdown, CSV), `tables` (Tables 1-3, one
+function each), `render` (sections, Pareto front, overview, `write_report`). Nothing here imports
+`mlflow`; nothing outside the CLI imports this package.
+"""
+
+from dynconv.report.compare import same_test_images
+from dynconv.report.records import load_records
+from dynconv.report.render import write_report
+
+__all__ = ["load_records", "same_test_images", "write_report"]

@@ -1,0 +1,144 @@
+"""The report's input: every rank-1 evaluation run with its study's spec, read through `dynconv.tracking`.
+
+No YAML file and no checkpoint is read: the study's `spec.yaml` artifact (which model, which stem) and
+the evaluation run's `evaluation.json` and `predictions/predictions_<S>.npz`. Imports `dynconv.tracking`
+(never `mlflow` directly) and `dynconv.report.roles`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dynconv import tracking
+from dynconv.errors import DynconvError
+from dynconv.report.roles import DEFAULT_STEM, SUBSET_ORDER
+
+
+@dataclass
+class EvalRecord:
+    """One evaluation run (a study's best trial over the subsets), as the report reads it from MLflow."""
+
+    study: str
+    experiment: str
+    parent_run_id: str
+    eval_run_id: str
+    source_run_id: str
+    model: str
+    model_args: dict[str, Any]
+    dynamic: bool
+    started_ms: int
+    summary: dict[str, Any]
+    metrics: dict[str, float]
+    dataset: str
+    uri: str = field(repr=False)
+    _correct: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _y_true: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def stem(self) -> str | None:
+        if self.model.startswith("resnet"):
+            return str(self.model_args.get("stem", DEFAULT_STEM))
+        return self.model_args.get("stem")
+
+    @property
+    def test_set_id(self) -> str:
+        return str(self.summary.get("test_set_id", "unknown"))
+
+    @property
+    def n(self) -> int:
+        return int(self.metrics.get("n_test", self.summary.get("n", 0)))
+
+    @property
+    def subsets(self) -> list[str]:
+        return [s for s in SUBSET_ORDER if f"acc_{s}" in self.metrics]
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.model_args.items()))
+        return f"{self.model}[{args}]" if args else self.model
+
+    def m(self, measure: str, subset: str = "RGB") -> float | None:
+        return self.metrics.get(f"{measure}_{subset}")
+
+    def _load_predictions(self) -> None:
+        for subset, (y_true, y_pred) in tracking.load_predictions(self.uri, self.eval_run_id).items():
+            self._correct[subset] = y_true == y_pred
+            self._y_true = y_true
+
+    def correct(self, subset: str = "RGB") -> np.ndarray:
+        """Per-image correctness on `subset` (downloaded once from the run's predictions artifact)."""
+        if not self._correct:
+            self._load_predictions()
+        if subset not in self._correct:
+            raise DynconvError(f"evaluation run {self.eval_run_id} has no predictions for subset {subset}")
+        return self._correct[subset]
+
+    def y_true(self) -> np.ndarray:
+        if self._y_true is None:
+            self._load_predictions()
+        return self._y_true if self._y_true is not None else np.zeros(0, np.int64)
+
+
+def _dataset_label(spec_data: dict[str, Any] | None) -> str:
+    if not spec_data:
+        return "unknown dataset"
+    if spec_data.get("root"):
+        return str(spec_data["root"])
+    syn = spec_data.get("synthetic") or {}
+    return (
+        f"synthetic ({syn.get('classes')} classes, {syn.get('per_class')} per class, seed {syn.get('seed')})"
+    )
+
+
+def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, Any]) -> EvalRecord:
+    """One evaluation run as a record: model from the study's spec (else the evaluation's own summary)."""
+    tags = run.data.tags
+    summary = tracking.download_yaml(uri, run.info.run_id, "evaluation.json") or {}
+    params = run.data.params
+    model = (spec.get("model") or {}).get("name") or summary.get("model") or params.get("model", "?")
+    args = (spec.get("model") or {}).get("args") or summary.get("model_args") or {}
+    return EvalRecord(
+        study=tags.get(tracking.TAG_STUDY, "?"),
+        experiment=experiment,
+        parent_run_id=tags.get(tracking.TAG_PARENT, ""),
+        eval_run_id=run.info.run_id,
+        source_run_id=tags.get(tracking.TAG_SOURCE_RUN, ""),
+        model=model,
+        model_args=dict(args),
+        dynamic=tags.get("dynconv.dynamic") == "true",
+        started_ms=(parent.info.start_time if parent is not None else run.info.start_time) or 0,
+        summary=summary,
+        metrics=dict(run.data.metrics),
+        dataset=_dataset_label(spec.get("data")),
+        uri=uri,
+    )
+
+
+def load_records(uri: str, experiments: Sequence[str] | None = None) -> list[EvalRecord]:
+    """Every rank-1 evaluation run in the experiments (default: all), newest study first."""
+    exps = tracking.experiments(uri, experiments)
+    if not exps:
+        return []
+    names = {e.experiment_id: e.name for e in exps}
+    runs = tracking.search_runs(uri, "tags.`dynconv.role` = 'evaluation'", list(names))
+    parents: dict[str, Any] = {}
+    specs: dict[str, Any] = {}
+    records = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(tracking.TAG_RANK, "1") != "1":
+            continue
+        parent_id = tags.get(tracking.TAG_PARENT, "")
+        if parent_id not in parents:
+            parents[parent_id] = tracking.try_get_run(uri, parent_id)
+            specs[parent_id] = (
+                tracking.download_yaml(uri, parent_id, "spec.yaml") if parents[parent_id] else None
+            )
+        experiment = names.get(run.info.experiment_id, run.info.experiment_id)
+        records.append(_record(uri, run, experiment, parents[parent_id], specs[parent_id] or {}))
+    records.sort(key=lambda r: r.started_ms, reverse=True)
+    return records

@@ -1,0 +1,176 @@
+"""Finding runs: a run by id, runs by filter or tag, a study's parent run, its trials.
+
+Read-only; imports only `dynconv.tracking.layout` and `dynconv.errors` (and `mlflow` inside functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dynconv.errors import DynconvError
+from dynconv.tracking.layout import (
+    CHECKPOINT_ARTIFACT,
+    RUN_ID_PATTERN,
+    TAG_ROLE,
+    TAG_SOURCE_RUN,
+    TAG_STUDY,
+    client,
+)
+
+
+def find_runs(tracking_uri: str, experiment_id: str, **tags: str) -> list[Any]:
+    """Runs of an experiment carrying all the given `dynconv.*` tags, newest first."""
+    filt = " and ".join(f"tags.`dynconv.{k}` = '{v}'" for k, v in tags.items())
+    return client(tracking_uri).search_runs(
+        [experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1000
+    )
+
+
+def get_run(uri: str, run_id: str):
+    """The MLflow run `run_id`, or a one-line error."""
+    try:
+        return client(uri).get_run(run_id)
+    except Exception:
+        raise DynconvError(f"unknown run {run_id!r} in {uri}") from None
+
+
+def _all_experiment_ids(uri: str) -> list[str]:
+    return [e.experiment_id for e in client(uri).search_experiments()]
+
+
+def search_runs(uri: str, filter_string: str, experiment_ids: Sequence[str] | None = None) -> list[Any]:
+    """Runs matching `filter_string` in `experiment_ids` (default: every experiment), newest first."""
+    ids = list(experiment_ids) if experiment_ids is not None else _all_experiment_ids(uri)
+    if not ids:
+        return []
+    return client(uri).search_runs(
+        ids, filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=5000
+    )
+
+
+def find_study_run(uri: str, study: str):
+    """The parent run of `study`: a parent run id, or the newest study run named `study` (any experiment).
+
+    The name matches the `dynconv.study` tag (the spec's study) or the `dynconv.run_name` tag
+    (`<study>-<timestamp>`, one particular study run).
+    """
+    if RUN_ID_PATTERN.match(study):
+        run = None
+        with contextlib.suppress(DynconvError):
+            run = get_run(uri, study)
+        if run is not None:
+            role = run.data.tags.get(TAG_ROLE)
+            if role == "study":
+                return run
+            raise DynconvError(f"run {study} is a {role or 'non-dynconv'} run, not a study run")
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):  # a valid study name (never quotes)
+        for key in ("study", "run_name"):
+            runs = search_runs(uri, f"tags.`dynconv.role` = 'study' and tags.`dynconv.{key}` = '{study}'")
+            if runs:
+                return runs[0]
+    known = sorted(
+        {r.data.tags.get(TAG_STUDY, "?") for r in search_runs(uri, "tags.`dynconv.role` = 'study'")}
+    )
+    hint = f"; known studies: {', '.join(known)}" if known else "; the store holds no studies"
+    raise DynconvError(f"unknown study or run {study!r} in {uri}{hint}")
+
+
+@dataclass
+class TrialInfo:
+    """A trial run as the evaluation sees it."""
+
+    run_id: str
+    name: str
+    status: str
+    best_val_acc: float | None
+    has_checkpoint: bool
+    params: dict[str, str]
+    curves: dict[str, list[tuple[int, float]]]
+
+    def param(self, key: str) -> float | None:
+        """A searched value (`lr`) or its resolved train field (`train.lr`), as a float."""
+        for k in (key, f"train.{key}"):
+            if k in self.params:
+                try:
+                    return float(self.params[k])
+                except ValueError:
+                    return None
+        return None
+
+
+def list_trials(uri: str, parent_run) -> list[TrialInfo]:
+    """Every trial run of a study with its status, best val_acc, curves and whether it has a checkpoint."""
+    c = client(uri)
+    parent_id = parent_run.info.run_id
+    runs = search_runs(
+        uri,
+        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`dynconv.role` = 'trial'",
+        [parent_run.info.experiment_id],
+    )
+    trials = []
+    for run in runs:
+        rid = run.info.run_id
+        curves = {
+            key: [(m.step, m.value) for m in c.get_metric_history(rid, key)]
+            for key in ("val_acc", "train_loss")
+        }
+        accs = [v for _, v in curves["val_acc"] if math.isfinite(v)]
+        try:
+            has_ckpt = any(a.path == CHECKPOINT_ARTIFACT for a in c.list_artifacts(rid, "checkpoint"))
+        except Exception:
+            has_ckpt = False
+        trials.append(
+            TrialInfo(
+                run_id=rid,
+                name=run.info.run_name or rid[:8],
+                status=run.info.status,
+                best_val_acc=max(accs) if accs else None,
+                has_checkpoint=has_ckpt,
+                params=dict(run.data.params),
+                curves=curves,
+            )
+        )
+    return trials
+
+
+def try_get_run(uri: str, run_id: str) -> Any | None:
+    """The run `run_id`, or None when the store does not have it."""
+    try:
+        return client(uri).get_run(run_id)
+    except Exception:
+        return None
+
+
+def experiments(uri: str, names: Sequence[str] | None) -> list[Any]:
+    """The named experiments (default: all), or a one-line error naming the known ones."""
+    c = client(uri)
+    if not names:
+        return list(c.search_experiments())
+    found = []
+    for name in names:
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            known = ", ".join(sorted(e.name for e in c.search_experiments())) or "none"
+            raise DynconvError(f"unknown experiment {name!r} in {uri}; experiments: {known}")
+        found.append(exp)
+    return found
+
+
+def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
+    """{step: value} of one metric of a run."""
+    return {m.step: m.value for m in client(uri).get_metric_history(run_id, key)}
+
+
+def latest_evaluation_metrics(uri: str, run) -> dict[str, float]:
+    """Metrics of the newest evaluation of trial `run` (empty when it was never evaluated)."""
+    runs = search_runs(
+        uri,
+        f"tags.`dynconv.role` = 'evaluation' and tags.`{TAG_SOURCE_RUN}` = '{run.info.run_id}'",
+        [run.info.experiment_id],
+    )
+    return dict(runs[0].data.metrics) if runs else {}

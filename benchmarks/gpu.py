@@ -40,10 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from train_throughput import (
+from common import (
     REPO,
-    LoopConfig,
-    ReferenceLoop,
     docs_section,
     forward_macs,
     machine_info,
@@ -55,6 +53,7 @@ from train_throughput import (
     usable_cores,
     write_docs_section,
 )
+from loops import LoopConfig, ReferenceLoop
 
 SECTION = "Training throughput on a GPU"
 MODELS = ("resnet18", "resnet18_dynamic", "resnet34", "simple_cnn")

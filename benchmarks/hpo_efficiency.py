@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train_throughput import (
+from common import (
     REPO,
     docs_section,
     machine_info,

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from train_throughput import REPO, docs_section, machine_info, markdown_table, write_docs_section
+from common import REPO, docs_section, machine_info, markdown_table, write_docs_section
 
 SECTION = "Quickstart wall-clock"
 GOAL_SECONDS = 300.0

@@ -1,4 +1,7 @@
-"""`python -m dynconv` = the `dynconv` command (for environments where the script is not on PATH)."""
+"""`python -m dynconv` = the `dynconv` command (for environments where the script is not on PATH).
+
+Imports only `dynconv.cli`.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""The spec's dataset, made ready: the synthetic set written on first use, then the decode-once cache."""
+"""The spec's dataset, made ready: the synthetic set written on first use, then the decode-once cache.
+
+Imports `dynconv.spec` and `dynconv.data`; never Ray or MLflow.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The one exception type the CLI turns into a one-line error message."""
+"""The one exception type the CLI turns into a one-line error message.
+
+Imports nothing: every layer may import it.
+"""
 
 
 class DynconvError(Exception):

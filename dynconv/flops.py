@@ -9,6 +9,8 @@ figures exactly (docs/flops.md).
 
 Dynamic models are counted honestly per channel subset: with C of 3 channels the stem conv does C/3
 of its full work.
+
+Imports torch, fvcore, `dynconv.models` and `dynconv.data.channels`; never Ray or MLflow.
 """
 
 from __future__ import annotations

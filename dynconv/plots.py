@@ -2,6 +2,8 @@
 
 Every function takes plain Python/numpy data and a path, writes one PNG and returns the path, so the
 callers (evaluation, report) decide what to plot and the plots never talk to MLflow themselves.
+
+Imports numpy and matplotlib (lazily); never MLflow: callers log the files.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ the run trains in this process through `LocalSession`, is evaluated over the cha
 same code as `dynconv evaluate`, and lands in MLflow as a new run (`dynconv.role=rerun`,
 `dynconv.rerun_of=<original run id>`) in the original's experiment, nested under the same study.
 Finally the original and the rerun are printed side by side.
+
+Imports `dynconv.tracking` (never `mlflow` directly), `dynconv.evaluation` and the Ray-free training
+loop; never Ray.
 """
 
 from __future__ import annotations

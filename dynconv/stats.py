@@ -17,6 +17,8 @@ Conventions, fixed here once so every table agrees:
   outside [0, 1]); with 450 test images and accuracy near 50 % the 95 % interval is about ±4.6 points.
 * Two models evaluated on the *same* test images are compared with McNemar's test on the
   discordant pairs, not by comparing two intervals (which ignores the pairing and is too timid).
+
+Imports only numpy and scipy.
 """
 
 from __future__ import annotations

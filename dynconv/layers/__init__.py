@@ -1,4 +1,7 @@
-"""Building blocks: the channel-flexible conv, the seed's dense blocks, SAGAN self-attention."""
+"""Building blocks: the channel-flexible conv, the seed's dense blocks, SAGAN self-attention.
+
+Layers import only torch (and each other); never Ray, MLflow or the rest of dynconv.
+"""
 
 from dynconv.layers.attention import SelfAttention2d
 from dynconv.layers.dense import RRDB, DenseBlock

@@ -1,6 +1,8 @@
 """`SelfAttention2d`: SAGAN-style self-attention over the spatial positions of a feature map.
 
 Reference: Zhang et al., "Self-Attention Generative Adversarial Networks" (SAGAN), 2019.
+
+Imports only torch.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Naming follows the seed, not DenseNet/ESRGAN: the seed's "DenseBlock" is a singl
 further residual. The differences from ESRGAN are constructor arguments, see `RRDB`.
 
 Reference: Wang et al., "ESRGAN: Enhanced Super-Resolution Generative Adversarial Networks", 2018.
+
+Imports only torch and `dynconv.layers.dynamic_conv`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The layer owns a weight for `max_in_channels` input *slots* (for images: R, G, B
 only some of them is convolved with the matching weight columns, so one trained stem serves RGB, RG,
 RB, GB, R, G and B inputs. The seed always used the *first* C columns, so an "RB" image went through
 the R and G weights; here the caller says which slots the input carries.
+
+Imports only torch.
 """
 
 from __future__ import annotations

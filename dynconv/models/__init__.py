@@ -2,6 +2,8 @@
 
 Every model's forward is `forward(x, channels=None)`; `model.dynamic` says whether `channels` may
 name a subset (dynamic models) or x must carry all `model.max_in_channels` channels (plain models).
+
+Models import torch, `dynconv.layers` and `dynconv.errors` only; never Ray, MLflow or data.
 """
 
 # Importing the model modules registers their entry points.

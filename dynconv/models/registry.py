@@ -2,6 +2,8 @@
 
 `create_model` records its arguments on the model as `model.model_args`, so a checkpoint that stores
 them can rebuild the exact architecture with `create_model(**model_args)`.
+
+Imports only torch and `dynconv.errors`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ are independent switches so their effects (on accuracy and on FLOPs) can be meas
 the seed changed both at once (see docs/flops.md).
 
 Reference: He et al., "Deep Residual Learning for Image Recognition", 2016.
+
+Imports only torch, `dynconv.layers` and the registry.
 """
 
 from __future__ import annotations

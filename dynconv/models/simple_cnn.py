@@ -4,6 +4,8 @@
 fusing conv back to `width`), 2×2 max-pool; (3) SAGAN self-attention, adaptive average pool;
 (4) dropout; (5) fully connected → num_classes. Every stage runs at full or half resolution, which is
 why it costs ~13× ResNet-34 (docs/flops.md).
+
+Imports only torch, `dynconv.layers` and the registry.
 """
 
 from __future__ import annotations

@@ -91,32 +91,8 @@ def _overview(records: Sequence[EvalRecord]) -> tuple[str, list[dict[str, Any]]]
     return md_table(head, rows), csv_rows
 
 
-def render_section(
-    records: Sequence[EvalRecord],
-    out: Path,
-    suffix: str,
-    elsewhere: Sequence[EvalRecord],
-    primary: bool = True,
-) -> Section:
-    """All tables, tests and plots for the evaluations on one test set.
-
-    The primary test set (the one most studies were evaluated on) always gets Tables 1-3, with "not run"
-    cells for missing studies; other test sets only get the tables some study of theirs fills.
-    """
-    from dynconv import plots
-
-    section = Section()
-    chosen = pick_roles(records)
-    t1 = next((chosen[k] for k in TABLE1_PREFERENCE if k in chosen), None)
-    if primary or t1 is not None:
-        table1(t1, section, out, suffix, elsewhere)
-    if primary or any(k in chosen for k in TABLE2_COLUMNS):
-        table2(chosen, section, out, suffix, elsewhere)
-    if primary or any(k in chosen for k in ("simple_cnn", "resnet34")):
-        table3(chosen, section, out, suffix, elsewhere)
-    if not primary and not chosen:
-        section.markdown.append("No study on this test set fills Tables 1-3; see the overview below.\n")
-
+def _significance(section: Section, records: Sequence[EvalRecord], out: Path, suffix: str) -> None:
+    """The table of every paired McNemar test the section's tables made, and its CSV."""
     md = section.markdown
     md.append("### Paired significance tests (McNemar, same test images)\n")
     if section.comparisons:
@@ -145,6 +121,12 @@ def render_section(
         md.append("No pairs to test on this test set.\n")
     section.files.append(write_csv(out / f"significance{suffix}.csv", [c.row() for c in section.comparisons]))
 
+
+def _pareto(section: Section, records: Sequence[EvalRecord], out: Path, suffix: str) -> None:
+    """Accuracy against FLOPs for every (study, subset): CSV, plot and the Pareto front in words."""
+    from dynconv import plots
+
+    md = section.markdown
     md.append("### Accuracy vs FLOPs (model x channel subset)\n")
     pts = pareto_points(records)
     section.files.append(write_csv(out / f"pareto{suffix}.csv", pts))
@@ -161,6 +143,34 @@ def render_section(
             + ".\n"
         )
 
+
+def render_section(
+    records: Sequence[EvalRecord],
+    out: Path,
+    suffix: str,
+    elsewhere: Sequence[EvalRecord],
+    primary: bool = True,
+) -> Section:
+    """All tables, tests and plots for the evaluations on one test set.
+
+    The primary test set (the one most studies were evaluated on) always gets Tables 1-3, with "not run"
+    cells for missing studies; other test sets only get the tables some study of theirs fills.
+    """
+    section = Section()
+    chosen = pick_roles(records)
+    t1 = next((chosen[k] for k in TABLE1_PREFERENCE if k in chosen), None)
+    if primary or t1 is not None:
+        table1(t1, section, out, suffix, elsewhere)
+    if primary or any(k in chosen for k in TABLE2_COLUMNS):
+        table2(chosen, section, out, suffix, elsewhere)
+    if primary or any(k in chosen for k in ("simple_cnn", "resnet34")):
+        table3(chosen, section, out, suffix, elsewhere)
+    if not primary and not chosen:
+        section.markdown.append("No study on this test set fills Tables 1-3; see the overview below.\n")
+
+    _significance(section, records, out, suffix)
+    _pareto(section, records, out, suffix)
+    md = section.markdown
     md.append("### All evaluations on this test set\n")
     table, csv_rows = _overview(records)
     md.append(table + "\n")

@@ -88,7 +88,14 @@ def table1(rec: EvalRecord | None, section: Section, out: Path, suffix: str, els
         "The seed reported one FLOP count for every subset; here a subset with C of 3 channels costs the "
         "stem C/3 of its work.\n"
     )
-    csv_rows = [
+    section.files.append(write_csv(out / f"table1{suffix}.csv", _table1_csv_rows(rec, comps)))
+    section.files.append(_table1_plot(rec, out / f"table1_accuracy{suffix}.png"))
+    md.append(f"![accuracy by subset](table1_accuracy{suffix}.png)\n")
+
+
+def _table1_csv_rows(rec: EvalRecord, comps: dict[str, Comparison]) -> list[dict[str, Any]]:
+    """table1.csv: one row per subset with its measures and its test against RGB."""
+    return [
         {
             "study": rec.study,
             "subset": s,
@@ -102,9 +109,12 @@ def table1(rec: EvalRecord | None, section: Section, out: Path, suffix: str, els
                 else {"p_vs_rgb": comps[s].row()["p_value"], "verdict_vs_rgb": comps[s].verdict}
             ),
         }
-        for s in subsets
+        for s in rec.subsets
     ]
-    section.files.append(write_csv(out / f"table1{suffix}.csv", csv_rows))
+
+
+def _table1_plot(rec: EvalRecord, path: Path) -> Path:
+    """Accuracy by subset with its intervals (table1_accuracy.png)."""
     from dynconv import plots
 
     plot_rows = [
@@ -114,12 +124,9 @@ def table1(rec: EvalRecord | None, section: Section, out: Path, suffix: str, els
             "acc_low": rec.m("acc_low", s),
             "acc_high": rec.m("acc_high", s),
         }
-        for s in subsets
+        for s in rec.subsets
     ]
-    section.files.append(
-        plots.accuracy_by_subset(plot_rows, out / f"table1_accuracy{suffix}.png", f"Table 1: {rec.label}")
-    )
-    md.append(f"![accuracy by subset](table1_accuracy{suffix}.png)\n")
+    return plots.accuracy_by_subset(plot_rows, path, f"Table 1: {rec.label}")
 
 
 def _seed_t1(measure: str, subset: str) -> str:

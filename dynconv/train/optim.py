@@ -1,4 +1,7 @@
-"""Optimizer and learning-rate schedule built from the spec's `train` section."""
+"""Optimizer and learning-rate schedule built from the spec's `train` section.
+
+Imports only torch and `dynconv.spec`; never Ray or MLflow.
+"""
 
 from __future__ import annotations
 

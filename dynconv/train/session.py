@@ -3,6 +3,8 @@
 The loop only talks to a Session, so the same code trains inside a Ray Train worker
 (`dynconv.train.ray_session.RaySession`), in a plain local process (`LocalSession`: rerun, tests,
 the benchmark's reference) and in any future runner.
+
+Imports only torch and `dynconv.errors`; never Ray or MLflow.
 """
 
 from __future__ import annotations

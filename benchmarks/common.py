@@ -1,5 +1,6 @@
 """Helpers every benchmark script shares: the machine, the date and command, markdown tables, the
-`--write-docs` section writer, a time limit, the FLOP count of a model and the machine's matmul peak.
+`--write-docs` section writer, a time limit, GPU memory, the augmentation rate, the FLOP count of a
+model and the machine's matmul peak.
 
 Imports only torch and `dynconv.models` at the top (Ray lazily in `start_ray`); benchmarks are run by hand,
 never by the test suite.
@@ -8,6 +9,7 @@ never by the test suite.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform
 import shlex
@@ -143,6 +145,45 @@ def one_line(exc: BaseException, limit: int = 160) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------ GPU memory, augmentation
+
+
+def have(module: str) -> bool:
+    """Whether `module` is installed (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak CUDA memory allocated since the last reset, GiB (None on the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_memory(device: torch.device) -> None:
+    """Free cached CUDA memory and reset the peak counter (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def augment_rate(batch: int, size: int, device: torch.device, seconds: float = 1.0) -> float:
+    """Images/s of `normalize` + `BatchAugment(1.0)` alone, from pinned uint8 host batches."""
+    from dynconv.data.augment import BatchAugment, normalize
+
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    if device.type == "cuda":
+        x = x.pin_memory()
+    aug = BatchAugment(1.0)
+    for _ in range(3):
+        aug(normalize(x, device))
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        aug(normalize(x, device))
+        n += 1
+    sync(device)
+    return n * batch / (time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------ FLOPs and peak

@@ -30,7 +30,6 @@ when ``OUT`` is set (``--insert-docs FILE`` later puts such a file into docs/ben
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -42,13 +41,16 @@ from typing import Any
 import torch
 from common import (
     REPO,
+    augment_rate,
     docs_section,
     forward_macs,
+    have,
     machine_info,
     markdown_table,
     matmul_peak,
     one_line,
-    sync,
+    peak_memory_gib,
+    reset_memory,
     training_gflops,
     usable_cores,
     write_docs_section,
@@ -60,39 +62,6 @@ MODELS = ("resnet18", "resnet18_dynamic", "resnet34", "simple_cnn")
 STUDY_SPEC = REPO / "tune_jobs" / "resnet18_dynamic.yaml"
 STUDY_NEEDS = ("ray", "mlflow", "optuna", "fvcore", "pydantic", "yaml", "numpy", "PIL")
 LOCAL_NEEDS = ("pydantic", "yaml", "numpy", "PIL")
-
-
-def have(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-def reset_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def augment_rate(batch: int, size: int, device: torch.device, seconds: float = 1.0) -> float:
-    """Images/s of `normalize` + `BatchAugment(1.0)` alone, from pinned uint8 host batches."""
-    from dynconv.data.augment import BatchAugment, normalize
-
-    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    if device.type == "cuda":
-        x = x.pin_memory()
-    aug = BatchAugment(1.0)
-    for _ in range(3):
-        aug(normalize(x, device))
-    sync(device)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        aug(normalize(x, device))
-        n += 1
-    sync(device)
-    return n * batch / (time.perf_counter() - t0)
 
 
 def measure_model(name: str, args: argparse.Namespace, device: torch.device, peaks: dict) -> list[dict]:

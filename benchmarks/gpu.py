@@ -2,7 +2,7 @@
 per model at 84x84, and one trial of a study through Ray Train end to end.
 
 Part 1 needs only torch and this repository (``dynconv.models``, ``dynconv.data.augment``): per model,
-a plain training loop (``benchmarks/train_throughput.py``'s reference: uint8 batches in pinned host
+a plain training loop (``benchmarks/loops.py``'s ``ReferenceLoop``: uint8 batches in pinned host
 memory, copied to the GPU, normalised, ``BatchAugment(1.0)`` on the GPU, forward, cross-entropy, backward,
 SGD step) at batch 256 in
 

@@ -70,6 +70,80 @@ def _fmt(x: float | None, spec: str = ",.1f", none: str = "-") -> str:
     return none if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def _dynconv_rates(name: str, args: argparse.Namespace, threads: int, steps: int, tmp: Path) -> tuple:
+    """(dynconv img/s, img/s with augment 1.0 or None) on a cache of exactly the timed batches."""
+    data = prepare_synthetic_cache(tmp / name, steps * args.batch_size, args.image_size)
+    same = dict(batch_size=args.batch_size, threads=threads, image_size=args.image_size, compile=args.compile)
+    dyn = dynconv_rate(throughput_spec(name, **same), data.cache_dir, tmp / "ray_results")
+    dyn_rate = dyn["train_images_per_second"]
+    print(f"   dynconv: {dyn_rate:,.1f} img/s (epoch 2, {dyn['epoch_seconds']:.1f} s)", flush=True)
+    aug_rate = None
+    if args.with_augment:
+        spec1 = throughput_spec(name, **same, augment=1.0)
+        aug_rate = dynconv_rate(spec1, data.cache_dir, tmp / "ray_results")["train_images_per_second"]
+        print(f"   dynconv, augment 1.0: {aug_rate:,.1f} img/s", flush=True)
+    return dyn_rate, aug_rate
+
+
+def compare_model(name: str, args: argparse.Namespace, config: LoopConfig, threads: int, tmp: Path) -> dict:
+    """Plain loop before, dynconv, plain loop after, for one model: the rates and the FLOP count."""
+    print(f"\n== {name}: counting FLOPs", flush=True)
+    macs, source = forward_macs(name, args.num_classes, args.image_size)
+    ref = ReferenceLoop(
+        name,
+        num_classes=args.num_classes,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        config=config,
+    )
+    warm = ref.warmup(args.warmup, timeout_s=args.compile_timeout if args.compile else None)
+    steps = args.steps or ref.steps_for(args.seconds, args.min_steps)
+    print(f"   plain warm-up {warm:.1f} s; timing {steps} steps of {args.batch_size}", flush=True)
+    before = ref.measure(steps)
+    print(f"   plain (before): {before.images_per_second:,.1f} img/s", flush=True)
+    dyn_rate, aug_rate = _dynconv_rates(name, args, threads, steps, tmp)
+    after = ref.measure(steps)
+    print(f"   plain (after): {after.images_per_second:,.1f} img/s", flush=True)
+    plain = statistics.mean([before.images_per_second, after.images_per_second])
+    spread = abs(before.images_per_second - after.images_per_second) / plain
+    return dict(
+        macs=macs,
+        source=source,
+        steps=steps,
+        plain=plain,
+        spread=spread,
+        dyn_rate=dyn_rate,
+        aug_rate=aug_rate,
+    )
+
+
+def comparison_row(name: str, m: dict, args: argparse.Namespace, peak: float) -> tuple[list, list[str]]:
+    """The table row of one model and its pass/miss checks against the targets."""
+    macs, plain, dyn_rate = m["macs"], m["plain"], m["dyn_rate"]
+    ratio = dyn_rate / plain
+    achieved = training_gflops(macs, dyn_rate)
+    bound = peak * 1e9 / (6 * macs) if macs else None
+    pct = achieved / peak if achieved else None
+    row = [
+        f"`{name}`",
+        _fmt(macs / 1e6 if macs else None, ",.0f"),
+        f"{m['steps']} × {args.batch_size}",
+        f"{plain:,.1f} (±{m['spread'] / 2:.0%})",
+        f"{dyn_rate:,.1f}",
+        f"**{ratio:.3f}**",
+        *([_fmt(m["aug_rate"])] if args.with_augment else []),
+        _fmt(achieved),
+        _fmt(bound),
+        f"**{pct:.0%}**" if pct is not None else "-",
+    ]
+    checks = [f"{name}: dynconv/plain = {ratio:.3f} ({'meets' if ratio >= 0.95 else 'misses'} ≥ 0.95)"]
+    if name == "resnet18" and pct is not None:
+        checks.append(
+            f"resnet18: {pct:.0%} of the compute-bound rate ({'meets' if pct >= 0.5 else 'misses'} ≥ 50 %)"
+        )
+    return row, checks
+
+
 def run_comparison(args: argparse.Namespace, threads: int, peak: float) -> tuple[str, list[str]]:
     """Plain vs dynconv per model; returns (table, notes)."""
     config = LoopConfig(
@@ -82,82 +156,12 @@ def run_comparison(args: argparse.Namespace, threads: int, peak: float) -> tuple
     try:
         with tempfile.TemporaryDirectory(prefix="dynconv_throughput_") as tmp:
             for name in args.models:
-                print(f"\n== {name}: counting FLOPs", flush=True)
-                macs, source = forward_macs(name, args.num_classes, args.image_size)
-                ref = ReferenceLoop(
-                    name,
-                    num_classes=args.num_classes,
-                    image_size=args.image_size,
-                    batch_size=args.batch_size,
-                    config=config,
-                )
-                warm = ref.warmup(args.warmup, timeout_s=args.compile_timeout if args.compile else None)
-                steps = args.steps or ref.steps_for(args.seconds, args.min_steps)
-                print(f"   plain warm-up {warm:.1f} s; timing {steps} steps of {args.batch_size}", flush=True)
-                before = ref.measure(steps)
-                print(f"   plain (before): {before.images_per_second:,.1f} img/s", flush=True)
-
-                data = prepare_synthetic_cache(Path(tmp) / name, steps * args.batch_size, args.image_size)
-                spec = throughput_spec(
-                    name,
-                    batch_size=args.batch_size,
-                    threads=threads,
-                    image_size=args.image_size,
-                    compile=args.compile,
-                )
-                dyn = dynconv_rate(spec, data.cache_dir, Path(tmp) / "ray_results")
-                dyn_rate = dyn["train_images_per_second"]
-                print(
-                    f"   dynconv: {dyn_rate:,.1f} img/s (epoch 2, {dyn['epoch_seconds']:.1f} s)", flush=True
-                )
-                aug_rate = None
-                if args.with_augment:
-                    spec1 = throughput_spec(
-                        name,
-                        batch_size=args.batch_size,
-                        threads=threads,
-                        image_size=args.image_size,
-                        compile=args.compile,
-                        augment=1.0,
-                    )
-                    aug_rate = dynconv_rate(spec1, data.cache_dir, Path(tmp) / "ray_results")[
-                        "train_images_per_second"
-                    ]
-                    print(f"   dynconv, augment 1.0: {aug_rate:,.1f} img/s", flush=True)
-
-                after = ref.measure(steps)
-                print(f"   plain (after): {after.images_per_second:,.1f} img/s", flush=True)
-                plain = statistics.mean([before.images_per_second, after.images_per_second])
-                spread = abs(before.images_per_second - after.images_per_second) / plain
-                ratio = dyn_rate / plain
-                achieved = training_gflops(macs, dyn_rate)
-                bound = peak * 1e9 / (6 * macs) if macs else None
-                pct = achieved / peak if achieved else None
-                rows.append(
-                    [
-                        f"`{name}`",
-                        _fmt(macs / 1e6 if macs else None, ",.0f"),
-                        f"{steps} × {args.batch_size}",
-                        f"{plain:,.1f} (±{spread / 2:.0%})",
-                        f"{dyn_rate:,.1f}",
-                        f"**{ratio:.3f}**",
-                        *([_fmt(aug_rate)] if args.with_augment else []),
-                        _fmt(achieved),
-                        _fmt(bound),
-                        f"**{pct:.0%}**" if pct is not None else "-",
-                    ]
-                )
-                checks.append(
-                    f"{name}: dynconv/plain = {ratio:.3f} ({'meets' if ratio >= 0.95 else 'misses'} ≥ 0.95)"
-                )
-                if name == "resnet18" and pct is not None:
-                    checks.append(
-                        f"resnet18: {pct:.0%} of the compute-bound rate "
-                        f"({'meets' if pct >= 0.5 else 'misses'} ≥ 50 %)"
-                    )
-                if source != "fvcore":
-                    notes.append(f"{name}: FLOPs from {source}")
-                del ref
+                m = compare_model(name, args, config, threads, Path(tmp))
+                row, row_checks = comparison_row(name, m, args, peak)
+                rows.append(row)
+                checks += row_checks
+                if m["source"] != "fvcore":
+                    notes.append(f"{name}: FLOPs from {m['source']}")
     finally:
         ray.shutdown()
     headers = [

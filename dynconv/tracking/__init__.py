@@ -3,10 +3,10 @@
 Nothing outside `dynconv/tracking/` imports `mlflow`; callers write `tracking.find_runs(...)`,
 `tracking.log_metrics(...)`. Modules:
 
-- `layout`: tag and artifact names, the tracking store (URI, checks, experiments) and `client`.
-- `find`: runs by id, filter or tag; a study's parent run and its trials (`TrialInfo`).
+- `layout`: tag and artifact names, the tracking store (URI, checks, experiments), `client`, and writing
+  the runs (parent and child runs, params, metrics, tags, artifacts, run status; `find_runs` by tag).
+- `find`: runs by id or filter; a study's parent run and its trials (`TrialInfo`); metric histories.
 - `artifacts`: a trial's checkpoint, a study's spec, YAML/JSON files, per-image predictions.
-- `record`: parent and child runs, params, metrics, tags, artifacts, run status.
 - `evaluations`: an evaluation's run, metrics, tables and plots (import it explicitly:
   `from dynconv.tracking.evaluations import record_evaluation`; it pulls in `dynconv.evaluation`,
   which a trial actor has no need of).
@@ -19,7 +19,6 @@ from dynconv.tracking.artifacts import download_yaml, load_checkpoint, load_pred
 from dynconv.tracking.find import (
     TrialInfo,
     experiments,
-    find_runs,
     find_study_run,
     get_run,
     latest_evaluation_metrics,
@@ -49,17 +48,16 @@ from dynconv.tracking.layout import (
     check_storage_path,
     check_tracking_store,
     client,
-    ensure_experiment,
-    quiet_artifact_downloads,
-    resolve_tracking_uri,
-)
-from dynconv.tracking.record import (
     create_child_run,
     end_run,
     ensure_child_run,
+    ensure_experiment,
+    find_runs,
     log_artifact,
     log_metrics,
     log_params,
+    quiet_artifact_downloads,
+    resolve_tracking_uri,
     set_tags,
     start_study_run,
 )

@@ -33,8 +33,11 @@ from dynconv.tracking.layout import (
     TAG_STUDY,
     TAG_TEST_SET,
     client,
+    create_child_run,
+    log_artifact,
+    log_metrics,
+    log_params,
 )
-from dynconv.tracking.record import create_child_run, log_artifact, log_metrics, log_params
 
 
 def log_evaluation(uri: str, run_id: str, ev: Evaluation, title: str = "") -> None:

@@ -1,4 +1,4 @@
-"""Finding runs: a run by id, runs by filter or tag, a study's parent run, its trials.
+"""Finding runs: a run by id, runs by filter, a study's parent run, its trials, metric histories.
 
 Read-only; imports only `dynconv.tracking.layout` and `dynconv.errors` (and `mlflow` inside functions).
 """
@@ -21,14 +21,6 @@ from dynconv.tracking.layout import (
     TAG_STUDY,
     client,
 )
-
-
-def find_runs(tracking_uri: str, experiment_id: str, **tags: str) -> list[Any]:
-    """Runs of an experiment carrying all the given `dynconv.*` tags, newest first."""
-    filt = " and ".join(f"tags.`dynconv.{k}` = '{v}'" for k, v in tags.items())
-    return client(tracking_uri).search_runs(
-        [experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1000
-    )
 
 
 def get_run(uri: str, run_id: str):

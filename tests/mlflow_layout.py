@@ -25,7 +25,8 @@ VALUED_TAGS = ("dynconv.role", "dynconv.study", "dynconv.model", "dynconv.dynami
 _PLACEHOLDERS = (
     (re.compile(r"[0-9a-f]{32}"), "<run_id>"),
     (re.compile(r"\d{8}-\d{6}"), "<time>"),
-    (re.compile(r"_[0-9a-f]{5}_\d{5}"), "_<trial>"),
+    (re.compile(r"_[0-9a-f]{8}\b"), "_<trial>"),  # Ray Tune 2.60 trial ids: run_trial_c3aa3f87
+    (re.compile(r"_[0-9a-f]{5}_\d{5}\b"), "_<trial>"),  # older Tune: run_trial_0d3f1_00000
 )
 
 

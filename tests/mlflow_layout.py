@@ -105,4 +105,20 @@ def check(name: str, actual: dict[str, Any]) -> None:
         EXPECTED.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
         return
     assert name in recorded, f"no recorded MLflow layout {name!r} in {EXPECTED}"
-    assert json.loads(json.dumps(actual)) == recorded[name]
+    differences = _differences(recorded[name], json.loads(json.dumps(actual)))
+    assert not differences, f"MLflow layout {name!r} differs from {EXPECTED.name}:\n" + "\n".join(differences)
+
+
+def _differences(expected: Any, actual: Any, where: str = "") -> list[str]:
+    """Readable differences between two layouts: missing and unexpected keys or list items, changed values."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = [f"{where}/{k}: missing" for k in expected if k not in actual]
+        out += [f"{where}/{k}: unexpected" for k in actual if k not in expected]
+        for k in expected.keys() & actual.keys():
+            out += _differences(expected[k], actual[k], f"{where}/{k}")
+        return out
+    if isinstance(expected, list) and isinstance(actual, list) and expected != actual:
+        missing = [x for x in expected if x not in actual]
+        extra = [x for x in actual if x not in expected]
+        return [f"{where}: missing {missing}, unexpected {extra}"]
+    return [] if expected == actual else [f"{where}: expected {expected!r}, got {actual!r}"]

@@ -1,6 +1,13 @@
 """The decode-once cache: every image decoded, converted to RGB and resized once, then memory-mapped.
 
-Layout of a cache directory (default ``ROOT/.dynconv_cache/size{SIZE}``)::
+Where a cache lives: ``ROOT/.dynconv_cache/size{SIZE}`` by default; under a given ``cache_dir`` (shared by
+several datasets and studies, e.g. ``/mnt/shared/dynconv_cache``) each dataset and image size gets its own
+subdirectory ``{ROOT NAME}-{KEY}-size{SIZE}`` (KEY: a digest of the resolved root path, the size and the
+decode format version), so two studies at different sizes or on different datasets never rebuild each
+other's cache. Workers open a cache with the fingerprint the driver prepared (:meth:`PreparedData.open`)
+and fail in one line if it holds anything else.
+
+Layout of a cache directory::
 
     manifest.json          what it was built from, size, counts, skipped files (written last)
     {split}_images.u8      raw uint8 array, shape (N, 3, SIZE, SIZE) - NCHW, so batches need no transpose
@@ -48,7 +55,7 @@ from dynconv.data.sources import (
     require_train_classes,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding
 MANIFEST = "manifest.json"
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
 
@@ -136,13 +143,25 @@ class PreparedData:
     _arrays: dict[str, SplitArrays] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def open(cls, cache_dir: Path) -> PreparedData:
-        """Open an existing cache directory (as written by :func:`prepare`)."""
+    def open(cls, cache_dir: Path, fingerprint: str | None = None) -> PreparedData:
+        """Open an existing cache directory (as written by :func:`prepare`).
+
+        ``fingerprint``: the one the caller prepared (a training worker gets the driver's); a cache that
+        holds anything else (rebuilt since, other data, other size) is a one-line DataError, never
+        silently other data.
+        """
         cache_dir = Path(cache_dir)
         with _lock(_lock_path(cache_dir), shared=True):
             manifest = read_manifest(cache_dir)
             if manifest is None:
                 raise DataError(f"{cache_dir}: no dynconv cache here (missing or unreadable {MANIFEST})")
+            if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+                found = f"fingerprint {str(manifest.get('fingerprint'))[:12]}, {manifest.get('size')} px"
+                raise DataError(
+                    f"{cache_dir}: the cache holds other data ({found}) "
+                    f"than was prepared (fingerprint {fingerprint[:12]}); "
+                    "the dataset changed or the cache was rebuilt since - start the study again"
+                )
             return cls._from_manifest(cache_dir, manifest)
 
     @classmethod
@@ -203,6 +222,22 @@ def default_cache_dir(root: Path, size: int) -> Path:
     return Path(root) / ".dynconv_cache" / f"size{size}"
 
 
+def cache_location(root: Path, size: int, cache_dir: Path | None = None) -> Path:
+    """The cache of dataset ``root`` at ``size``: the default, or a keyed subdirectory of ``cache_dir``.
+
+    The key covers what changes the decoded bytes apart from the files themselves (the resolved root,
+    the size, the decode format version), so datasets and sizes sharing one ``cache_dir`` never collide;
+    changes to the files are caught by the full fingerprint in the manifest.
+    """
+    if cache_dir is None:
+        return default_cache_dir(root, size)
+    resolved = Path(root).resolve()
+    ident = {"root": str(resolved), "size": size, "format_version": FORMAT_VERSION}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in resolved.name).lstrip(".") or "data"
+    return Path(cache_dir) / f"{name}-{key}-size{size}"
+
+
 def prepare(
     root: Path,
     size: int = 84,
@@ -214,6 +249,8 @@ def prepare(
 ) -> PreparedData:
     """Return the decode-once cache of the dataset at ``root``, building it only when needed.
 
+    ``cache_dir``: a directory shared by caches (each dataset and size in its own subdirectory, see
+    :func:`cache_location`); default ``ROOT/.dynconv_cache``.
     ``workers``: decoding processes (default: the usable cores, fewer for small datasets).
     ``skip_bad``: skip unreadable images and count them; without it the first one raises a DataError
     naming the file (and its list line). ``progress``: a progress bar while decoding, and a per-split
@@ -225,7 +262,7 @@ def prepare(
         raise DataError(f"workers must be at least 1, got {workers}")
     source = load_source(Path(root), num_classes)
     fp = fingerprint(source, size)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(Path(root), size)
+    cache_dir = cache_location(Path(root), size, Path(cache_dir) if cache_dir is not None else None)
     lock = _lock_path(cache_dir)
 
     with _lock(lock, shared=True):

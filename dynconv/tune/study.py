@@ -209,6 +209,7 @@ def run_study(
         "parent_run_id": parent,
         "run_name": run_name,
         "cache_dir": str(data.cache_dir),
+        "cache_fingerprint": data.fingerprint,
         "num_classes": data.num_classes,
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,

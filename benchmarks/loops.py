@@ -244,12 +244,17 @@ def dynconv_rate(spec, cache_dir: Path, storage: Path) -> dict[str, float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from dynconv.data.cache import PreparedData
     from dynconv.train.ray_session import train_worker
 
     r = spec.resources
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.to_json_dict(), "cache_dir": str(cache_dir)},
+        train_loop_config={
+            "spec": spec.to_json_dict(),
+            "cache_dir": str(cache_dir),
+            "cache_fingerprint": PreparedData.open(cache_dir).fingerprint,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=1, use_gpu=False, resources_per_worker={"CPU": r.cpus_per_worker}
         ),

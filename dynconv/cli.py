@@ -33,6 +33,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
         workers=args.workers,
         skip_bad=args.skip_bad,
         progress=True,
+        strict=args.strict,
     )
 
 
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="where the cache lives (default: ROOT/.dynconv_cache)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them")
+    p.add_argument(
+        "--strict", action="store_true", help="make images with identical pixels in two splits an error"
+    )
     p.set_defaults(func=_cmd_data_prepare)
     p = dsub.add_parser("synth", help="write the embedded synthetic dataset in ImageNet-mini layout")
     p.add_argument("out")

@@ -12,14 +12,19 @@ from dynconv.spec import JobSpec
 
 
 def dataset_root(spec: JobSpec) -> Path:
-    """The dataset root: `data.root`, or the embedded synthetic set (written if missing)."""
+    """The dataset root: `data.root`, or the embedded synthetic set (written if missing).
+
+    The synthetic set lives in a subdirectory of `data.synthetic.dir` named for its settings, so studies
+    with different synthetic settings sharing one `dir` each get their own data instead of rewriting it.
+    """
     if spec.data.root is not None:
         return Path(spec.data.root).expanduser().resolve()
-    from dynconv.data.synth import ensure_synthetic
+    from dynconv.data.synth import ensure_synthetic, synthetic_dir_name
 
     syn = spec.data.synthetic
+    name = synthetic_dir_name(syn.classes, syn.per_class, syn.size, syn.seed)
     return ensure_synthetic(
-        Path(syn.dir).expanduser().resolve(),
+        Path(syn.dir).expanduser().resolve() / name,
         classes=syn.classes,
         per_class=syn.per_class,
         size=syn.size,

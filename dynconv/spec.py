@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dynconv.data.channels import SUBSET_NAMES
 from dynconv.errors import DynconvError
+from dynconv.spec_checks import (
+    SAFE_EXPERIMENT_PATTERN,
+    SAFE_NAME_PATTERN,
+    check_metric,
+    check_model_args,
+    check_searched_field,
+)
 
 
 class SpecError(DynconvError, ValueError):
@@ -41,6 +57,13 @@ class ModelSpec(_Strict):
         if name not in list_models():
             raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
         return name
+
+    @field_validator("args")
+    @classmethod
+    def _args_fit_constructor(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" in info.data:  # a valid model name (validated before args)
+            check_model_args(info.data["name"], args)
+        return args
 
 
 class SyntheticSpec(_Strict):
@@ -148,10 +171,16 @@ class SearchSpec(_Strict):
             for name, field in TrainSpec.model_fields.items()
             if field.annotation in (float, int, "float", "int")
         }
-        for key in space:
+        for key, param in space.items():
             if key not in searchable:
                 raise ValueError(f"{key!r} is not a numeric train field; searchable: {sorted(searchable)}")
+            check_searched_field(key, TrainSpec.model_fields[key], param)
         return space
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        return check_metric(metric)
 
 
 class SchedulerSpec(_Strict):
@@ -182,6 +211,13 @@ class MlflowSpec(_Strict):
 
     tracking_uri: str | None = None
     experiment: str | None = None
+
+    @field_validator("experiment")
+    @classmethod
+    def _safe_experiment(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        return _safe_name(name, SAFE_EXPERIMENT_PATTERN, "letters, digits, ' _.,:+=@-'", 200)
 
 
 class FailureSpec(_Strict):
@@ -219,7 +255,7 @@ class EvaluateSpec(_Strict):
 class JobSpec(_Strict):
     """A whole study, as written in a tune_jobs/*.yaml file."""
 
-    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    study: str
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec
@@ -230,6 +266,11 @@ class JobSpec(_Strict):
     failure: FailureSpec = Field(default_factory=FailureSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     storage_path: str = "ray_results"
+
+    @field_validator("study")
+    @classmethod
+    def _safe_study(cls, name: str) -> str:
+        return _safe_name(name, SAFE_NAME_PATTERN, "letters, digits, '_.-'", 100)
 
     @model_validator(mode="after")
     def _grace_fits(self) -> JobSpec:
@@ -288,6 +329,16 @@ class JobSpec(_Strict):
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict, the form that travels to Ray workers and into MLflow and checkpoints."""
         return self.model_dump(mode="json")
+
+
+def _safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
+    """Names that become directories (Tune storage, MLflow artifact root) must not escape them."""
+    if not re.fullmatch(pattern, name):
+        raise ValueError(
+            f"{name!r} is not a safe name: use {allowed}, starting with a letter or digit, "
+            f"no '..', no '/', no control characters, at most {max_len} characters"
+        )
+    return name
 
 
 def absolute_tracking_uri(uri: str) -> str:

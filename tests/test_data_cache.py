@@ -80,12 +80,16 @@ def test_cache_is_rebuilt_when_its_inputs_change(synth: Path, change: str) -> No
         assert second.counts["train"] == 8
 
 
-def test_size_change_rebuilds_a_shared_cache_dir(synth: Path, tmp_path: Path) -> None:
+def test_sizes_sharing_a_cache_dir_each_keep_their_own(synth: Path, tmp_path: Path, monkeypatch) -> None:
     where = tmp_path / "cache"
-    for size in (12, 8):
+    first = {size: prepare(synth, size=size, cache_dir=where, workers=1, progress=False) for size in (12, 8)}
+    assert first[12].cache_dir != first[8].cache_dir
+    assert all(d.cache_dir.parent == where for d in first.values())
+    _no_rebuild(monkeypatch)  # asking again for either size reuses it: neither replaced the other
+    for size in (12, 8, 12):
         data = prepare(synth, size=size, cache_dir=where, workers=1, progress=False)
+        assert data.cache_dir == first[size].cache_dir
         assert data.split("val").images.shape[-1] == size
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".cache")) == [".cache.lock"]
 
 
 def test_worker_pool_gives_the_same_cache(synth: Path, tmp_path: Path) -> None:
@@ -145,15 +149,17 @@ def test_pickles_cheaply_and_remaps_lazily(synth: Path) -> None:
 
 def test_leftovers_are_cleaned_and_foreign_dirs_refused(synth: Path, tmp_path: Path) -> None:
     where = tmp_path / "c"
-    (tmp_path / ".c.build-dead").mkdir()
-    (tmp_path / ".c.build-dead" / "train_images.u8").write_bytes(b"torn")
+    keyed = cache.cache_location(synth, 8, where)
+    dead = keyed.with_name(f".{keyed.name}.build-dead")
+    dead.mkdir(parents=True)
+    (dead / "train_images.u8").write_bytes(b"torn")
     prepare(synth, size=8, cache_dir=where, workers=1, progress=False)
-    assert not (tmp_path / ".c.build-dead").exists()
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
+    assert not dead.exists()
+    foreign = cache.cache_location(synth, 8, tmp_path / "mine")
+    foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(DataError, match="is not a dynconv cache; refusing to replace it"):
-        prepare(synth, size=8, cache_dir=foreign, workers=1, progress=False)
+        prepare(synth, size=8, cache_dir=tmp_path / "mine", workers=1, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
@@ -299,7 +305,8 @@ def test_open_without_a_cache_and_cli_prepare(synth: Path, tmp_path: Path, capsy
     assert main(["data", "prepare", str(synth), "--size", "8", "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "cache built" in out and "train" in out and "skipped" in out
-    assert PreparedData.open(tmp_path / "c").counts == {"train": 9, "val": 3, "test": 3}
+    keyed = cache.cache_location(synth, 8, tmp_path / "c")  # one subdirectory per dataset and size
+    assert PreparedData.open(keyed).counts == {"train": 9, "val": 3, "test": 3}
 
 
 def test_folder_layout_builds_and_names_a_bad_image(tmp_path: Path) -> None:

@@ -17,11 +17,29 @@ def resnet18() -> nn.Module:
     return create_model("resnet18", num_classes=50)
 
 
+# fvcore 0.1.5's figures at 84x84 / 50 classes, exactly as README.md and docs/flops.md print them.
+FVCORE_FLOPS = [
+    ("resnet18", {}, 296_832_512),
+    ("resnet34", {}, 613_454_592),
+    ("resnet18_dynamic", {}, 296_832_512),
+    ("resnet18_dynamic", {"stem": "seed"}, 927_859_200),
+    ("resnet18_dynamic", {"stem": "small"}, 3_925_961_728),
+    ("simple_cnn", {}, 8_163_761_152),
+    ("simple_cnn", {"dense_padding": 1}, 7_699_274_560),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "expected"), FVCORE_FLOPS)
+def test_fvcore_figures_pinned_exactly(name: str, kwargs: dict, expected: int, resnet18: nn.Module) -> None:
+    model = resnet18 if (name, kwargs) == ("resnet18", {}) else create_model(name, num_classes=50, **kwargs)
+    assert count_flops(model, image_size=84) == expected
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet34"])
-def test_plain_resnets_within_half_percent_of_seed(name: str, resnet18: nn.Module) -> None:
-    model = resnet18 if name == "resnet18" else create_model(name, num_classes=50)
-    flops = count_flops(model, image_size=84)
-    assert abs(flops / SEED_FLOPS[name] - 1) < 0.005, flops
+def test_plain_resnets_within_half_percent_of_seed(name: str) -> None:
+    """The documented gap to the seed (+0.13 % / +0.09 %): counting rules only."""
+    expected = dict(((n, tuple(k)), f) for n, k, f in FVCORE_FLOPS)[(name, ())]
+    assert 0 < expected / SEED_FLOPS[name] - 1 < 0.005
 
 
 @pytest.mark.parametrize(

@@ -85,18 +85,35 @@ def test_mlflow_layout_is_the_recorded_one(study) -> None:
 
 
 def test_tpe_and_asha_are_the_searcher_and_scheduler(study) -> None:
-    spec, result = study
+    """Inspect what the study really ran with, from Tune's own saved state (not rebuilt from the spec):
+    the searcher's state (saved as the study ran) and the Tuner's config (saved when it was built)."""
+    import pickle
+
     from ray.tune.schedulers import ASHAScheduler
 
-    from dynconv.tune.search import build_scheduler, build_searcher
-
-    assert type(build_searcher(spec)._sampler).__name__ == "TPESampler"
-    scheduler = build_scheduler(spec)
-    assert isinstance(scheduler, ASHAScheduler) and scheduler._time_attr == "epoch"
+    spec, result = study
     state = Path(result.tune_path)
-    assert list(state.glob("searcher-state-*.pkl")), "Tune saved the Optuna searcher's state"
-    values = [t.params["lr"] for t in result.trials]
-    assert len(set(values)) == 2 and all(0.01 <= v <= 0.2 for v in values)
+    [saved] = state.glob("searcher-state-*.pkl")
+    searcher = pickle.loads(saved.read_bytes())  # OptunaSearch.save(): its attributes as a dict
+    sampler = searcher["_sampler"]
+    assert type(sampler).__name__ == "TPESampler"
+    assert sampler._n_startup_trials == spec.search.tpe_startup_trials
+    assert (searcher["_metric"], searcher["_mode"]) == ("val_acc", "max")
+    lr, aug = searcher["_space"]["lr"], searcher["_space"]["augment_strength"]
+    assert (lr.log, lr.low, lr.high) == (True, 0.01, 0.2)
+    assert (aug.log, aug.low, aug.high) == (False, 0.0, 0.5)
+    # The Optuna study behind the searcher suggested exactly the trials' values.
+    suggested = sorted(t.params["lr"] for t in searcher["_ot_study"].trials)
+    assert suggested == pytest.approx(sorted(t.params["lr"] for t in result.trials))
+    assert len(set(suggested)) == 2 and all(0.01 <= v <= 0.2 for v in suggested)
+
+    config = pickle.loads((state / "tuner.pkl").read_bytes())["_tune_config"]
+    assert config.search_alg._sampler.__class__.__name__ == "TPESampler"
+    scheduler = config.scheduler
+    assert isinstance(scheduler, ASHAScheduler) and scheduler._time_attr == "epoch"
+    assert scheduler._max_t == spec.train.epochs and scheduler._reduction_factor == 2.0
+    # rungs at grace_period * reduction_factor**k up to max_t (1 and 2 epochs), as Ray lists them
+    assert [milestone for milestone, _ in scheduler._brackets[0]._rungs] == [2.0, 1.0]
 
 
 def test_checkpoint_rebuilds_the_model(study) -> None:

@@ -1,6 +1,13 @@
 """The decode-once cache: every image decoded, converted to RGB and resized once, then memory-mapped.
 
-Layout of a cache directory (default ``ROOT/.dynconv_cache/size{SIZE}``)::
+Where a cache lives: ``ROOT/.dynconv_cache/size{SIZE}`` by default; under a given ``cache_dir`` (shared by
+several datasets and studies, e.g. ``/mnt/shared/dynconv_cache``) each dataset and image size gets its own
+subdirectory ``{ROOT NAME}-{KEY}-size{SIZE}`` (KEY: a digest of the resolved root path, the size and the
+decode format version), so two studies at different sizes or on different datasets never rebuild each
+other's cache. Workers open a cache with the fingerprint the driver prepared (:meth:`PreparedData.open`)
+and fail in one line if it holds anything else.
+
+Layout of a cache directory::
 
     manifest.json          what it was built from, size, counts, skipped files (written last)
     {split}_images.u8      raw uint8 array, shape (N, 3, SIZE, SIZE) - NCHW, so batches need no transpose
@@ -37,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from dynconv.data.leakage import find_leakage, leakage_line
 from dynconv.data.sources import (
     SPLITS,
     DataError,
@@ -48,7 +56,7 @@ from dynconv.data.sources import (
     require_train_classes,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding
 MANIFEST = "manifest.json"
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
 
@@ -57,13 +65,21 @@ _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded i
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode one image file to a ``(3, size, size)`` uint8 RGB array.
+    """Decode one image file to a ``(3, size, size)`` uint8 RGB array (see :func:`decode_and_hash`)."""
+    return decode_and_hash(path, size)[0]
 
+
+def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
+    """Decode one image file to a ``(3, size, size)`` uint8 RGB array, and a digest of its decoded pixels.
+
+    EXIF orientation is applied first (a phone photo stored sideways is decoded upright).
     Grayscale, CMYK, palette and 16-bit images are converted; images with transparency (RGBA, LA,
     palette with a transparent colour) are composited onto white. JPEGs are decoded at a reduced DCT
     scale when they are at least twice the target size (``Image.draft``), which makes large photos
     several times cheaper to decode. The resize is bilinear with antialiasing (PIL's default filter
     support), to exactly ``size x size`` as the seed does (aspect ratio is not kept).
+    The digest (blake2b of the upright RGB pixels and their dimensions, before the resize) is equal
+    for two files exactly when their decoded pixels are: :func:`find_leakage` compares it across splits.
     Raises whatever PIL raises for unreadable files; the caller turns that into a DataError.
     """
     with warnings.catch_warnings():
@@ -71,11 +87,14 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         with Image.open(path) as img:
             img.draft(img.mode, (size, size))
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img)
+            digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+            digest.update(f"{rgb.size}".encode())
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)), digest.hexdigest()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -97,11 +116,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    """Pool worker: decode one file; never raises, returns (array, None) or (None, reason)."""
+def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
+    """Pool worker: decode one file; never raises, returns (array, pixel digest) or (None, reason)."""
     path, size = task
     try:
-        return decode_image(path, size), None
+        return decode_and_hash(path, size)
     except FileNotFoundError:
         return None, "file not found"
     except Exception as exc:  # any failure to decode is a bad image, reported with its reason
@@ -136,13 +155,25 @@ class PreparedData:
     _arrays: dict[str, SplitArrays] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def open(cls, cache_dir: Path) -> PreparedData:
-        """Open an existing cache directory (as written by :func:`prepare`)."""
+    def open(cls, cache_dir: Path, fingerprint: str | None = None) -> PreparedData:
+        """Open an existing cache directory (as written by :func:`prepare`).
+
+        ``fingerprint``: the one the caller prepared (a training worker gets the driver's); a cache that
+        holds anything else (rebuilt since, other data, other size) is a one-line DataError, never
+        silently other data.
+        """
         cache_dir = Path(cache_dir)
         with _lock(_lock_path(cache_dir), shared=True):
             manifest = read_manifest(cache_dir)
             if manifest is None:
                 raise DataError(f"{cache_dir}: no dynconv cache here (missing or unreadable {MANIFEST})")
+            if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+                found = f"fingerprint {str(manifest.get('fingerprint'))[:12]}, {manifest.get('size')} px"
+                raise DataError(
+                    f"{cache_dir}: the cache holds other data ({found}) "
+                    f"than was prepared (fingerprint {fingerprint[:12]}); "
+                    "the dataset changed or the cache was rebuilt since - start the study again"
+                )
             return cls._from_manifest(cache_dir, manifest)
 
     @classmethod
@@ -203,6 +234,22 @@ def default_cache_dir(root: Path, size: int) -> Path:
     return Path(root) / ".dynconv_cache" / f"size{size}"
 
 
+def cache_location(root: Path, size: int, cache_dir: Path | None = None) -> Path:
+    """The cache of dataset ``root`` at ``size``: the default, or a keyed subdirectory of ``cache_dir``.
+
+    The key covers what changes the decoded bytes apart from the files themselves (the resolved root,
+    the size, the decode format version), so datasets and sizes sharing one ``cache_dir`` never collide;
+    changes to the files are caught by the full fingerprint in the manifest.
+    """
+    if cache_dir is None:
+        return default_cache_dir(root, size)
+    resolved = Path(root).resolve()
+    ident = {"root": str(resolved), "size": size, "format_version": FORMAT_VERSION}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in resolved.name).lstrip(".") or "data"
+    return Path(cache_dir) / f"{name}-{key}-size{size}"
+
+
 def prepare(
     root: Path,
     size: int = 84,
@@ -211,13 +258,17 @@ def prepare(
     skip_bad: bool = False,
     progress: bool = True,
     num_classes: int | None = None,
+    strict: bool = False,
 ) -> PreparedData:
     """Return the decode-once cache of the dataset at ``root``, building it only when needed.
 
+    ``cache_dir``: a directory shared by caches (each dataset and size in its own subdirectory, see
+    :func:`cache_location`); default ``ROOT/.dynconv_cache``.
     ``workers``: decoding processes (default: the usable cores, fewer for small datasets).
     ``skip_bad``: skip unreadable images and count them; without it the first one raises a DataError
     naming the file (and its list line). ``progress``: a progress bar while decoding, and a per-split
-    summary at the end. ``num_classes``: when given, checked against the dataset.
+    summary at the end. ``num_classes``: when given, checked against the dataset. ``strict``: images
+    with identical pixels in two splits (always counted and reported) are an error.
     """
     if not isinstance(size, int) or size < 1:
         raise DataError(f"image size must be a positive integer, got {size!r}")
@@ -225,7 +276,7 @@ def prepare(
         raise DataError(f"workers must be at least 1, got {workers}")
     source = load_source(Path(root), num_classes)
     fp = fingerprint(source, size)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(Path(root), size)
+    cache_dir = cache_location(Path(root), size, Path(cache_dir) if cache_dir is not None else None)
     lock = _lock_path(cache_dir)
 
     with _lock(lock, shared=True):
@@ -246,9 +297,16 @@ def prepare(
                     raise DataError(f"{cache_dir}: the cache just built cannot be opened")
                 if progress:
                     print_summary(data.manifest(), cache_dir, reused=False)
-                return data
+                return _check_leakage(data, source.root, strict)
     if progress:
         print_summary(data.manifest(), cache_dir, reused=True)
+    return _check_leakage(data, source.root, strict)
+
+
+def _check_leakage(data: PreparedData, root: Path, strict: bool) -> PreparedData:
+    line = leakage_line(data.manifest().get("leakage", {}))
+    if strict and line:
+        raise DataError(f"{root}: {line}; remove the duplicates, or run without --strict to only report them")
     return data
 
 
@@ -325,8 +383,11 @@ def _build(
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.build-", dir=cache_dir.parent))
     try:
         os.chmod(tmp, 0o755)
+        digests: dict[str, list[tuple[str, str]]] = {}
         with _decoder(workers) as decode:
-            splits = {s: _build_split(source, s, size, tmp, decode, skip_bad, progress) for s in SPLITS}
+            splits = {
+                s: _build_split(source, s, size, tmp, decode, skip_bad, progress, digests) for s in SPLITS
+            }
         _check_train_classes_after_skips(source, tmp)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -341,6 +402,7 @@ def _build(
             "num_classes": source.num_classes,
             "class_names": source.class_names,
             "splits": splits,
+            "leakage": find_leakage(digests),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "workers": workers,
             "pillow": Image.__version__,
@@ -352,8 +414,16 @@ def _build(
 
 
 def _build_split(
-    source: DatasetSource, split: str, size: int, out: Path, decode, skip_bad: bool, progress: bool
+    source: DatasetSource,
+    split: str,
+    size: int,
+    out: Path,
+    decode,
+    skip_bad: bool,
+    progress: bool,
+    digests: dict[str, list[tuple[str, str]]],
 ) -> dict:
+    """Decode one split into ``out``; its summary for the manifest. Adds its pixel digests to ``digests``."""
     from tqdm import tqdm
 
     entries = source.splits[split]
@@ -361,14 +431,16 @@ def _build_split(
     labels: list[int] = []
     files: list[str] = []
     skipped: list[str] = []
+    digests[split] = []
     tasks = [(str(source.path(e)), size) for e in entries]
     with (
         open(out / f"{split}_images.u8", "wb") as f,
         tqdm(total=len(tasks), desc=f"decode {split}", unit="img", disable=not progress, leave=False) as bar,
     ):
-        for e, (arr, err) in zip(entries, decode(tasks), strict=True):
+        for e, (arr, digest_or_err) in zip(entries, decode(tasks), strict=True):
             bar.update(1)
             if arr is None:
+                err = digest_or_err
                 where = source.path(e) if source.layout == "folder" else f"{source.path(e)} ({e.origin})"
                 if not skip_bad:
                     raise DataError(f"cannot read image {where}: {err} (use --skip-bad to skip such images)")
@@ -377,6 +449,7 @@ def _build_split(
             f.write(arr.tobytes())
             labels.append(e.label)
             files.append(e.rel)
+            digests[split].append((e.rel, digest_or_err))
         f.flush()
         os.fsync(f.fileno())
     if not labels:
@@ -505,6 +578,9 @@ def print_summary(manifest: dict, cache_dir: Path, reused: bool) -> None:
             print(f"  skipped {line}")
         if s["skipped"] > 5:
             print(f"  ... and {s['skipped'] - 5} more (see {MANIFEST})")
+    line = leakage_line(manifest.get("leakage", {}))
+    if line:
+        print(f"warning: {line}; --strict makes this an error")
     state = "reused" if reused else "built"
     size = manifest["size"]
     print(f"cache {state}: {cache_dir} ({size}x{size} RGB, {manifest['num_classes']} classes)")

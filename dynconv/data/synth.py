@@ -119,6 +119,11 @@ def write_synthetic(
     return out
 
 
+def synthetic_dir_name(classes: int, per_class: int, size: int, seed: int) -> str:
+    """Subdirectory name for one setting of the synthetic set (settings that differ never share files)."""
+    return f"classes{classes}-per{per_class}-size{size}-seed{seed}-v{GENERATOR_VERSION}"
+
+
 def ensure_synthetic(out: Path, **kwargs) -> Path:
     """Write the synthetic dataset to ``out`` unless a complete one with the same arguments is there.
 

@@ -79,6 +79,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     quiet_ray_train_logs()
     spec = JobSpec.model_validate(config["spec"])
+    # Exactly the data the driver prepared: a cache rebuilt since (another study, changed files) is an error.
+    data = PreparedData.open(Path(config["cache_dir"]), fingerprint=config["cache_fingerprint"])
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     session = RaySession(tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
-    fit(spec, session, PreparedData.open(Path(config["cache_dir"])))
+    fit(spec, session, data)

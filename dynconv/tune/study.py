@@ -22,6 +22,8 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
+from dynconv.spec_checks import check_resources_fit, spec_diff
+from dynconv.tune.capacity import cluster_capacity
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -88,6 +90,7 @@ def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool) 
                 f"--resume: no earlier study named {spec.study!r} in experiment {spec.experiment!r}"
             )
         run = runs[0]
+        _refuse_changed_spec(spec, uri, run.info.run_id)
         tune_path = run.data.tags.get(tracking.TAG_TUNE_PATH, "")
         if not Path(tune_path).exists() and "://" not in tune_path:
             raise DynconvError(f"--resume: the study's Tune state {tune_path!r} is gone; start a new study")
@@ -102,6 +105,24 @@ def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool) 
     spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
     tracking.log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
+
+
+def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
+    """`--resume` continues the same study: a spec changed in anything but search.num_samples is refused
+    (a mixed study would compare trials trained differently). Compared with the parent run's spec.yaml."""
+    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
+        try:
+            path = tracking.client(uri).download_artifacts(run_id, "spec.yaml", tmp)
+            logged = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({first})") from None
+    changed = spec_diff(logged, spec.to_json_dict())
+    if changed:
+        raise DynconvError(
+            f"--resume: the spec changed since the study started ({', '.join(changed)}); only "
+            "search.num_samples may change - undo the change, or start a fresh study: run without --resume"
+        )
 
 
 def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
@@ -203,12 +224,18 @@ def run_study(
 
     import ray
 
+    try:  # one line instead of Ray waiting forever for a trial that can never be placed
+        check_resources_fit(spec, cluster_capacity())
+    except DynconvError:
+        tracking.end_run(uri, parent, "FAILED")
+        raise
     study_ctx = {
         "tracking_uri": uri,
         "experiment_id": experiment_id,
         "parent_run_id": parent,
         "run_name": run_name,
         "cache_dir": str(data.cache_dir),
+        "cache_fingerprint": data.fingerprint,
         "num_classes": data.num_classes,
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,

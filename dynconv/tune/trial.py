@@ -67,6 +67,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         train_loop_config={
             "spec": spec.to_json_dict(),
             "cache_dir": study["cache_dir"],
+            "cache_fingerprint": study["cache_fingerprint"],
             "tracking_uri": uri,
             "run_id": run_id,
         },

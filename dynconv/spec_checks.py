@@ -1,0 +1,219 @@
+"""Checks of a job spec that look beyond its own fields: model arguments against the registered
+constructor, searched ranges against the bounds and type of the `train.*` field they search, the
+trial's resources against what the cluster offers, and the differences between two specs.
+
+`dynconv.spec` calls the first two from its validators (so they run in `load_spec`, before Ray starts);
+the study driver calls `check_resources_fit` right after Ray starts and `spec_diff` on `--resume`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import typing
+from typing import Annotated, Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from dynconv.errors import DynconvError
+
+# Metrics every trial reports each epoch (dynconv.train.loop.fit); `search.metric` must be one of them.
+TRIAL_METRICS: tuple[str, ...] = (
+    "val_acc",
+    "val_loss",
+    "val_top5",
+    "train_acc",
+    "train_loss",
+    "lr",
+    "epoch_seconds",
+    "train_images_per_second",
+)
+
+# Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
+# MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
+SAFE_NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+SAFE_EXPERIMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9 _.,:+=@-]{0,199}$"
+
+# Arguments a model entry point fills in itself (never taken from `model.args`).
+_SUPPLIED = {"self", "num_classes", "layers"}
+
+
+class ResourcesError(DynconvError):
+    """A trial needs more than the cluster can ever offer."""
+
+
+def _strict(annotation: Any, metadata: list[Any] | None = None) -> TypeAdapter:
+    return TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation)
+
+
+def _first_error(err: ValidationError) -> str:
+    return err.errors()[0]["msg"].removeprefix("Value error, ")
+
+
+# --------------------------------------------------------------------------------- model args
+
+
+def model_constructor_params(name: str) -> dict[str, Any]:
+    """{argument: type hint} a registered model accepts in `model.args`.
+
+    Entry points take `**kwargs` and pass them to a class; the class is the entry's return annotation,
+    so the accepted arguments are that class's `__init__` parameters minus those the entry supplies.
+    """
+    from dynconv.models.registry import _MODELS
+
+    entry = _MODELS[name]
+    target: Any = entry
+    params = inspect.signature(entry).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        target = typing.get_type_hints(entry).get("return", entry).__init__
+    hints = typing.get_type_hints(target)
+    out = {}
+    for pname, p in inspect.signature(target).parameters.items():
+        if pname in _SUPPLIED or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        out[pname] = hints.get(pname, Any)
+    return out
+
+
+def check_model_args(name: str, args: dict[str, Any]) -> None:
+    """Raise ValueError (one line) for an unknown argument, a value of the wrong type, or one the
+    constructor refuses (e.g. an unknown stem). The model is built on the meta device: no memory, no
+    weights, but every check of the constructor runs."""
+    accepted = model_constructor_params(name)
+    for key, value in args.items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown argument {key!r} for {name}; {hint}accepted: {', '.join(accepted)}")
+        try:
+            _strict(accepted[key]).validate_python(value, strict=True)
+        except ValidationError as err:
+            raise ValueError(f"{key}={value!r}: {_first_error(err)}") from None
+    import torch
+
+    from dynconv.models.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(name, num_classes=10, **args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{name} refuses these args: {msg.removeprefix(f'model {name!r}: ')}") from None
+
+
+# ------------------------------------------------------------------------------ search space
+
+
+def check_searched_field(key: str, field: Any, param: Any) -> None:
+    """A searched `train.<key>` range or choice must lie within the field's bounds and be of its type."""
+    adapter = _strict(field.annotation, list(field.metadata))
+    is_int = field.annotation in (int, "int")
+    if param.type != "choice":
+        if is_int:
+            raise ValueError(
+                f"{key} is an integer field: search it with type 'choice' over integers, not {param.type}"
+            )
+        candidates = {"low": param.low, "high": param.high}
+    else:
+        candidates = {f"values[{i}]": v for i, v in enumerate(param.values)}
+    for where, value in candidates.items():
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as err:
+            msg = _first_error(err)
+            raise ValueError(f"{key}.{where}={value!r} is not a valid train.{key}: {msg}") from None
+
+
+def check_metric(metric: str) -> str:
+    """`search.metric` must be a metric trials report."""
+    if metric not in TRIAL_METRICS:
+        close = difflib.get_close_matches(metric, TRIAL_METRICS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(TRIAL_METRICS)
+        raise ValueError(f"{metric!r} is not a metric trials report{hint}; choose one of {known}")
+    return metric
+
+
+# -------------------------------------------------------------------------------- resources
+
+
+def trial_demand(spec: Any) -> dict[str, float]:
+    """Everything one trial holds at once: its driver plus `workers_per_trial` DDP workers."""
+    r = spec.resources
+    demand = {"CPU": r.driver_cpus + r.workers_per_trial * r.cpus_per_worker}
+    if r.gpu:
+        demand["GPU"] = float(r.workers_per_trial)
+    for name, amount in r.worker_resources.items():
+        demand[name] = demand.get(name, 0.0) + amount * r.workers_per_trial
+    if r.driver_resource:
+        demand[r.driver_resource] = demand.get(r.driver_resource, 0.0) + 0.01
+    return demand
+
+
+def check_resources_fit(spec: Any, cluster_resources: dict[str, float]) -> None:
+    """Raise a one-line ResourcesError when one trial needs more of a resource than the cluster has.
+
+    `cluster_resources`: the most the cluster can offer (Ray's `cluster_resources()`, or the autoscaler's
+    maximum where it is larger). Without this check Ray waits forever for a placement that cannot exist.
+    """
+    r = spec.resources
+    for name, need in trial_demand(spec).items():
+        have = float(cluster_resources.get(name, 0.0))
+        if need <= have + 1e-9:
+            continue
+        if name == "CPU":
+            what = f"{r.workers_per_trial} workers x {r.cpus_per_worker:g} CPU + {r.driver_cpus:g} driver CPU"
+            fix = "lower resources.workers_per_trial or resources.cpus_per_worker"
+        elif name == "GPU":
+            what = f"{r.workers_per_trial} workers x 1 GPU"
+            fix = "lower resources.workers_per_trial, set resources.gpu: false, or add GPU nodes"
+        else:
+            what = f"resource {name!r}"
+            fix = f"add nodes offering {name!r} or change resources.worker_resources / driver_resource"
+        raise ResourcesError(
+            f"resources: one trial needs {what} = {need:g} {name} but the cluster has at most {have:g}; {fix}"
+        )
+
+
+# ---------------------------------------------------------------------------------- diff
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': value} for a nested dict (lists and scalars are leaves)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+RESUME_MAY_CHANGE = ("search.num_samples",)
+
+
+def spec_diff(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """Dotted keys whose values differ between two spec dicts (JSON form), sorted; `ignore` left out.
+
+    Numbers compare by value (1 == 1.0), so a spec read back from YAML compares equal to the original.
+    """
+    fa, fb = flatten(a), flatten(b)
+    changed = []
+    for key in sorted(set(fa) | set(fb)):
+        if key in ignore or any(key.startswith(f"{i}.") for i in ignore):
+            continue
+        va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
+        if not _same(va, vb):
+            changed.append(key)
+    return changed
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (type(a) is type(b) and a == b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b

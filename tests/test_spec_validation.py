@@ -1,0 +1,196 @@
+"""Everything a spec can get wrong is a one-line error from `load_spec`, before Ray starts: model args
+against the registered constructor, searched ranges against the field's bounds and type, the metric,
+safe names; the trial's resources against the cluster; a changed spec on `--resume`. (~8 s, no Ray.)"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dynconv.errors import DynconvError
+from dynconv.spec import JobSpec, SpecError, load_spec, parse_spec
+from dynconv.spec_checks import TRIAL_METRICS, ResourcesError, check_resources_fit, spec_diff
+from tests.conftest import TINY_SPEC
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    """TINY_SPEC with dotted-key changes applied (`search.space.lr` etc.)."""
+    data = copy.deepcopy(TINY_SPEC)
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return data
+
+
+def _error(data: dict[str, Any], tmp_path: Path) -> str:
+    """The one-line error load_spec gives for `data` written as a YAML file."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message
+
+
+BAD_INPUTS = {
+    "model arg typo": (
+        {"model__args": {"stem": "small", "wdith": 4}},
+        "model.args: unknown argument 'wdith' for resnet18_dynamic; did you mean 'width'?",
+    ),
+    "unknown stem": (
+        {"model__args": {"stem": "cifar", "width": 4}},
+        "model.args: resnet18_dynamic refuses these args: unknown stem 'cifar'; choose one of imagenet",
+    ),
+    "model arg of the wrong type": ({"model__args": {"width": 4.5}}, "model.args: width=4.5: Input should"),
+    "model arg the entry sets": ({"model__args": {"dynamic": False}}, "multiple values for keyword"),
+    "range beyond the field's bound": (
+        {"search__space__augment_strength": {"type": "uniform", "low": 0, "high": 2}},
+        "search.space: augment_strength.high=2.0 is not a valid train.augment_strength: "
+        "Input should be less than or equal to 1",
+    ),
+    "integer field searched as a float": (
+        {"search__space__batch_size": {"type": "uniform", "low": 8, "high": 64}},
+        "search.space: batch_size is an integer field: search it with type 'choice' over integers",
+    ),
+    "integer field with a float choice": (
+        {"search__space__batch_size": {"type": "choice", "values": [8, 16.5]}},
+        "batch_size.values[1]=16.5 is not a valid train.batch_size",
+    ),
+    "lr choice over strings": (
+        {"search__space__lr": {"type": "choice", "values": ["0.1", "0.01"]}},
+        "search.space: lr.values[0]='0.1' is not a valid train.lr: Input should be a valid number",
+    ),
+    "choice beyond an open bound": (
+        {"search__space__momentum": {"type": "choice", "values": [0.9, 1.0]}},
+        "momentum.values[1]=1.0 is not a valid train.momentum: Input should be less than 1",
+    ),
+    "metric typo": (
+        {"search__metric": "val_accuracy"},
+        "search.metric: 'val_accuracy' is not a metric trials report (did you mean 'val_acc'?)",
+    ),
+    "study with a path": ({"study": "../evil"}, "study: '../evil' is not a safe name"),
+    "study with dots": ({"study": "a..b"}, "study: 'a..b' is not a safe name"),
+    "experiment escaping the store": ({"mlflow": {"experiment": "../.."}}, "mlflow.experiment: '../..' is"),
+    "experiment with a slash": ({"mlflow": {"experiment": "a/b"}}, "mlflow.experiment: 'a/b' is not a safe"),
+    "experiment with a control char": ({"mlflow": {"experiment": "a\tb"}}, "is not a safe name"),
+    "overlong study name": ({"study": "s" * 101}, "at most 100 characters"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_spec_is_one_line_before_ray(case: str, tmp_path: Path) -> None:
+    changes, expected = BAD_INPUTS[case]
+    assert expected in _error(_spec(**changes), tmp_path)
+
+
+def test_good_variants_still_load() -> None:
+    ok = _spec(
+        model__args={"stem": "seed", "width": 8, "zero_init_residual": True},
+        search__space__batch_size={"type": "choice", "values": [8, 16]},
+        search__space__momentum={"type": "uniform", "low": 0.5, "high": 0.95},
+        search__metric="val_loss",
+        search__mode="min",
+        mlflow={"experiment": "Dynamic stem, 84 px: run 2"},
+        study="resnet18-dynamic_v2.1",
+    )
+    spec = parse_spec(ok)
+    assert spec.search.space["batch_size"].values == [8, 16] and spec.experiment.startswith("Dynamic")
+    cnn = _spec(model={"name": "simple_cnn_dynamic", "args": {"width": 16, "growth": 8, "dense_padding": 1}})
+    assert parse_spec(cnn).model.args["dense_padding"] == 1
+
+
+def test_every_listed_metric_is_reported_by_a_trial(tiny_dataset: Path, tmp_path: Path) -> None:
+    """TRIAL_METRICS is what `search.metric` may name: each must really come out of `fit`."""
+    from dynconv.data.cache import prepare
+    from dynconv.train.loop import fit
+    from dynconv.train.session import LocalSession
+
+    spec = JobSpec.model_validate(_spec(train__epochs=1, scheduler={"name": "none"}))
+    data = prepare(tiny_dataset, size=16, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    session = LocalSession(device="cpu")
+    fit(spec, session, data)
+    assert set(TRIAL_METRICS) <= set(session.history[-1])
+
+
+# ------------------------------------------------------------------------------ resources
+
+
+def test_resources_that_cannot_fit_are_one_line() -> None:
+    big = JobSpec.model_validate(_spec(resources={"workers_per_trial": 64, "cpus_per_worker": 1.0}))
+    with pytest.raises(ResourcesError) as err:
+        check_resources_fit(big, {"CPU": 2.0, "memory": 1e9})
+    message = str(err.value)
+    assert "\n" not in message
+    assert "64 workers x 1 CPU + 0.25 driver CPU = 64.25 CPU but the cluster has at most 2; lower" in message
+    gpu = JobSpec.model_validate(_spec(resources={"workers_per_trial": 2, "gpu": True}))
+    with pytest.raises(ResourcesError, match="2 workers x 1 GPU = 2 GPU but the cluster has at most 0"):
+        check_resources_fit(gpu, {"CPU": 16.0})
+    check_resources_fit(gpu, {"CPU": 16.0, "GPU": 2.0})  # fits exactly
+    custom = JobSpec.model_validate(
+        _spec(resources={"workers_per_trial": 1, "worker_resources": {"A100": 1}, "driver_resource": "drv"})
+    )
+    with pytest.raises(ResourcesError, match="resource 'drv'"):
+        check_resources_fit(custom, {"CPU": 4.0, "A100": 1.0})
+    check_resources_fit(JobSpec.model_validate(TINY_SPEC), {"CPU": 2.0})  # the tests' own spec fits 2 CPUs
+
+
+def test_cluster_capacity_counts_the_autoscalers_nodes(monkeypatch) -> None:
+    import ray
+    from ray._private import state
+
+    from dynconv.tune.capacity import cluster_capacity
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "trial_driver": 16.0})
+    monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 40, "GPU": 8})
+    assert cluster_capacity() == {"CPU": 40.0, "GPU": 8.0, "trial_driver": 16.0}
+    monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: None)
+    assert cluster_capacity() == {"CPU": 8.0, "trial_driver": 16.0}
+
+
+# ---------------------------------------------------------------------------------- resume
+
+
+def test_spec_diff_names_changed_keys_and_ignores_num_samples() -> None:
+    a = JobSpec.model_validate(TINY_SPEC).to_json_dict()
+    assert spec_diff(a, copy.deepcopy(a)) == []
+    b = JobSpec.model_validate(
+        _spec(search__num_samples=9, search__space__lr={"type": "loguniform", "low": 0.01, "high": 0.3})
+    ).to_json_dict()
+    assert spec_diff(a, b) == ["search.space.lr.high"]
+    c = _spec(train__epochs=3, model__args={"stem": "small", "width": 8})
+    c = JobSpec.model_validate(c).to_json_dict()
+    assert spec_diff(a, c) == ["model.args.width", "train.epochs"]
+    assert spec_diff(a, yaml.safe_load(yaml.safe_dump(a))) == []  # the logged artifact reads back equal
+    assert spec_diff({"x": 1}, {"x": 1.0}) == [] and spec_diff({"x": 1}, {"x": True}) == ["x"]
+    assert spec_diff({"x": {"y": 1}}, {"x": {}}) == ["x.y"]
+
+
+def test_resume_with_a_changed_spec_refuses_in_one_line(tmp_path: Path) -> None:
+    from dynconv import tracking
+    from dynconv.tune.study import _open_parent_run
+
+    store = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    data = _spec(mlflow=store, storage_path=str(tmp_path / "rr"))
+    spec = JobSpec.model_validate(data).resolved()
+    uri = spec.tracking_uri()
+    exp = tracking.ensure_experiment(uri, spec.experiment)
+    parent, _, tune_path = _open_parent_run(spec, uri, exp, resume=False)
+    Path(tune_path).mkdir(parents=True)  # the Tune state the resume would restore
+    tracking.end_run(uri, parent, "KILLED")
+    changed = JobSpec.model_validate({**data, "train": {**data["train"], "epochs": 4}}).resolved()
+    with pytest.raises(DynconvError) as err:
+        _open_parent_run(changed, uri, exp, resume=True)
+    message = str(err.value)
+    assert "\n" not in message and "spec changed since the study started (train.epochs)" in message
+    assert "run without --resume" in message
+    assert tracking.client(uri).get_run(parent).info.status == "KILLED"  # untouched by the refusal
+    more = JobSpec.model_validate({**data, "search": {**data["search"], "num_samples": 6}}).resolved()
+    assert _open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes

@@ -8,6 +8,7 @@ Unit cases take ~1 s; the end-to-end case runs two real `dynconv tune` processes
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,4 +98,7 @@ def test_second_dynconv_tune_of_a_running_study_refuses(tmp_path: Path, tiny_dat
             first.kill()
     assert first.returncode == 0, out[-3000:]
     assert "FINISHED" in out
-    assert len(list((tmp_path / "ray_results").glob("tiny-*"))) == 1  # the second created no Tune dir
+    tune_dirs = [
+        p for p in (tmp_path / "ray_results").iterdir() if re.fullmatch(r"tiny-\d{8}-\d{6}-\w{6}", p.name)
+    ]
+    assert len(tune_dirs) == 1  # the second driver created no Tune experiment directory

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from dynconv import cli, tracking
 from dynconv.errors import DynconvError
@@ -38,14 +39,16 @@ def twin_store(tmp_path_factory, tiny_dataset) -> dict:
     from dynconv.tune.study import _open_parent_run
 
     tmp = tmp_path_factory.mktemp("names")
-    spec = parse_spec(tiny_spec_dict(tmp, tiny_dataset, study="twin")).resolved()
+    data = tiny_spec_dict(tmp, tiny_dataset, study="twin")
+    (tmp / "twin.yaml").write_text(yaml.safe_dump(data))
+    spec = parse_spec(data).resolved()
     uri = spec.tracking_uri()
     exp = tracking.ensure_experiment(uri, spec.experiment)
     opened = [_open_parent_run(spec, uri, exp, resume=False) for _ in range(2)]  # within a second
     for _, _, tune_path in opened:
         Path(tune_path).mkdir(parents=True)
     solo = tracking.start_study_run(uri, exp, "solo", {})
-    return {"spec": spec, "uri": uri, "exp": exp, "runs": opened, "solo": solo}
+    return {"tmp": tmp, "spec": spec, "uri": uri, "exp": exp, "runs": opened, "solo": solo}
 
 
 def test_two_studies_in_one_second_get_distinct_tune_directories(twin_store) -> None:
@@ -86,3 +89,11 @@ def test_resume_refuses_an_ambiguous_name_and_takes_a_run_id(twin_store) -> None
     assert _open_parent_run(spec, uri, exp, resume=parent) == (parent, run_name, tune_path)
     with pytest.raises(DynconvError, match="no earlier study named 'twin' with run id"):
         _open_parent_run(spec, uri, exp, resume=twin_store["solo"])
+
+
+def test_cli_resume_of_an_ambiguous_name_fails_before_the_data_cache(twin_store, capsys) -> None:
+    code = cli.main(["tune", str(twin_store["tmp"] / "twin.yaml"), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "matches 2 study runs, choose one with --resume RUN_ID" in err
+    assert not (twin_store["tmp"] / "cache").exists()

@@ -83,23 +83,13 @@ def _init_ray(address: str | None, tracking_uri: str) -> None:
     )
 
 
-def _open_parent_run(
-    spec: JobSpec, uri: str, experiment_id: str, resume: bool | str
-) -> tuple[str, str, str]:
+def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | str) -> tuple[str, str, str]:
     """(parent_run_id, run_name, tune_path): a new study run, or the one of this study to resume.
 
     `resume` is True (the study's only run) or a study run id (when the name matches several runs).
     """
     if resume:
-        runs = tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
-        if isinstance(resume, str):
-            runs = [r for r in runs if r.info.run_id == resume]
-        if not runs:
-            which = f" with run id {resume}" if isinstance(resume, str) else ""
-            raise DynconvError(
-                f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
-            )
-        run = one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
+        run = _resume_run(spec, uri, experiment_id, resume)
         tune_path = run.data.tags.get(tracking.TAG_TUNE_PATH, "")
         if not Path(tune_path).exists() and "://" not in tune_path:
             raise DynconvError(f"--resume: the study's Tune state {tune_path!r} is gone; start a new study")
@@ -115,6 +105,23 @@ def _open_parent_run(
         spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
         tracking.log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
+
+
+def _resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool | str) -> Any:
+    """The one study run `--resume` [RUN_ID] means, or a one-line error (none, or several by that name)."""
+    runs = (
+        []
+        if experiment_id is None
+        else tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
+    )
+    if isinstance(resume, str):
+        runs = [r for r in runs if r.info.run_id == resume]
+    if not runs:
+        which = f" with run id {resume}" if isinstance(resume, str) else ""
+        raise DynconvError(
+            f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
+        )
+    return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
 
 
 def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
@@ -195,6 +202,11 @@ def run_study(
     check_uri_scheme(spec.tracking_uri())
     tracking.check_storage_path(spec.storage_uri())
     with study_lock(spec.storage_uri(), spec.study):
+        if resume:  # a wrong --resume fails before the data cache is built
+            uri = spec.tracking_uri()
+            tracking.check_tracking_store(uri)
+            exp = tracking.client(uri).get_experiment_by_name(spec.experiment)
+            _resume_run(spec, uri, exp.experiment_id if exp else None, resume)
         return _run_study(spec, address, resume, **options)
 
 

@@ -199,12 +199,12 @@ def run_study(
     name refuses in one line instead of interleaving its trials with this one's.
     """
     spec = spec.resolved()
-    check_uri_scheme(spec.tracking_uri())
+    uri = spec.tracking_uri()
+    check_uri_scheme(uri)
+    tracking.check_tracking_store(uri)  # before anything is created (the lock lives in the storage path)
     tracking.check_storage_path(spec.storage_uri())
     with study_lock(spec.storage_uri(), spec.study):
         if resume:  # a wrong --resume fails before the data cache is built
-            uri = spec.tracking_uri()
-            tracking.check_tracking_store(uri)
             exp = tracking.client(uri).get_experiment_by_name(spec.experiment)
             _resume_run(spec, uri, exp.experiment_id if exp else None, resume)
         return _run_study(spec, address, resume, **options)

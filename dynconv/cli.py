@@ -1,7 +1,9 @@
 """The `dynconv` command line: thin argument parsing, one library call per subcommand.
 
 Heavy imports (torch, ray, mlflow) happen inside each handler so `dynconv --help` stays instant.
-Every expected failure is a `DynconvError` and is printed as one line, never as a traceback.
+Every argument is checked by argparse (`dynconv.cli_args`); every expected failure is a `DynconvError`;
+both are printed as one line with exit code 2, never as a traceback. Anything unexpected is one line
+too, plus the path of a log file holding the full traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from dynconv import cli_args as arg
+from dynconv.crash_log import write_crash_log
 from dynconv.errors import DynconvError
 
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by SIGINT"
@@ -50,7 +54,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from dynconv.spec import load_spec
     from dynconv.tune.study import run_study
 
-    spec = load_spec(Path(args.spec), overrides=args.set, num_samples=args.num_samples)
+    spec = load_spec(Path(args.spec).expanduser(), overrides=args.set, num_samples=args.num_samples)
     result = run_study(spec, address=args.address, resume=args.resume)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
@@ -63,116 +67,186 @@ def _cmd_ui(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from dynconv.evaluation.study import evaluate_study_cli
+    from dynconv.store_access import readable_store
 
+    uri = readable_store(args.tracking_uri)  # an existing store: never create one here
     evaluate_study_cli(
         args.study,
         top_k=args.top_k,
         subsets=args.subsets,
         split=args.split,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=uri,
         device=args.device,
     )
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from dynconv.report import write_report
+    from dynconv.store_access import readable_store
 
-    write_report(experiments=args.experiment, out_dir=Path(args.out), tracking_uri=args.tracking_uri)
+    uri = readable_store(args.tracking_uri)
+    write_report(experiments=args.experiment, out_dir=Path(args.out), tracking_uri=uri)
 
 
 def _cmd_rerun(args: argparse.Namespace) -> None:
     from dynconv.rerun import rerun
+    from dynconv.store_access import readable_store
 
-    rerun(args.run, epochs=args.epochs, device=args.device, tracking_uri=args.tracking_uri)
+    uri = readable_store(args.tracking_uri)
+    rerun(args.run, epochs=args.epochs, device=args.device, tracking_uri=uri)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """All subcommands and their flags; the single source of `dynconv --help`."""
-    parser = argparse.ArgumentParser(
-        prog="dynconv", description="Distributed hyperparameter studies of channel-flexible CNNs."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `dynconv flops: error: argument --image-size: ... (see --help)`."""
 
-    p = sub.add_parser("flops", help="FLOPs (fvcore) and parameter counts of every registered model")
-    p.add_argument("--image-size", type=int, default=84)
-    p.add_argument("--num-classes", type=int, default=50)
-    p.add_argument("--subsets", action="store_true", help="also count each channel subset (dynamic models)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_flops)
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
+
+def _synth_classes(text: str) -> int:
+    from dynconv.data.synth import MAX_CLASSES
+
+    return arg.int_range(2, MAX_CLASSES)(text)
+
+
+def _add_data_parsers(sub) -> None:
     data = sub.add_parser("data", help="dataset tools: prepare a decode-once cache, write the synthetic set")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     p = dsub.add_parser("prepare", help="decode every image once into a memory-mappable cache")
-    p.add_argument("root", help="dataset root (ImageNet-mini txt lists, or train/val/test class folders)")
-    p.add_argument("--size", type=int, default=84, help="images are resized to SIZE x SIZE (seed: 84)")
-    p.add_argument("--cache-dir", default=None, help="where the cache lives (default: ROOT/.dynconv_cache)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument(
+        "root",
+        type=arg.existing_dir,
+        help="dataset root (ImageNet-mini txt lists, or train/val/test folders)",
+    )
+    p.add_argument(
+        "--size", type=arg.int_range(8, 1024), default=84, help="images are resized to SIZE x SIZE (seed: 84)"
+    )
+    p.add_argument("--cache-dir", type=arg.dir_to_write, default=None, help="default: ROOT/.dynconv_cache")
+    p.add_argument(
+        "--workers", type=arg.int_range(1, 512), default=None, help="decoding processes (default: all cores)"
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them")
     p.add_argument(
         "--strict", action="store_true", help="make images with identical pixels in two splits an error"
     )
     p.set_defaults(func=_cmd_data_prepare)
     p = dsub.add_parser("synth", help="write the embedded synthetic dataset in ImageNet-mini layout")
-    p.add_argument("out")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--per-class", type=int, default=200)
-    p.add_argument("--size", type=int, default=84)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=arg.dir_to_write)
+    p.add_argument("--classes", type=_synth_classes, default=10)
+    p.add_argument("--per-class", type=arg.int_range(10, 10_000), default=200)
+    p.add_argument("--size", type=arg.int_range(16, 1024), default=84)
+    p.add_argument("--seed", type=arg.int_range(0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_data_synth)
 
-    p = sub.add_parser("tune", help="run a hyperparameter study (Ray Tune + Optuna over Ray Train trials)")
-    p.add_argument("spec", help="a tune_jobs/*.yaml job spec")
-    p.add_argument(
-        "--address", default=None, help="Ray address ('auto' for a running cluster); default: local"
-    )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
-    p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field (dotted key)"
-    )
-    p.set_defaults(func=_cmd_tune)
 
+def _add_tracking_parsers(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the study store (127.0.0.1 unless told otherwise)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--port", type=arg.int_range(1, 65535), default=5000)
+    p.add_argument("--host", type=arg.non_empty, default="127.0.0.1")
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("evaluate", help="evaluate a study's best trials over channel subsets")
-    p.add_argument("study", help="study name, study (parent) run id, or a trial run id")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--subsets", default="RGB,RG,RB,GB,R,G,B")
+    p.add_argument("study", type=arg.non_empty, help="study name, study (parent) run id, or a trial run id")
+    p.add_argument("--top-k", type=arg.int_range(1, 1000), default=1)
+    p.add_argument("--subsets", type=arg.subset_list, default="RGB,RG,RB,GB,R,G,B")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="seed-style tables, significance tests and plots from MLflow")
-    p.add_argument("--experiment", action="append", default=None, help="MLflow experiment (repeatable)")
-    p.add_argument("--out", default="reports")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument(
+        "--experiment",
+        type=arg.non_empty,
+        action="append",
+        default=None,
+        help="MLflow experiment (repeatable)",
+    )
+    p.add_argument("--out", type=arg.dir_to_write, default="reports")
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("rerun", help="rebuild a run's exact configuration from MLflow and train it locally")
-    p.add_argument("run", help="an MLflow trial run id, or a study name (reruns its best trial)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("run", type=arg.non_empty, help="an MLflow trial run id, or a study name (its best trial)")
+    p.add_argument("--epochs", type=arg.int_range(1, 10_000), default=None)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_rerun)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags; the single source of `dynconv --help`."""
+    parser = _Parser(
+        prog="dynconv", description="Distributed hyperparameter studies of channel-flexible CNNs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("flops", help="FLOPs (fvcore) and parameter counts of every registered model")
+    p.add_argument(
+        "--image-size",
+        type=arg.int_range(8, 256),
+        default=84,
+        help="8..256 (the attention map grows as size^4)",
+    )
+    p.add_argument("--num-classes", type=arg.int_range(1, 100_000), default=50)
+    p.add_argument("--subsets", action="store_true", help="also count each channel subset (dynamic models)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_flops)
+    _add_data_parsers(sub)
+
+    p = sub.add_parser("tune", help="run a hyperparameter study (Ray Tune + Optuna over Ray Train trials)")
+    p.add_argument("spec", type=arg.existing_file, help="a tune_jobs/*.yaml job spec")
+    p.add_argument(
+        "--address", type=arg.non_empty, default=None, help="Ray address ('auto': a running cluster)"
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=arg.run_id,
+        metavar="RUN_ID",
+        help="continue an interrupted study of the same name (RUN_ID: which one, when there are several)",
+    )
+    p.add_argument(
+        "--num-samples", type=arg.int_range(1, 100_000), default=None, help="override search.num_samples"
+    )
+    p.add_argument(
+        "--set",
+        type=arg.key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field (dotted key)",
+    )
+    p.set_defaults(func=_cmd_tune)
+    _add_tracking_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `dynconv` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `dynconv` console script: exit 0, 2 (bad input), 130 (interrupted) or 1 (bug)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, already printed as one line)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code = args.func(args)
     except DynconvError as exc:
-        print(f"dynconv: error: {exc}", file=sys.stderr)
+        print(f"dynconv: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynconv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        log = write_crash_log(exc, sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
+        what = " ".join(str(exc).split())[:300] or "no message"
+        print(
+            f"dynconv: unexpected error: {type(exc).__name__}: {what} (full traceback: {log})",
+            file=sys.stderr,
+        )
+        return 1
     return code or 0
 
 

@@ -384,7 +384,11 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -393,7 +397,12 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected KEY=VALUE")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            why = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise SpecError(f"--set {item!r}: the value is not valid YAML ({why})") from None
+        _set_dotted(data, key.strip(), value)
     if num_samples is not None:
         _set_dotted(data, "search.num_samples", num_samples)
     return parse_spec(data, source=str(path))

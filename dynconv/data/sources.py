@@ -76,6 +76,7 @@ def load_source(root: Path, num_classes: int | None = None) -> DatasetSource:
         raise DataError(f"dataset root {root} does not exist or is not a directory")
     layout = detect_layout(root)
     source = _load_txt(root, num_classes) if layout == "txt" else _load_folder(root, num_classes)
+    _check_inside_root(source)
     _check_classes(source)
     return source
 
@@ -235,12 +236,45 @@ def _load_folder(root: Path, num_classes: int | None) -> DatasetSource:
     return DatasetSource(root, "folder", splits, len(names), names, digests)
 
 
+def _check_inside_root(source: DatasetSource) -> None:
+    """Every entry, symlinks resolved, lies inside the resolved root (the listed-path check is lexical).
+
+    One `resolve()` per distinct directory and one `lstat` per file, so 60k entries cost well under 1 s.
+    """
+    real_root = source.root.resolve()
+    dirs: dict[str, Path] = {}
+    for entries in source.splits.values():
+        for e in entries:
+            folder = os.path.dirname(e.rel)
+            if folder not in dirs:
+                dirs[folder] = (source.root / folder).resolve()
+            real = dirs[folder] / os.path.basename(e.rel)
+            if os.path.islink(real):
+                real = real.resolve()
+            if not real.is_relative_to(real_root):
+                where = source.root / e.origin if source.layout == "txt" else e.origin
+                raise DataError(
+                    f"{where}: {e.rel} resolves to {real}, outside the dataset root {real_root} "
+                    "(a symlink leaves the root: copy the images in, or make data.root their common parent)"
+                )
+
+
 # ------------------------------------------------------------------------------ classes
 
 
 def _check_classes(source: DatasetSource) -> None:
-    """Every class from 0 to num_classes-1 needs at least one training image."""
-    require_train_classes(source, {e.label for e in source.splits["train"]}, "has no training images")
+    """No val/test label lies above the train split's labels (the error names that val/test line), and
+    every class from 0 to num_classes-1 has at least one training image."""
+    present = {e.label for e in source.splits["train"]}
+    top = max(present)
+    for split in SPLITS[1:]:
+        for e in source.splits[split]:
+            if e.label > top:
+                where = source.root / e.origin if source.layout == "txt" else e.origin
+                raise DataError(
+                    f"{where}: label {e.label} is out of range (the train split has labels 0..{top})"
+                )
+    require_train_classes(source, present, "has no training images")
 
 
 def require_train_classes(source: DatasetSource, present: set[int], problem: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynconv.errors import DynconvError
+from dynconv.names import one_study_run
 from dynconv.tracking.layout import (
     CHECKPOINT_ARTIFACT,
     RUN_ID_PATTERN,
@@ -46,7 +47,7 @@ def search_runs(uri: str, filter_string: str, experiment_ids: Sequence[str] | No
 
 
 def find_study_run(uri: str, study: str):
-    """The parent run of `study`: a parent run id, or the newest study run named `study` (any experiment).
+    """The parent run of `study`: a parent run id, or the one study run named `study` (any experiment).
 
     The name matches the `dynconv.study` tag (the spec's study) or the `dynconv.run_name` tag
     (`<study>-<timestamp>`, one particular study run).
@@ -64,7 +65,7 @@ def find_study_run(uri: str, study: str):
         for key in ("study", "run_name"):
             runs = search_runs(uri, f"tags.`dynconv.role` = 'study' and tags.`dynconv.{key}` = '{study}'")
             if runs:
-                return runs[0]
+                return one_study_run(runs, study, "name one by its run id instead")
     known = sorted(
         {r.data.tags.get(TAG_STUDY, "?") for r in search_runs(uri, "tags.`dynconv.role` = 'study'")}
     )

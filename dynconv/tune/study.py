@@ -7,6 +7,7 @@ their own child runs (see `dynconv.tune.trial`), and the `TrialRunCloser` callba
 from __future__ import annotations
 
 import contextlib
+import secrets
 import signal
 import tempfile
 import threading
@@ -21,8 +22,10 @@ import yaml
 from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
+from dynconv.names import one_study_run
 from dynconv.spec import JobSpec
 from dynconv.spec_checks import check_resources_fit, spec_diff
+from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import cluster_capacity
 from dynconv.tune.search import (
     build_scheduler,
@@ -32,6 +35,7 @@ from dynconv.tune.search import (
     param_space,
     trial_resources,
 )
+from dynconv.tune.study_lock import study_lock
 from dynconv.tune.trial import run_trial
 
 
@@ -81,29 +85,28 @@ def _init_ray(address: str | None, tracking_uri: str) -> None:
     )
 
 
-def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool) -> tuple[str, str, str]:
-    """(parent_run_id, run_name, tune_path): a new study run, or the latest one of this study to resume."""
+def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | str) -> tuple[str, str, str]:
+    """(parent_run_id, run_name, tune_path): a new study run, or the one of this study to resume.
+
+    `resume` is True (the study's only run) or a study run id (when the name matches several runs).
+    """
     if resume:
-        runs = tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
-        if not runs:
-            raise DynconvError(
-                f"--resume: no earlier study named {spec.study!r} in experiment {spec.experiment!r}"
-            )
-        run = runs[0]
+        run = _resume_run(spec, uri, experiment_id, resume)
         _refuse_changed_spec(spec, uri, run.info.run_id)
         tune_path = run.data.tags.get(tracking.TAG_TUNE_PATH, "")
         if not Path(tune_path).exists() and "://" not in tune_path:
             raise DynconvError(f"--resume: the study's Tune state {tune_path!r} is gone; start a new study")
         tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, Path(tune_path).name, tune_path
-    run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # never collides
     tune_path = f"{spec.storage_uri().rstrip('/')}/{run_name}"
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
     parent = tracking.start_study_run(uri, experiment_id, spec.study, params)
     tracking.set_tags(uri, parent, {tracking.TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
-    spec_file = Path(tempfile.mkdtemp(prefix="dynconv_spec_")) / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
-    tracking.log_artifact(uri, parent, spec_file)
+    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
+        spec_file = Path(tmp) / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
+        tracking.log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
 
 
@@ -123,6 +126,23 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
             f"--resume: the spec changed since the study started ({', '.join(changed)}); only "
             "search.num_samples may change - undo the change, or start a fresh study: run without --resume"
         )
+
+
+def _resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool | str) -> Any:
+    """The one study run `--resume` [RUN_ID] means, or a one-line error (none, or several by that name)."""
+    runs = (
+        []
+        if experiment_id is None
+        else tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
+    )
+    if isinstance(resume, str):
+        runs = [r for r in runs if r.info.run_id == resume]
+    if not runs:
+        which = f" with run id {resume}" if isinstance(resume, str) else ""
+        raise DynconvError(
+            f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
+        )
+    return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
 
 
 def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
@@ -192,15 +212,35 @@ def format_summary(result: StudyResult, spec: JobSpec) -> str:
 
 
 def run_study(
+    spec: JobSpec, address: str | None = None, resume: bool | str = False, **options: Any
+) -> StudyResult:
+    """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table.
+
+    Holds the study's lock (`dynconv.tune.study_lock`) throughout: a second driver of the same study
+    name refuses in one line instead of interleaving its trials with this one's.
+    """
+    spec = spec.resolved()
+    uri = spec.tracking_uri()
+    check_uri_scheme(uri)
+    tracking.check_tracking_store(uri)  # before anything is created (the lock lives in the storage path)
+    tracking.check_storage_path(spec.storage_uri())
+    with study_lock(spec.storage_uri(), spec.study):
+        if resume:  # a wrong --resume fails before the data cache is built
+            exp = tracking.client(uri).get_experiment_by_name(spec.experiment)
+            _resume_run(spec, uri, exp.experiment_id if exp else None, resume)
+        return _run_study(spec, address, resume, **options)
+
+
+def _run_study(
     spec: JobSpec,
     address: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     *,
     placement_strategy: str = "PACK",
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
 ) -> StudyResult:
-    """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table."""
+    """The study itself, run under its lock (see `run_study`)."""
     from ray import tune
 
     from dynconv.tune.callbacks import TrialRunCloser

@@ -226,11 +226,9 @@ def model_inputs(x, subset: str, dynamic: bool):
     Dynamic: the subset's channels only, and their indices for `forward(x, channels=...)`.
     Plain: the full-width batch with the other channels zero-filled, and None.
     """
-    from dynconv.data.channels import select_channels, zero_fill
+    from dynconv.data.channels import model_inputs as _model_inputs  # shared with training's validation
 
-    if dynamic:
-        return select_channels(x, subset)
-    return zero_fill(x, subset), None
+    return _model_inputs(x, subset, dynamic)
 
 
 def _autocast(device):

@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a study's best trials over channel subsets")
     p.add_argument("study", help="study name, study (parent) run id, or a trial run id")
-    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument(
+        "--top-k", type=int, default=None, help="the N best by val_acc (default: the best, or the Pareto set)"
+    )
     p.add_argument("--subsets", default="RGB,RG,RB,GB,R,G,B")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -844,7 +844,7 @@ def evaluate_trials(
     uri: str,
     parent_run,
     *,
-    top_k: int = 1,
+    top_k: int | None = 1,
     subsets: Sequence[str] | None = None,
     split: str = "test",
     device: str | None = None,
@@ -852,7 +852,10 @@ def evaluate_trials(
     only_run_id: str | None = None,
     data=None,
 ) -> list[tuple[str, Evaluation]]:
-    """Evaluate the study's best trial(s), logging one child run each; returns [(run id, Evaluation)]."""
+    """Evaluate the study's best trial(s), logging one child run each; returns [(run id, Evaluation)].
+
+    `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.pareto`), else the best.
+    """
     from dynconv.data.channels import SUBSET_NAMES, parse_subsets
     from dynconv.datasets import prepare_for_spec
     from dynconv.train.session import default_device
@@ -866,7 +869,12 @@ def evaluate_trials(
         if not chosen or not chosen[0].has_checkpoint:
             raise DynconvError(f"trial run {only_run_id} has no {CHECKPOINT_ARTIFACT} artifact")
     else:
-        chosen = select_trials(trials, top_k, study)
+        from dynconv.tune.pareto import pareto_run_ids
+
+        pareto = pareto_run_ids(parent_run) if top_k is None else None
+        pool = trials if pareto is None else [t for t in trials if t.run_id in pareto]
+        k = top_k if top_k is not None else max(1, len(pool)) if pareto is not None else 1
+        chosen = select_trials(pool, k, study)
     dev = default_device(device)
     states = [(t, load_checkpoint(uri, t.run_id)) for t in chosen]  # fail before any work on a bad one
     data = data if data is not None else prepare_for_spec(spec, progress=False)
@@ -926,7 +934,7 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
             spec,
             result.tracking_uri,
             parent,
-            top_k=spec.evaluate.top_k,
+            top_k=None if spec.search.multi_objective else spec.evaluate.top_k,  # None: the Pareto set
             subsets=spec.evaluate.subsets,
             split=spec.evaluate.split,
         )
@@ -946,14 +954,18 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
 
 def evaluate_study_cli(
     study: str,
-    top_k: int = 1,
+    top_k: int | None = None,
     subsets: str | Sequence[str] = "RGB,RG,RB,GB,R,G,B",
     split: str = "test",
     tracking_uri: str | None = None,
     device: str | None = None,
     speed: SpeedConfig | None = None,
 ) -> list[tuple[str, Evaluation]]:
-    """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id."""
+    """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id.
+
+    No `top_k`: the best trial, or the whole Pareto set of a multi-objective study; `top_k=N`: the N
+    best by val_acc (RGB) in either kind of study.
+    """
     from dynconv.data.channels import parse_subsets
 
     names = parse_subsets(subsets)  # bad names fail before MLflow is touched

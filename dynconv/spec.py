@@ -201,7 +201,7 @@ class SearchSpec(_Strict):
             return self
         if len(self.objectives) < 2:
             raise ValueError("search.objectives needs at least two metrics (one metric: use search.metric)")
-        if "metric" in self.model_fields_set:
+        if self.metric != "val_acc":  # the default (also what a dumped spec carries) is ignored then
             raise ValueError("set search.metric or search.objectives, not both")
         return self
 

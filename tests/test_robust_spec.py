@@ -61,6 +61,7 @@ def test_weighted_metric_ranks_on_objective() -> None:
 
 def test_objectives_list_takes_search_mode_and_needs_fifo() -> None:
     spec = _spec(search={"objectives": ["val_acc", "val_acc_worst"]}, scheduler={"name": "none"})
+    assert spec.resolved().search == spec.search, "a dumped spec validates again (trials, MLflow)"
     assert spec.search.objectives == {"val_acc": "max", "val_acc_worst": "max"}
     assert spec.search.multi_objective and spec.search.tune_metric == "val_acc"
     spec = _spec(search={"objectives": {"val_acc": "max", "val_loss": "min"}}, scheduler={"name": "none"})
@@ -73,7 +74,7 @@ def test_objectives_list_takes_search_mode_and_needs_fifo() -> None:
         ({"search": {"objectives": ["val_acc", "val_acc_worst"]}}, "ASHA ranks trials on one metric"),
         ({"search": {"objectives": ["val_acc"]}, "scheduler": {"name": "none"}}, "at least two metrics"),
         (
-            {"search": {"objectives": ["val_acc", "val_acc_worst"], "metric": "val_acc"}},
+            {"search": {"objectives": ["val_acc", "val_acc_worst"], "metric": "val_acc_worst"}},
             "not both",
         ),
         ({"search": {"metric": "val_acc_wrost"}}, r"\['val_acc_wrost'\] are not reported"),

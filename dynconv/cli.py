@@ -148,7 +148,12 @@ def _add_tracking_parsers(sub) -> None:
 
     p = sub.add_parser("evaluate", help="evaluate a study's best trials over channel subsets")
     p.add_argument("study", type=arg.non_empty, help="study name, study (parent) run id, or a trial run id")
-    p.add_argument("--top-k", type=arg.int_range(1, 1000), default=1)
+    p.add_argument(
+        "--top-k",
+        type=arg.int_range(1, 1000),
+        default=None,
+        help="the N best by val_acc (default: the best, or the Pareto set)",
+    )
     p.add_argument("--subsets", type=arg.subset_list, default="RGB,RG,RB,GB,R,G,B")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")

@@ -29,7 +29,7 @@ from dynconv.errors import DynconvError
 from dynconv.spec_checks import (
     SAFE_EXPERIMENT_PATTERN,
     SAFE_NAME_PATTERN,
-    check_metric,
+    check_metrics,
     check_model_args,
     check_searched_field,
 )
@@ -87,9 +87,15 @@ class DataSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    """Learning-rate schedule: linear warm-up then cosine decay (or constant)."""
+    """Learning-rate schedule, stepped per batch: linear warm-up then cosine decay (or constant), or onecycle.
 
-    name: Literal["cosine", "constant"] = "cosine"
+    onecycle is torch's OneCycleLR (cosine rise from lr/25 to `train.lr` over `warmup_epochs`, i.e.
+    pct_start = warmup_epochs / epochs, then cosine down to lr × `min_lr_ratio`), the usual recipe for
+    short budgets. `train.schedule: onecycle` is short for `train.schedule: {name: onecycle}`, and the
+    search space key `schedule` (a choice of names) sets `train.schedule.name`.
+    """
+
+    name: Literal["cosine", "constant", "onecycle"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
@@ -110,6 +116,28 @@ class TrainSpec(_Strict):
     seed: int = 0
     compile: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU (train/loop.py)
+    val_subsets: list[str] = Field(
+        default_factory=lambda: list(SUBSET_NAMES),
+        description="channel subsets validated during training: val_acc_<SUBSET> and val_acc_worst",
+    )
+    subset_val_every: int = Field(
+        1,
+        ge=0,
+        description="validate the subsets at epoch 1, every k-th epoch after it and the last; 0: never",
+    )
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("val_subsets")
+    @classmethod
+    def _known_val_subsets(cls, subsets: list[str]) -> list[str]:
+        bad = [s for s in subsets if s not in SUBSET_NAMES]
+        if bad or not subsets or len(set(subsets)) != len(subsets):
+            raise ValueError(f"bad subset list {subsets}; valid subsets: {', '.join(SUBSET_NAMES)}")
+        return subsets
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:
@@ -144,21 +172,85 @@ class ParamSpec(_Strict):
 
 
 REQUIRED_SEARCH_KEYS = ("lr", "augment_strength")
+# Non-numeric train fields the search may choose between: search key -> the values it may take.
+CHOICE_SEARCH_KEYS: dict[str, tuple[str, ...]] = {"schedule": ("cosine", "constant", "onecycle")}
 
 
 class SearchSpec(_Strict):
     """The search: which `train.*` fields are searched and how many trials run."""
 
     space: dict[str, ParamSpec]
-    algorithm: Literal["tpe", "random"] = "tpe"
+    algorithm: Literal["tpe", "random", "nsga2"] = "tpe"  # nsga2: Optuna's NSGA-II (multi-objective)
     tpe_startup_trials: int = Field(
         10, ge=1, description="random trials before TPE models the results (Optuna's default is 10)"
     )
     num_samples: int = Field(4, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0
-    metric: str = "val_acc"
+    metric: str | dict[str, float] = Field(
+        "val_acc",
+        description="a reported metric, or {metric: weight}: trials then report the weighted sum "
+        "as `objective` and the search ranks on it",
+    )
     mode: Literal["max", "min"] = "max"
+    objectives: dict[str, Literal["max", "min"]] | None = Field(
+        None,
+        description="multi-objective search (a Pareto set): [metric, ...] (each with search.mode) or "
+        "{metric: max|min}; needs scheduler.name: none",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _weights(cls, metric: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(metric, dict):
+            if not metric:
+                raise ValueError("a weighted metric needs at least one {metric: weight}")
+            bad = {k: w for k, w in metric.items() if not math.isfinite(w) or w == 0}
+            if bad:
+                raise ValueError(f"weights must be finite and non-zero, got {bad}")
+        return metric
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("objectives"), list):
+            mode = data.get("mode", "max")
+            data = {**data, "objectives": {name: mode for name in data["objectives"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _objectives_alone(self) -> SearchSpec:
+        if self.objectives is None:
+            return self
+        if len(self.objectives) < 2:
+            raise ValueError("search.objectives needs at least two metrics (one metric: use search.metric)")
+        if self.metric != "val_acc":  # the default (also what a dumped spec carries) is ignored then
+            raise ValueError("set search.metric or search.objectives, not both")
+        return self
+
+    # -- derived: what Tune and Optuna are told ------------------------------------------------------------
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objectives is not None
+
+    @property
+    def tune_metric(self) -> str:
+        """The one metric ranked on: `objective` for a weighted mix, else `metric`; the first objective
+        of a multi-objective search (used for `--top-k`, `best` and the parent's `best_val_acc`)."""
+        if self.objectives is not None:
+            return next(iter(self.objectives))
+        return "objective" if isinstance(self.metric, dict) else self.metric
+
+    @property
+    def tune_mode(self) -> str:
+        return self.objectives[self.tune_metric] if self.objectives is not None else self.mode
+
+    def metric_names(self) -> list[str]:
+        """Every reported metric the search refers to (validated against the reported metrics)."""
+        if self.objectives is not None:
+            return list(self.objectives)
+        return list(self.metric) if isinstance(self.metric, dict) else [self.metric]
 
     @field_validator("space")
     @classmethod
@@ -172,15 +264,16 @@ class SearchSpec(_Strict):
             if field.annotation in (float, int, "float", "int")
         }
         for key, param in space.items():
-            if key not in searchable:
-                raise ValueError(f"{key!r} is not a numeric train field; searchable: {sorted(searchable)}")
-            check_searched_field(key, TrainSpec.model_fields[key], param)
+            if key in CHOICE_SEARCH_KEYS:
+                allowed = CHOICE_SEARCH_KEYS[key]
+                if param.type != "choice" or not set(param.values or []) <= set(allowed):
+                    raise ValueError(f"{key!r} is searched as a choice among {', '.join(allowed)}")
+            elif key not in searchable:
+                known = sorted(searchable | set(CHOICE_SEARCH_KEYS))
+                raise ValueError(f"{key!r} is not a numeric train field; searchable: {known}")
+            else:
+                check_searched_field(key, TrainSpec.model_fields[key], param)
         return space
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        return check_metric(metric)
 
 
 class SchedulerSpec(_Strict):
@@ -281,6 +374,21 @@ class JobSpec(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _search_metrics_reported(self) -> JobSpec:
+        from dynconv.metrics import reported_metrics
+
+        t = self.train
+        known = reported_metrics(t.val_subsets, t.subset_val_every, isinstance(self.search.metric, dict))
+        field = "objectives" if self.search.multi_objective else "metric"
+        check_metrics(f"search.{field}", self.search.metric_names(), known)
+        if self.search.multi_objective and self.scheduler.name != "none":
+            raise ValueError(
+                "search.objectives: ASHA ranks trials on one metric and would stop the ones that trade RGB "
+                "accuracy for robustness; set scheduler.name: none (every trial runs all epochs)"
+            )
+        return self
+
     # -- derived values: computed here once so every layer agrees -------------------------------------------
 
     @property
@@ -305,7 +413,10 @@ class JobSpec(_Strict):
         for key, value in params.items():
             if key not in self.search.space and key not in data["train"]:
                 raise SpecError(f"unknown trial parameter {key!r}")
-            data["train"][key] = value
+            if key == "schedule" and isinstance(value, str):  # a searched schedule name keeps the warm-up
+                data["train"]["schedule"]["name"] = value
+            else:
+                data["train"][key] = value
         return JobSpec.model_validate(data)
 
     def resolved(self) -> JobSpec:

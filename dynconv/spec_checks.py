@@ -12,23 +12,12 @@ import difflib
 import inspect
 import math
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from dynconv.errors import DynconvError
-
-# Metrics every trial reports each epoch (dynconv.train.loop.fit); `search.metric` must be one of them.
-TRIAL_METRICS: tuple[str, ...] = (
-    "val_acc",
-    "val_loss",
-    "val_top5",
-    "train_acc",
-    "train_loss",
-    "lr",
-    "epoch_seconds",
-    "train_images_per_second",
-)
 
 # Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
 # MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
@@ -125,14 +114,16 @@ def check_searched_field(key: str, field: Any, param: Any) -> None:
             raise ValueError(f"{key}.{where}={value!r} is not a valid train.{key}: {msg}") from None
 
 
-def check_metric(metric: str) -> str:
-    """`search.metric` must be a metric trials report."""
-    if metric not in TRIAL_METRICS:
-        close = difflib.get_close_matches(metric, TRIAL_METRICS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        known = ", ".join(TRIAL_METRICS)
-        raise ValueError(f"{metric!r} is not a metric trials report{hint}; choose one of {known}")
-    return metric
+def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> None:
+    """Every metric the search names must be one trials report (`dynconv.metrics.reported_metrics`),
+    so a typo fails when the spec loads, not after the first epoch."""
+    for metric in names:
+        if metric not in known:
+            close = difflib.get_close_matches(metric, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}: {metric!r} is not a metric trials report{hint}; choose one of {', '.join(known)}"
+            )
 
 
 # -------------------------------------------------------------------------------- resources

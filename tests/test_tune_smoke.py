@@ -149,3 +149,79 @@ def test_unwritable_storage_fails_before_training(tiny_dataset: Path, tmp_path: 
     data = tiny_spec_dict(tmp_path, tiny_dataset, storage_path=str(blocker / "ray_results"))
     with pytest.raises(DynconvError, match=r"Ray storage path .* is not writable"):
         run_study(parse_spec(data))
+
+
+# -------------------------------------------------------- multi-objective study (issue 14), same Ray instance
+
+
+@pytest.fixture(scope="module")
+def pareto_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """3 trials, 1 epoch, 1 worker each, NSGA-II on (val_acc, val_acc_worst), FIFO, Pareto set evaluated."""
+    from dynconv.tune.study import run_study
+
+    tmp = tmp_path_factory.mktemp("pareto")
+    data = tiny_spec_dict(
+        tmp,
+        tiny_dataset,
+        train={
+            "epochs": 1,
+            "schedule": {"name": "onecycle", "warmup_epochs": 0.5},
+            "val_subsets": ["RGB", "R", "GB"],
+        },
+        search={
+            "objectives": ["val_acc", "val_acc_worst"],
+            "algorithm": "nsga2",
+            "num_samples": 3,
+        },
+        scheduler={"name": "none"},
+        resources={"workers_per_trial": 1, "cpus_per_worker": 0.4, "driver_cpus": 0.1},
+        evaluate={"enabled": True, "subsets": ["RGB", "R"]},
+    )
+    data["search"]["space"] = {
+        **data["search"]["space"],
+        "channel_drop": {"type": "uniform", "low": 0.0, "high": 0.5},
+        "schedule": {"type": "choice", "values": ["cosine", "onecycle"]},
+    }
+    spec = parse_spec(data)
+    return spec, run_study(spec)
+
+
+def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
+    from dynconv.tracking import TAG_SOURCE_RUN
+
+    from dynconv.tune.pareto import pareto_front
+
+    _, result = pareto_study
+    assert not result.interrupted and len(result.trials) == 3
+    assert all(t.status == "FINISHED" for t in result.trials), "FIFO: every trial runs all its epochs"
+    client = tracking.client(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    runs = {r.info.run_id: r for r in _children(result, "trial")}
+    assert len(runs) == 3
+    for run in runs.values():  # subset validation reached MLflow, and the searched fields the trial
+        m = run.data.metrics
+        assert {"val_acc_RGB", "val_acc_R", "val_acc_GB", "val_acc_worst"} <= set(m)
+        assert m["val_acc_worst"] == pytest.approx(min(m["val_acc_RGB"], m["val_acc_R"], m["val_acc_GB"]))
+        assert (
+            run.data.params["schedule"] in ("cosine", "onecycle")
+            and 0 <= float(run.data.params["channel_drop"]) <= 0.5
+        )
+
+    # The parent lists exactly the non-dominated trials, recomputed here from the trial runs.
+    ids = list(runs)
+    front = {
+        ids[i]
+        for i in pareto_front(
+            [[runs[r].data.metrics["val_acc"], runs[r].data.metrics["val_acc_worst"]] for r in ids],
+            ["max", "max"],
+        )
+    }
+    listed = parent.data.tags["dynconv.pareto_run_ids"].split(",")
+    assert front and set(listed) == front
+    assert len(parent.data.tags["dynconv.pareto_trials"].split(",")) == len(listed)
+    assert {t.run_id for t in result.pareto} == front and result.best in result.pareto
+
+    # The end-of-study evaluation evaluated the whole Pareto set, one child run each.
+    evaluated = {r.data.tags[TAG_SOURCE_RUN] for r in _children(result, "evaluation")}
+    assert evaluated == front

@@ -102,3 +102,17 @@ def channel_drop(
     choice = torch.randint(len(SUBSETS), (b,), generator=generator, device=draw_device).to(x.device)
     mask = torch.where(drop.unsqueeze(1), subset_table(x.device)[choice], full)
     return x * mask.view(b, 3, 1, 1).to(x.dtype), mask
+
+
+def model_inputs(
+    x: torch.Tensor, subset: Subset, dynamic: bool
+) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    """(input, channels) for a normalised full (B, 3, H, W) batch shown as ``subset``.
+
+    The one rule of evaluation and of per-subset validation during training. Dynamic: the subset's
+    channels only, and their indices for ``forward(x, channels=...)``. Plain: the full-width batch with
+    the other channels zero-filled, and None.
+    """
+    if dynamic:
+        return select_channels(x, subset)
+    return zero_fill(x, subset), None

@@ -2,8 +2,9 @@
 
 How a model sees a subset: a *dynamic* model gets only the subset's channels plus their indices
 (`model(x[:, idx], channels=idx)`); a *plain* model gets all three channels with the missing ones
-zero-filled after normalisation (= the dataset mean colour), the usual baseline. On CUDA: bf16 autocast
-and channels-last, as in training. Imports torch and `dynconv.data` lazily; never Ray or MLflow.
+zero-filled after normalisation (= the dataset mean colour), the usual baseline (`model_inputs`, shared
+with training's subset validation). On CUDA: bf16 autocast and channels-last, as in training. Never
+imports Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -12,18 +13,7 @@ import contextlib
 
 import numpy as np
 
-
-def model_inputs(x, subset: str, dynamic: bool):
-    """(input, channels) for a normalised full (B, 3, H, W) batch shown as `subset`.
-
-    Dynamic: the subset's channels only, and their indices for `forward(x, channels=...)`.
-    Plain: the full-width batch with the other channels zero-filled, and None.
-    """
-    from dynconv.data.channels import select_channels, zero_fill
-
-    if dynamic:
-        return select_channels(x, subset)
-    return zero_fill(x, subset), None
+from dynconv.data.channels import model_inputs  # one rule for training's subset validation and here
 
 
 def _autocast(device):

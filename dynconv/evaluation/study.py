@@ -24,6 +24,7 @@ from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.tracking import TrialInfo
 from dynconv.tracking.evaluations import log_study_plots, record_evaluation
+from dynconv.tune.pareto import pareto_run_ids
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
 
@@ -47,10 +48,17 @@ def select_trials(trials: Sequence[TrialInfo], top_k: int, study: str) -> list[T
     return usable[:top_k]
 
 
-def _chosen_trials(trials: list[TrialInfo], top_k: int, study: str, only_run_id: str | None):
-    """The trials to evaluate: `only_run_id` when given (it must have a checkpoint), else the best."""
+def _chosen_trials(
+    trials: list[TrialInfo], top_k: int | None, study: str, only_run_id: str | None, parent_run
+):
+    """The trials to evaluate: `only_run_id` when given (it must have a checkpoint), else the `top_k`
+    best by val_acc; `top_k=None`: the whole Pareto set of a multi-objective study, else the best."""
     if only_run_id is None:
-        return select_trials(trials, top_k, study)
+        pareto = pareto_run_ids(parent_run) if top_k is None else None
+        if pareto is None:
+            return select_trials(trials, top_k or 1, study)
+        pool = [t for t in trials if t.run_id in pareto]
+        return select_trials(pool, max(1, len(pool)), study)
     chosen = [t for t in trials if t.run_id == only_run_id]
     if not chosen or not chosen[0].has_checkpoint:
         raise DynconvError(f"trial run {only_run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact")
@@ -75,7 +83,7 @@ def evaluate_trials(
     uri: str,
     parent_run,
     *,
-    top_k: int = 1,
+    top_k: int | None = 1,
     subsets: Sequence[str] | None = None,
     split: str = "test",
     device: str | None = None,
@@ -83,7 +91,10 @@ def evaluate_trials(
     only_run_id: str | None = None,
     data=None,
 ) -> list[tuple[str, Evaluation]]:
-    """Evaluate the study's best trial(s), logging one child run each; returns [(run id, Evaluation)]."""
+    """Evaluate the study's best trial(s), logging one child run each; returns [(run id, Evaluation)].
+
+    `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.pareto`), else the best.
+    """
     from dynconv.data.channels import SUBSET_NAMES, parse_subsets
     from dynconv.datasets import prepare_for_spec
     from dynconv.train.session import default_device
@@ -92,7 +103,7 @@ def evaluate_trials(
     tracking.quiet_artifact_downloads()
     study = parent_run.data.tags.get(tracking.TAG_STUDY, spec.study)
     trials = tracking.list_trials(uri, parent_run)
-    chosen = _chosen_trials(trials, top_k, study, only_run_id)
+    chosen = _chosen_trials(trials, top_k, study, only_run_id, parent_run)
     dev = default_device(device)
     states = [(t, tracking.load_checkpoint(uri, t.run_id)) for t in chosen]  # fail before any work
     data = data if data is not None else prepare_for_spec(spec, progress=False)
@@ -142,7 +153,7 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
             spec,
             result.tracking_uri,
             parent,
-            top_k=spec.evaluate.top_k,
+            top_k=None if spec.search.multi_objective else spec.evaluate.top_k,  # None: the Pareto set
             subsets=spec.evaluate.subsets,
             split=spec.evaluate.split,
         )
@@ -162,14 +173,18 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
 
 def evaluate_study_cli(
     study: str,
-    top_k: int = 1,
+    top_k: int | None = None,
     subsets: str | Sequence[str] = "RGB,RG,RB,GB,R,G,B",
     split: str = "test",
     tracking_uri: str | None = None,
     device: str | None = None,
     speed: SpeedConfig | None = None,
 ) -> list[tuple[str, Evaluation]]:
-    """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id."""
+    """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id.
+
+    No `top_k`: the best trial, or the whole Pareto set of a multi-objective study; `top_k=N`: the N
+    best by val_acc (RGB) in either kind of study.
+    """
     from dynconv.data.channels import parse_subsets
 
     names = parse_subsets(subsets)  # bad names fail before MLflow is touched

@@ -22,6 +22,13 @@ from dynconv.models import create_model
 from dynconv.spec import JobSpec
 from dynconv.train.optim import build_optimizer, build_scheduler
 from dynconv.train.session import Session
+from dynconv.train.subset_val import (
+    carried_subset_metrics,
+    subset_accuracies,
+    subset_metrics,
+    subset_val_due,
+    weighted_objective,
+)
 
 CHECKPOINT_FORMAT = 1
 
@@ -147,6 +154,27 @@ def evaluate_epoch(
     return sums.reduce(session)
 
 
+def _subset_epoch_metrics(
+    spec: JobSpec,
+    model: nn.Module,
+    val_batches: ShardedBatches,
+    session: Session,
+    precision: Precision,
+    dynamic: bool,
+    previous: dict[str, float],
+    epoch: int,
+    val_acc: float,
+) -> dict[str, float]:
+    """`val_acc_<S>`, `val_acc_worst`, `val_subsets_epoch` for 0-based `epoch`: measured when due
+    (`train.subset_val_every`), else the last measured values carried forward. RGB reuses `val_acc`."""
+    t = spec.train
+    if not subset_val_due(epoch + 1, t.epochs, t.subset_val_every, previous):
+        return carried_subset_metrics(previous, t.val_subsets) if t.subset_val_every > 0 else {}
+    others = [s for s in t.val_subsets if s != "RGB"]
+    accs = subset_accuracies(unwrap(model), val_batches, session, precision, others, dynamic)
+    return subset_metrics(accs, val_acc, t.val_subsets, epoch + 1)
+
+
 def checkpoint_state(
     spec: JobSpec,
     model: nn.Module,
@@ -230,7 +258,10 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
         tr = train_epoch(model, train_batches, optimizer, scheduler, spec, session, gen, dynamic, precision)
         train_seconds = time.perf_counter() - t0
         va = evaluate_epoch(model, val_batches, session, precision)
-        seconds = time.perf_counter() - t0
+        subsets = _subset_epoch_metrics(
+            spec, model, val_batches, session, precision, dynamic, metrics, epoch, va["acc"]
+        )
+        seconds = time.perf_counter() - t0  # the whole epoch: training, validation, subset validation
         metrics = {
             "epoch": epoch + 1,
             "train_loss": tr["loss"],
@@ -242,7 +273,10 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
             "epoch_seconds": seconds,
             "train_images_per_second": tr["count"] / train_seconds,
             "world_size": session.world_size,
+            **subsets,
         }
+        if isinstance(spec.search.metric, dict):
+            metrics["objective"] = weighted_objective(spec.search.metric, metrics)
         state = checkpoint_state(spec, model, optimizer, scheduler, epoch + 1, data.num_classes, metrics)
         session.report(metrics, state)
     return metrics

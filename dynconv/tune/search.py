@@ -24,33 +24,59 @@ def param_space(spec: JobSpec) -> dict[str, Any]:
 
 
 def describe_space(spec: JobSpec) -> dict[str, str]:
-    """Human-readable search space, logged as params of the study's parent run."""
+    """Human-readable search space and what it optimises, logged as params of the study's parent run."""
     out = {}
     for key, p in spec.search.space.items():
         rng = f"{p.values}" if p.type == "choice" else f"[{p.low:g}, {p.high:g}]"
         out[f"space.{key}"] = f"{p.type}{rng}"
+    if spec.search.objectives is not None:
+        out["search.objectives"] = ", ".join(f"{m}:{mode}" for m, mode in spec.search.objectives.items())
+    elif isinstance(spec.search.metric, dict):
+        out["search.metric"] = " + ".join(f"{w:g}*{m}" for m, w in spec.search.metric.items())
     return out
 
 
-def build_searcher(spec: JobSpec):
-    """Seeded Optuna TPE (or random, the benchmark's baseline) through Ray Tune's OptunaSearch."""
+def _sampler(spec: JobSpec):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     seed = spec.search.seed
-    sampler = (
-        optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.search.tpe_startup_trials)
-        if spec.search.algorithm == "tpe"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
-    return OptunaSearch(sampler=sampler)
+    if spec.search.algorithm == "tpe":  # TPE handles several objectives too (Optuna's MOTPE)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.search.tpe_startup_trials)
+    if spec.search.algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def build_searcher(spec: JobSpec):
+    """Seeded Optuna TPE / NSGA-II (or random, the benchmark's baseline) through Ray Tune's OptunaSearch.
+
+    Single objective: metric and mode reach the searcher from `TuneConfig` (`tune_metric_mode`). Several
+    objectives: the searcher itself gets the lists, and `TuneConfig` none (Ray's rule for OptunaSearch).
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = spec.search.objectives
+    if objectives is not None:
+        return OptunaSearch(sampler=_sampler(spec), metric=list(objectives), mode=list(objectives.values()))
+    return OptunaSearch(sampler=_sampler(spec))
+
+
+def tune_metric_mode(spec: JobSpec) -> tuple[str | None, str | None]:
+    """`TuneConfig`'s metric and mode: the ranked metric (`objective` for a weighted mix), or
+    (None, None) for a multi-objective search, whose metrics only the searcher knows."""
+    if spec.search.multi_objective:
+        return None, None
+    return spec.search.tune_metric, spec.search.tune_mode
 
 
 def build_scheduler(spec: JobSpec):
-    """ASHA on the reported `epoch` (monotonic across restarts, unlike `training_iteration`), or FIFO."""
+    """ASHA on the reported `epoch` (monotonic across restarts, unlike `training_iteration`), or FIFO.
+
+    A multi-objective search always has FIFO: the spec refuses ASHA there, since ASHA ranks on one metric.
+    """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if spec.scheduler.name == "none":
+    if spec.scheduler.name == "none" or spec.search.multi_objective:
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="epoch",

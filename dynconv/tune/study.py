@@ -27,6 +27,7 @@ from dynconv.spec import JobSpec
 from dynconv.spec_checks import check_resources_fit, spec_diff
 from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import cluster_capacity
+from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS, pareto_front
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -34,6 +35,7 @@ from dynconv.tune.search import (
     max_concurrent_trials,
     param_space,
     trial_resources,
+    tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.trial import run_trial
@@ -49,6 +51,8 @@ class TrialSummary:
     epochs: int
     status: str
     run_id: str | None
+    objectives: dict[str, float | None] = field(default_factory=dict)  # multi-objective: last reported
+    pareto: bool = False
 
 
 @dataclass
@@ -67,8 +71,16 @@ class StudyResult:
 
     @property
     def best(self) -> TrialSummary | None:
-        scored = [t for t in self.trials if t.best_val_acc is not None]
+        """The trial best on the ranked metric; in a multi-objective study, the Pareto trial best on
+        the first objective."""
+        pool = self.pareto or self.trials
+        scored = [t for t in pool if t.best_val_acc is not None]
         return max(scored, key=lambda t: t.best_val_acc) if scored else None
+
+    @property
+    def pareto(self) -> list[TrialSummary]:
+        """The Pareto set of a multi-objective study (empty for a single objective)."""
+        return [t for t in self.trials if t.pareto]
 
 
 def _init_ray(address: str | None, tracking_uri: str) -> None:
@@ -148,12 +160,13 @@ def _resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool
 def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
     from ray import tune
 
+    metric, mode = tune_metric_mode(spec)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            metric=spec.search.metric,
-            mode=spec.search.mode,
+            metric=metric,
+            mode=mode,
             search_alg=build_searcher(spec),
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_samples,
@@ -180,7 +193,8 @@ def _summarise(grid: Any, spec: JobSpec, uri: str, experiment_id: str, parent: s
         df = result.metrics_dataframe
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        best = float(df[spec.search.metric].max()) if df is not None and spec.search.metric in df else None
+        ranked = spec.search.tune_metric
+        best = float(df[ranked].max()) if df is not None and ranked in df else None
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
         if result.error is not None:
             status = "FAILED"
@@ -189,14 +203,33 @@ def _summarise(grid: Any, spec: JobSpec, uri: str, experiment_id: str, parent: s
         else:
             status = "STOPPED" if metrics.get("done") else "UNFINISHED"
         params = {k: result.config.get(k) for k in spec.search.space}
-        rows.append(TrialSummary(trial_id, params, best, epochs, status, runs.get(trial_id)))
+        objectives = _last_values(df, list(spec.search.objectives or {}))
+        rows.append(TrialSummary(trial_id, params, best, epochs, status, runs.get(trial_id), objectives))
+    if spec.search.objectives is not None:
+        modes = list(spec.search.objectives.values())
+        points = [
+            None if r.status == "FAILED" else [r.objectives[m] for m in spec.search.objectives] for r in rows
+        ]
+        for i in pareto_front(points, modes):
+            rows[i].pareto = True
     return rows
+
+
+def _last_values(df: Any, names: list[str]) -> dict[str, float | None]:
+    """Each metric's last reported value (what Optuna was told and what the final checkpoint scores)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        col = df[name].dropna() if df is not None and name in df else []
+        out[name] = float(col.iloc[-1]) if len(col) else None
+    return out
 
 
 def format_summary(result: StudyResult, spec: JobSpec) -> str:
     """The end-of-study table: trial, searched values, best val acc, epochs, outcome, MLflow run."""
     keys = list(spec.search.space)
-    head = ["trial", *keys, "best val acc", "epochs", "outcome", "mlflow run"]
+    objectives = list(spec.search.objectives or {})  # multi-objective: last values and a Pareto mark
+    extra = [*(f"last {m}" for m in objectives), "pareto"] if objectives else []
+    head = ["trial", *keys, "best val acc", *extra, "epochs", "outcome", "mlflow run"]
     body = []
     for t in sorted(result.trials, key=lambda t: -(t.best_val_acc or -1)):
         vals = [
@@ -204,11 +237,18 @@ def format_summary(result: StudyResult, spec: JobSpec) -> str:
             for k in keys
         ]
         acc = "-" if t.best_val_acc is None else f"{t.best_val_acc:.4f}"
-        body.append([t.trial_id, *vals, acc, str(t.epochs), t.status, t.run_id or "-"])
+        last = [_fmt(t.objectives.get(m)) for m in objectives] + (
+            ["*" if t.pareto else ""] if objectives else []
+        )
+        body.append([t.trial_id, *vals, acc, *last, str(t.epochs), t.status, t.run_id or "-"])
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def run_study(
@@ -320,6 +360,8 @@ def _run_study(
         tracking.set_tags(
             uri, parent, {"dynconv.best_trial_id": best.trial_id, "dynconv.best_run_id": best.run_id}
         )
+    if spec.search.multi_objective:
+        _record_pareto(result, spec)
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
         from dynconv.evaluation.study import evaluate_study
@@ -331,6 +373,21 @@ def _run_study(
     print(f"\nMLflow: experiment {spec.experiment!r}, study run {parent} in {uri}")
     print(f"Browse it with: dynconv ui --tracking-uri {uri}   (then open http://127.0.0.1:5000)")
     return result
+
+
+def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
+    """Tag the parent run with the Pareto trials (Tune ids and MLflow run ids) and print them."""
+    front = result.pareto
+    tracking.set_tags(
+        result.tracking_uri,
+        result.parent_run_id,
+        {
+            TAG_PARETO_TRIALS: ",".join(t.trial_id for t in front),
+            TAG_PARETO_RUN_IDS: ",".join(t.run_id or "" for t in front),
+        },
+    )
+    names = " and ".join(f"{m} ({mode})" for m, mode in (spec.search.objectives or {}).items())
+    print(f"\nPareto set on {names}, FIFO scheduler: {', '.join(t.trial_id for t in front) or 'empty'}")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,41 @@
+"""The names of the metrics a trial reports each epoch: one list, shared by the loop and spec validation.
+
+A `search.metric`, a weight in a weighted `search.metric` or a `search.objectives` entry must be one of
+`reported_metrics(...)`, so a typo fails when the spec loads instead of after the first epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EPOCH_METRICS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",  # on RGB, the full input
+    "val_top5",
+    "lr",
+    "epoch_seconds",
+    "train_images_per_second",
+    "world_size",
+)
+WORST_SUBSET_METRIC = "val_acc_worst"  # the minimum of val_acc_<SUBSET> over train.val_subsets
+SUBSETS_EPOCH_METRIC = "val_subsets_epoch"  # the epoch the val_acc_<SUBSET> values were measured at
+OBJECTIVE_METRIC = "objective"  # the weighted mix when search.metric is a {metric: weight} mapping
+
+
+def subset_metric(subset: str) -> str:
+    """`val_acc_RB` for subset `RB`: validation accuracy with only the subset's channels."""
+    return f"val_acc_{subset}"
+
+
+def reported_metrics(val_subsets: Sequence[str], subset_val_every: int, weighted: bool) -> tuple[str, ...]:
+    """Every metric name a trial reports, given `train.val_subsets`, `train.subset_val_every` and
+    whether `search.metric` is a weighted mix (which adds `objective`)."""
+    names = list(EPOCH_METRICS)
+    if subset_val_every > 0:
+        names += [subset_metric(s) for s in val_subsets] + [WORST_SUBSET_METRIC, SUBSETS_EPOCH_METRIC]
+    if weighted:
+        names.append(OBJECTIVE_METRIC)
+    return tuple(names)

@@ -148,6 +148,7 @@ def study_phases(tracking_uri: str, clock: dict[str, dict[str, float]]) -> dict[
         actor_up = times.get("actor_started", times["scheduled"])
         starts.append(
             {
+                "scheduled": times["scheduled"],
                 "startup": first_step - times["scheduled"],
                 "actor": actor_up - times["scheduled"],
                 "to_run": run_created - actor_up,
@@ -157,7 +158,7 @@ def study_phases(tracking_uri: str, clock: dict[str, dict[str, float]]) -> dict[
     out["trials"] = len(trials)
     out["trial_epochs"] = epochs
     out["epoch_seconds_sum"] = epoch_seconds
-    out["trial_starts"] = starts
+    out["trial_starts"] = sorted(starts, key=lambda s: s["scheduled"])
     for key in ("startup", "actor", "to_run", "to_step"):
         values = [s[key] for s in starts]
         out[f"{key}_median"] = statistics.median(values) if values else float("nan")

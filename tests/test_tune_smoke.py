@@ -226,4 +226,8 @@ def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_wo
     assert len(epochs) - IN_ACTOR_EPOCHS <= 1, (
         f"resumed from its latest checkpoint, not from scratch: {epochs}"
     )
-    assert killed not in {a.pid for a in _trial_actors()}
+    import json
+
+    (results,) = Path(result.tune_path).glob("*/result.json")
+    pids = [json.loads(line)["pid"] for line in results.read_text().splitlines()]
+    assert killed in pids and pids[-1] != killed, "the killed trial actor was replaced and finished the trial"

@@ -399,8 +399,10 @@ def test_cli_reports_bad_input_as_one_line(store, capsys, tmp_path) -> None:
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("dynconv") and f"error: {start}" in err[0].replace(
-            "argument --subsets: ", ""
+        assert (
+            len(err) == 1
+            and err[0].startswith("dynconv")
+            and f"error: {start}" in err[0].replace("argument --subsets: ", "")
         ), err
     assert not (tmp_path / "r").exists()
 

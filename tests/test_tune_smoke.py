@@ -1,4 +1,5 @@
-"""End to end: a 2-trial study, 2 DDP workers per trial, Optuna TPE + ASHA, everything landing in MLflow."""
+"""End to end: a 2-trial study, 2 DDP workers per trial, Optuna TPE + ASHA, everything landing in MLflow;
+then a one-worker trial (trained in its Tune actor) that is killed mid-study and resumes."""
 
 from __future__ import annotations
 
@@ -188,7 +189,6 @@ def pareto_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPat
 
 def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
     from dynconv.tracking import TAG_SOURCE_RUN
-
     from dynconv.tune.pareto import pareto_front
 
     _, result = pareto_study
@@ -225,3 +225,108 @@ def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
     # The end-of-study evaluation evaluated the whole Pareto set, one child run each.
     evaluated = {r.data.tags[TAG_SOURCE_RUN] for r in _children(result, "evaluation")}
     assert evaluated == front
+
+
+# --- Single-worker trials train in their Tune trial actor (no TorchTrainer): same results, same resume ---
+
+IN_ACTOR_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def slower_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Epochs of a few seconds, so a trial can be killed between two of them."""
+    from dynconv.data.synth import write_synthetic
+
+    return write_synthetic(
+        tmp_path_factory.mktemp("synthetic_slow"), classes=3, per_class=150, size=24, seed=0
+    )
+
+
+def _trial_actors() -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], limit=1000)
+
+
+@pytest.fixture(scope="module")
+def killed_single_worker_study(ray_local, slower_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A one-trial, one-worker study whose trial actor is SIGKILLed after it logged epoch 2."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from dynconv.tune.study import run_study
+
+    tmp = tmp_path_factory.mktemp("in_actor")
+    spec = parse_spec(
+        tiny_spec_dict(
+            tmp,
+            slower_dataset,
+            model={"args": {"stem": "small", "width": 8}},
+            data={"image_size": 24},
+            train={"epochs": IN_ACTOR_EPOCHS},
+            scheduler={"name": "none"},
+            search={"num_samples": 1},
+            resources={"workers_per_trial": 1, "cpus_per_worker": 1.0, "driver_cpus": 0.2},
+            evaluate={"enabled": False},
+        )
+    )
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(result=run_study(spec)), daemon=True)
+    thread.start()
+    client = tracking.client(spec.tracking_uri())
+    deadline = time.monotonic() + 180
+    killed = None
+    while killed is None and time.monotonic() < deadline and thread.is_alive():
+        exp = client.get_experiment_by_name("tiny")
+        for run in (
+            [] if exp is None else tracking.find_runs(spec.tracking_uri(), exp.experiment_id, role="trial")
+        ):
+            if any(m.step >= 2 for m in client.get_metric_history(run.info.run_id, "epoch")):
+                killed = _trial_actors()[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.3)
+    thread.join(timeout=300)
+    assert killed is not None, "the trial never reached epoch 2 (or the study ended first)"
+    return box["result"], killed
+
+
+def test_single_worker_trial_trains_in_its_tune_actor(killed_single_worker_study) -> None:
+    result, _ = killed_single_worker_study
+    state = Path(result.tune_path)
+    assert list(state.glob("*/checkpoint_*/state.pt")), "checkpoints are Tune's, in the trial's Tune dir"
+    assert not list(state.parent.glob(f"{state.name}-*")), "no Ray Train run was started"
+    assert [t.status for t in result.trials] == ["FINISHED"]
+
+
+def test_single_worker_trial_logs_what_a_ddp_trial_logs(study, killed_single_worker_study) -> None:
+    _, ddp = study
+    single, _ = killed_single_worker_study
+    client = tracking.client(ddp.tracking_uri)
+    ddp_run = client.get_run(_children(ddp, "trial")[0].info.run_id)
+    run = tracking.client(single.tracking_uri).get_run(single.trials[0].run_id)
+    assert set(run.data.metrics) == set(ddp_run.data.metrics)
+    assert set(run.data.params) == set(ddp_run.data.params)
+    assert set(run.data.tags) == set(ddp_run.data.tags)
+    assert run.data.params["workers_per_trial"] == "1" and run.data.metrics["world_size"] == 1.0
+    artifacts = tracking.client(single.tracking_uri).list_artifacts(run.info.run_id, "checkpoint")
+    assert [a.path for a in artifacts] == ["checkpoint/state.pt"]
+
+
+def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_worker_study) -> None:
+    result, killed = killed_single_worker_study
+    client = tracking.client(result.tracking_uri)
+    runs = tracking.find_runs(result.tracking_uri, result.experiment_id, role="trial")
+    assert [r.info.run_id for r in runs] == [result.trials[0].run_id], "the retried trial kept its run"
+    assert runs[0].info.status == "FINISHED"
+    epochs = [m.step for m in client.get_metric_history(runs[0].info.run_id, "epoch")]
+    assert sorted(set(epochs)) == list(range(1, IN_ACTOR_EPOCHS + 1))
+    assert len(epochs) - IN_ACTOR_EPOCHS <= 1, (
+        f"resumed from its latest checkpoint, not from scratch: {epochs}"
+    )
+    import json
+
+    (results,) = Path(result.tune_path).glob("*/result.json")
+    pids = [json.loads(line)["pid"] for line in results.read_text().splitlines()]
+    assert killed in pids and pids[-1] != killed, "the killed trial actor was replaced and finished the trial"

@@ -1,4 +1,5 @@
-"""The Ray Train (V2) side of a training worker: a `Session` over `ray.train`, and the worker entry point."""
+"""The Ray side of training: a `Session` over Ray Train (DDP workers) or over Ray Tune (a single-worker
+trial training in its own trial actor), and the entry points that run `fit` under each."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ import torch.distributed as dist
 from torch import nn
 
 CHECKPOINT_FILE = "state.pt"
+
+
+def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
+    """The state saved by `report` in a Ray (Train or Tune) checkpoint, or None without one."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def _log_epoch(tracking_uri: str | None, run_id: str | None, metrics: dict[str, float]) -> None:
+    """The epoch's metrics on the trial's MLflow run (step = epoch)."""
+    if run_id is not None:
+        from dynconv import tracking
+
+        tracking.log_metrics(tracking_uri, run_id, metrics, step=int(metrics["epoch"]))
 
 
 class RaySession:
@@ -45,11 +62,7 @@ class RaySession:
     def load_checkpoint(self) -> dict[str, Any] | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return _read_checkpoint(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.train
@@ -57,13 +70,48 @@ class RaySession:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        if self._run_id is not None:
-            from dynconv import tracking
-
-            tracking.log_metrics(self._tracking_uri, self._run_id, metrics, step=int(metrics["epoch"]))
+        _log_epoch(self._tracking_uri, self._run_id, metrics)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+class TuneSession:
+    """A Session for a single-worker trial that trains inside its Tune trial actor (no Train worker group).
+
+    Same MLflow metrics and checkpoint file as `RaySession`, but reported with `ray.tune.report`: Tune
+    persists the checkpoint before the report returns and hands the latest one back through
+    `ray.tune.get_checkpoint()` when it retries a failed trial or resumes a study (`Tuner.restore`).
+    """
+
+    rank = 0
+    world_size = 1
+
+    def __init__(
+        self, device: torch.device, tracking_uri: str | None = None, run_id: str | None = None
+    ) -> None:
+        self.device = device
+        self._tracking_uri = tracking_uri
+        self._run_id = run_id
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        import ray.tune
+
+        return _read_checkpoint(ray.tune.get_checkpoint())
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        import ray.tune
+
+        _log_epoch(self._tracking_uri, self._run_id, metrics)
+        with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
+            torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
 def quiet_ray_train_logs() -> None:
@@ -71,16 +119,32 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker: rebuild the spec, open the cached data, run `fit`."""
+def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
+    """Rebuild the spec from `config`, open the cached data and run `fit` in `make_session(spec)`."""
     from dynconv.data.cache import PreparedData
     from dynconv.spec import JobSpec
     from dynconv.train.loop import fit
 
-    quiet_ray_train_logs()
     spec = JobSpec.model_validate(config["spec"])
     # Exactly the data the driver prepared: a cache rebuilt since (another study, changed files) is an error.
     data = PreparedData.open(Path(config["cache_dir"]), fingerprint=config["cache_fingerprint"])
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    session = RaySession(tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
-    fit(spec, session, data)
+    fit(spec, make_session(spec), data)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker: rebuild the spec, open the cached data, run `fit`."""
+    quiet_ray_train_logs()
+    _fit_from_config(
+        config, lambda spec: RaySession(tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
+    )
+
+
+def train_in_trial_actor(config: dict[str, Any]) -> None:
+    """A single-worker trial's training, in the Tune trial actor itself; `config` as for `train_worker`."""
+
+    def session(spec: Any) -> TuneSession:
+        device = torch.device("cuda" if spec.resources.gpu else "cpu")
+        return TuneSession(device, tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
+
+    _fit_from_config(config, session)

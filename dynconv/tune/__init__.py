@@ -1,1 +1,2 @@
-"""The study: Ray Tune + Optuna over one Ray Train TorchTrainer per trial (imports Ray; an edge module)."""
+"""The study: Ray Tune + Optuna; a Ray Train TorchTrainer per multi-worker trial, one-worker trials train in
+their Tune trial actor (imports Ray; an edge module)."""

@@ -11,11 +11,18 @@ from dynconv import tracking
 from dynconv.train.ray_session import CHECKPOINT_FILE
 
 
+def _tune_checkpoint_path(trial: Any, result: dict[str, Any]) -> str | None:
+    """The checkpoint a trial training in its Tune actor reported with `result` (Tune's own checkpoint)."""
+    name = result.get("checkpoint_dir_name")
+    return str(Path(trial.path) / name) if name and trial.path else None
+
+
 class TrialRunCloser(Callback):
     """FINISHED when a trial ran all epochs, KILLED when the scheduler stopped it, FAILED on error.
 
-    The trial's last Train checkpoint (its path arrives in the result as `checkpoint_path`) is logged
-    to the trial's run as the final checkpoint artifact.
+    The trial's last checkpoint is logged to the trial's run as the final checkpoint artifact: a Train
+    checkpoint (its path arrives in the result as `checkpoint_path`) or, for a trial that trained in its
+    Tune actor, the Tune checkpoint named by the result's `checkpoint_dir_name`.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, epochs: int) -> None:
@@ -36,7 +43,7 @@ class TrialRunCloser(Callback):
         if run_id is None:
             return
         result = trial.last_result or {}
-        ckpt = result.get("checkpoint_path")
+        ckpt = result.get("checkpoint_path") or _tune_checkpoint_path(trial, result)
         if ckpt and (Path(ckpt) / CHECKPOINT_FILE).is_file():
             tracking.log_artifact(self.tracking_uri, run_id, Path(ckpt) / CHECKPOINT_FILE, "checkpoint")
         if "val_acc" in result:

@@ -34,11 +34,10 @@ from dynconv.tune.search import (
     describe_space,
     max_concurrent_trials,
     param_space,
-    trial_resources,
     tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
-from dynconv.tune.trial import run_trial
+from dynconv.tune.trial import run_trial, trains_in_trial_actor, trial_resources, tune_max_failures
 
 
 @dataclass
@@ -171,11 +170,15 @@ def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, 
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrent,
+            # A trial that trains in its actor leaves torch, MLflow and the model code imported there for
+            # the next trial; a TorchTrainer trial's actor is only a thin driver.
+            reuse_actors=trains_in_trial_actor(spec),
         ),
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=spec.storage_uri(),
-            failure_config=tune.FailureConfig(max_failures=spec.failure.trial_max_failures),
+            failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             callbacks=callbacks,
             verbose=1,
         ),

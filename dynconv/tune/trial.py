@@ -1,8 +1,19 @@
-"""One trial: runs in a Tune trial actor, opens or continues its MLflow child run, drives a TorchTrainer.
+"""One trial: runs in a Tune trial actor, opens or continues its MLflow child run, trains.
 
-Ray 2.60 (Train V2) no longer lets Tune wrap a TorchTrainer directly; a plain function builds one per trial
-with a deterministic run name (so a retried or restored trial resumes its own Train checkpoints) and
-`TuneReportCallback` forwards rank 0's per-epoch reports to Tune.
+How it trains depends on `resources.workers_per_trial`:
+
+- one worker: right here, in the trial actor (`train_in_trial_actor`), reporting with `ray.tune.report`
+  and Tune checkpoints. Starting a Ray Train controller, a worker group and a second process that imports
+  torch again costs ~11 s per trial on 2 CPU cores (docs/benchmarks.md, quickstart), for one process that
+  needs no process group. The trial actor then holds the worker's resources too (`trial_resources`), and
+  a killed trial is retried by Tune (`tune_max_failures`), resuming from its latest Tune checkpoint.
+- several workers: a Ray Train `TorchTrainer` (DDP). Ray 2.60 (Train V2) no longer lets Tune wrap a
+  TorchTrainer directly; this function builds one per trial with a deterministic run name (so a retried
+  or restored trial resumes its own Train checkpoints) and `TuneReportCallback` forwards rank 0's
+  per-epoch reports to Tune.
+
+Both report the same metrics to Tune and log the same MLflow run (params, FLOPs, per-epoch metrics,
+final checkpoint artifact).
 """
 
 from __future__ import annotations
@@ -19,6 +30,38 @@ def train_run_name(study_run_name: str, trial_id: str) -> str:
     return f"{study_run_name}-{trial_id}"
 
 
+def trains_in_trial_actor(spec: JobSpec) -> bool:
+    """Whether a trial of `spec` trains in its Tune trial actor (one worker) instead of a TorchTrainer."""
+    return spec.resources.workers_per_trial == 1
+
+
+def _worker_resources(spec: JobSpec) -> dict[str, float]:
+    """Ray resources of one training worker."""
+    r = spec.resources
+    return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.gpu else {}), **r.worker_resources}
+
+
+def trial_resources(spec: JobSpec) -> dict[str, float]:
+    """What Tune reserves for one trial actor: its driver's share, plus the worker when it trains there.
+
+    A trial that trains in its actor goes where a worker would go, so it does not ask for the
+    driver-only resource (`resources.driver_resource`, which keeps drivers off the GPU nodes).
+    """
+    from dynconv.tune.search import trial_resources as driver_resources
+
+    if not trains_in_trial_actor(spec):
+        return driver_resources(spec)
+    worker = _worker_resources(spec)
+    return {**worker, "CPU": spec.resources.driver_cpus + worker["CPU"]}
+
+
+def tune_max_failures(spec: JobSpec) -> int:
+    """Tune's retries per trial. A trial training in its actor has no Train worker group whose restarts
+    would absorb worker faults, so Tune retries it for those too (`worker_max_failures` more times)."""
+    f = spec.failure
+    return f.trial_max_failures + (f.worker_max_failures if trains_in_trial_actor(spec) else 0)
+
+
 def log_model_facts(tracking_uri: str, run_id: str, spec: JobSpec, num_classes: int) -> None:
     """FLOPs (fvcore, at the spec's image size, all channels) and parameter count of the trial's model."""
     from dynconv.flops import count_flops, count_params
@@ -32,55 +75,78 @@ def log_model_facts(tracking_uri: str, run_id: str, spec: JobSpec, num_classes: 
     )
 
 
-def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[str, Any]) -> None:
-    """Tune trainable: one trial with hyperparameters `params` applied to the study's spec."""
-    import ray.train
+def _open_trial_run(spec: JobSpec, params: dict[str, Any], study: dict[str, Any]) -> str:
+    """The trial's MLflow child run: created with params and model facts, or the one a retry continues."""
     import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dynconv.train.ray_session import quiet_ray_train_logs, train_worker
-
-    quiet_ray_train_logs()
-    spec = JobSpec.model_validate(spec_json).with_params(params)
-    # Read by the Train controller this trial starts (Ray propagates it from the driver's environment).
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(spec.failure.report_poll_s)
     ctx = ray.tune.get_context()
-    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     uri = study["tracking_uri"]
     run_id, created = tracking.ensure_child_run(
         uri,
         study["experiment_id"],
         study["parent_run_id"],
         role="trial",
-        key=trial_id,
-        run_name=trial_name,
+        key=ctx.get_trial_id(),
+        run_name=ctx.get_trial_name(),
         tags={tracking.TAG_STUDY: spec.study},
     )
     if created:
         tracking.log_params(uri, run_id, {**params, "model": spec.model.name, **flat_spec(spec)})
         log_model_facts(uri, run_id, spec, study["num_classes"])
+    return run_id
+
+
+def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[str, Any]) -> None:
+    """Tune trainable: one trial with hyperparameters `params` applied to the study's spec."""
+    from dynconv.train.ray_session import quiet_ray_train_logs
+
+    quiet_ray_train_logs()
+    spec = JobSpec.model_validate(spec_json).with_params(params)
+    run_id = _open_trial_run(spec, params, study)
+    train_loop_config = {
+        "spec": spec.to_json_dict(),
+        "cache_dir": study["cache_dir"],
+        "cache_fingerprint": study["cache_fingerprint"],
+        "tracking_uri": study["tracking_uri"],
+        "run_id": run_id,
+    }
+    if trains_in_trial_actor(spec):
+        from dynconv.train.ray_session import train_in_trial_actor
+
+        train_in_trial_actor(train_loop_config)
+    else:
+        _fit_torch_trainer(spec, study, train_loop_config)
+
+
+def _scaling_config(spec: JobSpec, study: dict[str, Any]):
+    """Ray Train workers of a multi-worker trial."""
+    import ray.train
 
     r = spec.resources
+    return ray.train.ScalingConfig(
+        num_workers=r.workers_per_trial,
+        use_gpu=r.gpu,
+        resources_per_worker=_worker_resources(spec),
+        placement_strategy=study.get("placement_strategy", "PACK"),
+    )
+
+
+def _fit_torch_trainer(spec: JobSpec, study: dict[str, Any], train_loop_config: dict[str, Any]) -> None:
+    """Train the trial with a TorchTrainer (DDP over `workers_per_trial` Ray Train workers)."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dynconv.train.ray_session import train_worker
+
+    # Read by the Train controller this trial starts (Ray propagates it from the driver's environment).
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(spec.failure.report_poll_s)
+    trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "spec": spec.to_json_dict(),
-            "cache_dir": study["cache_dir"],
-            "cache_fingerprint": study["cache_fingerprint"],
-            "tracking_uri": uri,
-            "run_id": run_id,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r.workers_per_trial,
-            use_gpu=r.gpu,
-            resources_per_worker={
-                "CPU": r.cpus_per_worker,
-                **({"GPU": 1} if r.gpu else {}),
-                **r.worker_resources,
-            },
-            placement_strategy=study.get("placement_strategy", "PACK"),
-        ),
+        train_loop_config=train_loop_config,
+        scaling_config=_scaling_config(spec, study),
         run_config=ray.train.RunConfig(
             name=train_run_name(study["run_name"], trial_id),
             storage_path=spec.storage_uri(),

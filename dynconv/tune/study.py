@@ -22,6 +22,7 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
+from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -65,7 +66,7 @@ class StudyResult:
         return max(scored, key=lambda t: t.best_val_acc) if scored else None
 
 
-def _init_ray(address: str | None, tracking_uri: str) -> None:
+def _init_ray(address: str | None, tracking_uri: str, verbose: bool = False) -> None:
     """Connect to `address` (a cluster) or start a local Ray; workers get the tracking URI in their env."""
     import ray
 
@@ -74,8 +75,7 @@ def _init_ray(address: str | None, tracking_uri: str) -> None:
     ray.init(
         address=address,
         runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}},
-        logging_level="WARNING",
-        log_to_driver=True,
+        **ray_init_kwargs(verbose),
     )
 
 
@@ -104,7 +104,9 @@ def _open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool) 
     return parent, run_name, tune_path
 
 
-def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
+def _build_tuner(
+    spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int, verbose: bool = False
+):
     from ray import tune
 
     return tune.Tuner(
@@ -123,7 +125,7 @@ def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, 
             storage_path=spec.storage_uri(),
             failure_config=tune.FailureConfig(max_failures=spec.failure.trial_max_failures),
             callbacks=callbacks,
-            verbose=1,
+            verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
         ),
     )
 
@@ -178,11 +180,12 @@ def run_study(
     placement_strategy: str = "PACK",
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
+    verbose: bool = False,
 ) -> StudyResult:
     """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table."""
     from ray import tune
 
-    from dynconv.tune.callbacks import TrialRunCloser
+    from dynconv.tune.callbacks import ConsoleReporter, TrialRunCloser
 
     spec = spec.resolved()
     timings: dict[str, float] = {}
@@ -190,6 +193,7 @@ def run_study(
     tracking.check_tracking_store(uri)
     tracking.check_storage_path(storage)
 
+    quiet_libraries(verbose)
     t0 = time.perf_counter()
     data = prepare_for_spec(spec)
     timings["data_seconds"] = time.perf_counter() - t0
@@ -198,10 +202,15 @@ def run_study(
     parent, run_name, tune_path = _open_parent_run(spec, uri, experiment_id, resume)
 
     t0 = time.perf_counter()
-    _init_ray(address, uri)
+    _init_ray(address, uri, verbose)
     timings["ray_start_seconds"] = time.perf_counter() - t0
 
     import ray
+
+    concurrent = max_concurrent_trials(spec, ray.cluster_resources())
+    where = {"ray": address or "local", "run": parent, "uri": uri, "tune_path": tune_path}
+    where["logs"] = ray_logs_dir(address)
+    print(format_plan(spec, data, concurrent, ray.cluster_resources(), where), flush=True)
 
     study_ctx = {
         "tracking_uri": uri,
@@ -221,9 +230,11 @@ def run_study(
             tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        concurrent = max_concurrent_trials(spec, ray.cluster_resources())
-        callbacks = [TrialRunCloser(uri, experiment_id, parent, spec.train.epochs)]
-        tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent)
+        callbacks = [
+            TrialRunCloser(uri, experiment_id, parent, spec.train.epochs),
+            ConsoleReporter(spec.train.epochs, spec.search.metric, spec.search.mode, list(spec.search.space)),
+        ]
+        tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent, verbose)
 
     t0 = time.perf_counter()
     with _sigterm_as_sigint():
@@ -253,12 +264,16 @@ def run_study(
         tracking.set_tags(
             uri, parent, {"dynconv.best_trial_id": best.trial_id, "dynconv.best_run_id": best.run_id}
         )
+    evaluations: list = []
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
         from dynconv.evaluate import evaluate_study
 
-        evaluate_study(spec, result)
+        evaluations = evaluate_study(spec, result)
         timings["evaluate_seconds"] = time.perf_counter() - t0
+    from dynconv.study_summary import describe_study_run
+
+    describe_study_run(spec, result, evaluations)
     tracking.log_metrics(uri, parent, timings)
     tracking.end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
     print(f"\nMLflow: experiment {spec.experiment!r}, study run {parent} in {uri}")

@@ -8,8 +8,6 @@ rank-0 worker, each in its own process and working directory.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,8 @@ TAG_TRIAL_ID = "dynconv.trial_id"
 TAG_TUNE_PATH = "dynconv.tune_path"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# MLflow 3.17's UI opens an experiment of this kind on its runs table instead of the GenAI overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def client(tracking_uri: str):
@@ -83,7 +83,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=artifact_root(tracking_uri, name))
+        return c.create_experiment(
+            name, artifact_location=artifact_root(tracking_uri, name), tags=EXPERIMENT_TAGS
+        )
     except Exception:  # created concurrently by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -176,24 +178,12 @@ def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
 
 
-def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000) -> None:
-    """Run the MLflow UI on the study store in the foreground (Ctrl-C stops it)."""
+def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> int:
+    """Run the MLflow UI on the study store in the foreground (Ctrl-C or SIGTERM stops all of it)."""
     from dynconv.spec import absolute_tracking_uri
+    from dynconv.ui import serve
 
     uri = absolute_tracking_uri(
         tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     )
-    print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    subprocess.run(cmd, check=False)
+    return serve(uri, host=host, port=port, workers=workers)

@@ -50,14 +50,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from dynconv.tune.study import run_study
 
     spec = load_spec(Path(args.spec), overrides=args.set, num_samples=args.num_samples)
-    result = run_study(spec, address=args.address, resume=args.resume)
+    result = run_study(spec, address=args.address, resume=args.resume, verbose=args.verbose)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> None:
+def _cmd_ui(args: argparse.Namespace) -> int:
     from dynconv.tracking import serve_ui
 
-    serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    return serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray address ('auto' for a running cluster); default: local"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    p.add_argument(
+        "--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables"
+    )
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field (dotted key)"
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on the study store (127.0.0.1 unless told otherwise)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_ui)
 

@@ -1,0 +1,162 @@
+"""`dynconv ui`: a busy port is one line, SIGTERM leaves nothing listening, and the UI renders a study.
+
+The browser test loads the MLflow UI in headless Chromium (Debian's `chromium`; `.ci/run` installs it)
+and reads the rendered DOM. The tiny finished study is trained in-process with the helpers of
+`tests/test_evaluate.py` (no Ray). Cost on 2 cores: the study ~15 s, each UI start ~5-10 s, each page ~10 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynconv import tracking
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(uri: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "dynconv", "ui", "--port", str(port), "--tracking-uri", uri]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"dynconv ui exited early:\n{proc.stdout.read()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"MLflow UI not up on port {port} after {timeout_s} s")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = start_ui(f"sqlite:///{tmp_path}/mlflow.db", port)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out.strip().splitlines() == [
+        f"dynconv: error: port {port} on 127.0.0.1 is busy (Address already in use): another MLflow UI? "
+        "Stop it or choose another port with --port"
+    ]
+
+
+def test_sigterm_leaves_nothing_listening(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_ui(f"sqlite:///{tmp_path}/mlflow.db", port)
+    try:
+        wait_healthy(port, proc)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 10
+    while listening(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not listening(port), "an MLflow server outlived dynconv ui"
+
+
+# ------------------------------------------------------------------------------------ the browser
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium; apt-get failed or not Debian)")
+    return path
+
+
+def render(url: str, tmp_path: Path, budget_ms: int = 15000, screenshot: Path | None = None) -> str:
+    """The page's DOM after `budget_ms` of virtual time in headless Chromium (no network but localhost)."""
+    profile = tmp_path / f"profile{time.monotonic_ns()}"
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}",
+        "--window-size=1400,900",
+    ]
+    cmd += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    proc = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny study as `dynconv tune` leaves it: study run, 2 trial runs, an evaluation with its table."""
+    import torch
+
+    from dynconv.evaluate import evaluate_study_cli
+    from dynconv.study_summary import write_study_summary
+    from dynconv.tune.study import StudyResult, TrialSummary
+    from tests.test_evaluate import FAST, make_spec, open_study, train_trial
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("uistudy")
+    uri = f"sqlite:///{root}/mlflow.db"
+    spec = make_spec(root, "tiny", "simple_cnn_dynamic")
+    exp, parent = open_study(uri, spec)
+    trials = []
+    for key, params, status in [
+        ("a", {"lr": 0.05, "augment_strength": 0.1}, "FINISHED"),
+        ("b", {"lr": 0.02, "augment_strength": 0.3}, "KILLED"),
+    ]:
+        run_id = train_trial(uri, exp, parent, spec, params, key, status)
+        acc = max(m.value for m in tracking.client(uri).get_metric_history(run_id, "val_acc"))
+        outcome = "FINISHED" if status == "FINISHED" else "STOPPED"
+        trials.append(TrialSummary(key, params, acc, 2, outcome, run_id))
+    [(eval_run, _)] = evaluate_study_cli(
+        "tiny", subsets="RGB,RB,G", tracking_uri=uri, device="cpu", speed=FAST
+    )
+    result = StudyResult("tiny", "tiny-20240101-000000", parent, exp, uri, "", False, trials)
+    write_study_summary(spec, result, [(eval_run, _)])
+    tracking.end_run(uri, parent, "FINISHED")
+    port = free_port()
+    proc = start_ui(uri, port)
+    try:
+        wait_healthy(port, proc)
+        yield {"uri": uri, "exp": exp, "parent": parent, "trials": trials, "eval": eval_run, "port": port}
+    finally:
+        stop(proc)

@@ -20,6 +20,16 @@ from dynconv.errors import DynconvError
 STOP_GRACE_S = 10.0
 
 
+def runs_page_url(base: str, experiment_id: str) -> str:
+    """URL of an experiment's runs table.
+
+    MLflow 3.17's UI chooses between its GenAI and model-training views from a `workflowType` setting
+    (URL, then browser storage, default GenAI), not from the experiment's `mlflow.experimentKind` tag,
+    so the link carries it.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def check_port_free(host: str, port: int) -> None:
     """One clear line instead of uvicorn's traceback when something already listens on host:port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -60,7 +70,9 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     env = dict(os.environ)
     # The job runner (7 huey consumers) serves GenAI jobs (judges, trace rollups) that dynconv never uses.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    url = f"http://{host}:{port}"
+    print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+    print(f"  a study's runs table: {runs_page_url(url, '<experiment id>')}", flush=True)
     proc = subprocess.Popen(server_command(uri, host, port, workers), env=env, start_new_session=True)
     stopping: list[int] = []
 

@@ -53,6 +53,10 @@ def test_reporter_prints_one_line_per_event_with_best_so_far(tmp_path: Path) -> 
     assert "trial bbbb  epoch 1/3  val_acc 0.4000   best so far 0.5000 (aaaa)" in lines[3]
     assert "bbbb  stopped by the scheduler (ASHA) after epoch 1/3" in lines[4]
     assert "aaaa  finished   3 epochs, last val_acc 0.7000" in lines[5]
+    rep.on_trial_result(0, [], b, {"epoch": 3, "val_acc": 0.9})  # a last epoch says "finished" itself
+    b.last_result = {"epoch": 3, "val_acc": 0.9}
+    rep.on_trial_complete(0, [], b)
+    assert out.getvalue().splitlines()[-1].endswith("best so far 0.9000 (bbbb)   finished")
     assert all(re.match(r"\[ *\d+:\d\d\] trial ", ln) for ln in lines)
 
 

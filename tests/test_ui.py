@@ -160,3 +160,50 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         yield {"uri": uri, "exp": exp, "parent": parent, "trials": trials, "eval": eval_run, "port": port}
     finally:
         stop(proc)
+
+
+def runs_url(port: int, experiment_id: str, tail: str = "") -> str:
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}{tail}?workflowType=machine_learning"
+
+
+def page_text(dom: str) -> str:
+    import html
+    import re
+
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def test_browser_shows_study_trials_and_subset_table(finished_study, tmp_path: Path) -> None:
+    s = finished_study
+    port, exp = s["port"], s["exp"]
+    runs = page_text(render(runs_url(port, exp, "/runs"), tmp_path))
+    assert "Run Name" in runs and " tiny " in runs, runs[:2000]
+    assert "4 matching runs" in runs  # the study run, 2 trials, 1 evaluation
+    assert "Detect Issues" not in runs and "Traces 0" not in runs, "opened on the GenAI overview"
+
+    study = page_text(render(runs_url(port, exp, f"/runs/{s['parent']}"), tmp_path))
+    assert "Study tiny" in study and "2 trials (1 finished, 1 stopped)" in study, study[:2000]
+    children = study.split("Child runs", 1)[1][:200]
+    assert "trial_a" in children and "trial_b" in children and "eval-trial_a" in children
+
+    table = page_text(render(runs_url(port, exp, f"/runs/{s['eval']}/artifacts/subsets.json"), tmp_path))
+    assert "View as table" in table, table[:2000]
+    rows = table.split("subset n accuracy", 1)[1]
+    assert [w for w in rows.split() if w in ("RGB", "RB", "G")][:3] == ["RGB", "RB", "G"]
+
+
+@pytest.mark.skipif(not os.environ.get("DYNCONV_SCREENSHOT"), reason="writes docs/img; run by hand")
+def test_screenshot_of_a_study(tmp_path: Path) -> None:
+    """DYNCONV_SCREENSHOT=sqlite:///ABS/mlflow.db,EXPERIMENT_ID: the runs page into docs/img/."""
+    uri, exp = os.environ["DYNCONV_SCREENSHOT"].rsplit(",", 1)
+    port = free_port()
+    proc = start_ui(uri, port)
+    try:
+        wait_healthy(port, proc)
+        out = REPO / "docs" / "img" / "mlflow-study-runs.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        render(runs_url(port, exp, "/runs"), tmp_path, screenshot=out)
+        assert out.stat().st_size > 10_000
+    finally:
+        stop(proc)

@@ -69,6 +69,7 @@ class ConsoleReporter(Callback):
         self.stream = stream
         self.t0 = time.monotonic()
         self.best: tuple[float, str] | None = None
+        self.announced: set[str] = set()  # trials whose last epoch line already said "finished"
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
         return {**self.__dict__, "stream": None}
@@ -96,10 +97,13 @@ class ConsoleReporter(Callback):
         speed = result.get("train_images_per_second")
         rate = f"  {speed:6.0f} img/s" if speed else ""
         best_value, best_trial = self.best
+        last = int(result["epoch"]) >= self.epochs
+        if last:
+            self.announced.add(trial.trial_id)
         self._print(
             trial,
             f"epoch {int(result['epoch'])}/{self.epochs}  {self.metric} {value:.4f}{rate}"
-            f"   best so far {best_value:.4f} ({best_trial})",
+            f"   best so far {best_value:.4f} ({best_trial}){'   finished' if last else ''}",
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -108,7 +112,8 @@ class ConsoleReporter(Callback):
         value = last.get(self.metric)
         tail = f", last {self.metric} {value:.4f}" if value is not None else ""
         if done >= self.epochs:
-            self._print(trial, f"finished   {done} epochs{tail}")
+            if trial.trial_id not in self.announced:  # else its last epoch line said so
+                self._print(trial, f"finished   {done} epochs{tail}")
         else:
             self._print(trial, f"stopped by the scheduler (ASHA) after epoch {done}/{self.epochs}{tail}")
 

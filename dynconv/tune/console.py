@@ -68,19 +68,22 @@ def ray_logs_dir(address: str | None) -> str:
 
 
 def format_plan(spec: JobSpec, data: Any, concurrent: int, cluster: dict[str, float], where: dict) -> str:
-    """The first lines of a study: what it trains on what, how many trials, where logs and results go."""
+    """The first lines of a study: what it trains on what, how many trials, where logs and results go.
+
+    The dataset's path and per-split table are printed just above by the data cache.
+    """
     r, s = spec.resources, spec.search
     args = ", ".join(f"{k}={v}" for k, v in spec.model.args.items())
     sched = "ASHA" if spec.scheduler.name == "asha" else "no early stopping"
     gpu = " + 1 GPU" if r.gpu else ""
-    counts = data.counts
+    n = data.counts
     cpus = f"{cluster.get('CPU', 0):g} CPUs" + (f", {cluster['GPU']:g} GPUs" if cluster.get("GPU") else "")
     return "\n".join(
         [
-            f"Study {spec.study!r}: {s.num_samples} trials of {spec.model.name}({args}), "
-            f"{spec.train.epochs} epochs each, {s.algorithm.upper()} + {sched} on {s.metric} ({s.mode})",
-            f"  data      {data.cache_dir} ({data.num_classes} classes, {counts.get('train', 0)} train / "
-            f"{counts.get('val', 0)} val images, {data.size} px)",
+            f"Study {spec.study!r}: {s.num_samples} trials of {spec.model.name}({args}) "
+            f"on {data.num_classes} classes ({n.get('train', 0)} train / {n.get('val', 0)} val images, "
+            f"{data.size} px), "
+            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {s.metric} ({s.mode})",
             f"  resources {r.workers_per_trial} worker(s) x {r.cpus_per_worker:g} CPU{gpu} per trial, "
             f"{concurrent} trial(s) at a time, Ray {where['ray']} ({cpus})",
             f"  MLflow    experiment {spec.experiment!r}, study run {where['run']} in {where['uri']}",

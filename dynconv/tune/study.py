@@ -32,6 +32,7 @@ from dynconv.tune.search import (
     trial_resources,
 )
 from dynconv.tune.trial import run_trial
+from dynconv.ui import runs_page_url
 
 
 @dataclass
@@ -276,8 +277,10 @@ def run_study(
     describe_study_run(spec, result, evaluations)
     tracking.log_metrics(uri, parent, timings)
     tracking.end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
-    print(f"\nMLflow: experiment {spec.experiment!r}, study run {parent} in {uri}")
-    print(f"Browse it with: dynconv ui --tracking-uri {uri}   (then open http://127.0.0.1:5000)")
+    print(
+        f"\nBrowse it with: dynconv ui --tracking-uri {uri}   (then open "
+        f"{runs_page_url('http://127.0.0.1:5000', experiment_id)}; study run {parent})"
+    )
     return result
 
 

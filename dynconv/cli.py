@@ -122,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="Ray address ('auto' for a running cluster); default: local"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
-    p.add_argument(
-        "--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables"
-    )
+    p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field (dotted key)"

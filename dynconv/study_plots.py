@@ -27,6 +27,9 @@ def learning_curves(
         epochs, values = zip(*sorted(points), strict=True)
         width = 2.6 if trial == best else 1.2
         ax.plot(epochs, values, marker="o", markersize=3, linewidth=width, label=trial)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} of every trial (thick: best)")

@@ -104,7 +104,11 @@ def test_cli_console_is_quiet(tiny_dataset: Path, tmp_path: Path) -> None:
     noisy = [ln for ln in console.splitlines() if NOISE.search(ln)]
     assert noisy == [], "library noise on a healthy run:\n" + "\n".join(noisy)
     lines = console.splitlines()
-    assert lines[0].startswith("Study 'tiny': 2 trials of resnet18_dynamic")
+    Path(os.environ.get("DYNCONV_CONSOLE_LOG", tmp_path / "console.txt")).write_text(console)
+    plan = next(
+        i for i, ln in enumerate(lines) if ln.startswith("Study 'tiny': 2 trials of resnet18_dynamic")
+    )
+    assert plan <= 6, "the plan comes right after the data table"
     logs = next(ln for ln in lines if ln.lstrip().startswith("Ray logs"))
     assert Path(logs.split()[2]).is_dir(), "the Ray logs folder printed first exists"
     assert sum(" started " in ln for ln in lines) == 2

@@ -184,6 +184,7 @@ def test_browser_shows_study_trials_and_subset_table(finished_study, tmp_path: P
 
     study = page_text(render(runs_url(port, exp, f"/runs/{s['parent']}"), tmp_path))
     assert "Study tiny" in study and "2 trials (1 finished, 1 stopped)" in study, study[:2000]
+    assert "subset accuracy % RGB" in study, "the description's subset table"
     children = study.split("Child runs", 1)[1][:200]
     assert "trial_a" in children and "trial_b" in children and "eval-trial_a" in children
 

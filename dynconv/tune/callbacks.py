@@ -74,6 +74,9 @@ class ConsoleReporter(Callback):
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment state
         return {**self.__dict__, "stream": None}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:  # a resumed study counts time from its restart
+        self.__dict__.update(state, t0=time.monotonic())
+
     def _print(self, trial: Any, text: str) -> None:
         elapsed = int(time.monotonic() - self.t0)
         line = f"[{elapsed // 60:2d}:{elapsed % 60:02d}] trial {trial.trial_id}  {text}"

@@ -42,9 +42,10 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("ray.tune").addFilter(_DropTuneDuplicates())
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
-        logging.getLogger(name).addFilter(_DropTuneDuplicates())
+    for name in ("ray.tune", "ray.tune.execution.tune_controller", "ray.tune.tune"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTuneDuplicates) for f in log.filters):
+            log.addFilter(_DropTuneDuplicates())
 
 
 def ray_init_kwargs(verbose: bool) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import yaml
 from dynconv.tune.callbacks import ConsoleReporter
 from tests.conftest import tiny_spec_dict
 
-NOISE = re.compile(r"ERROR|WARNING| E |Reporting training result|core_worker|Traceback")
+NOISE = re.compile(r"ERROR|WARNING| E | INFO |Reporting training result|core_worker|Traceback")
 
 
 def _trial(trial_id: str, tmp_path: Path, **last: float) -> SimpleNamespace:

@@ -40,6 +40,7 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
     # Tune's new output engine prints its experiment box even at verbose=0; the legacy one stays silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("ray.tune", "ray.tune.execution.tune_controller", "ray.tune.tune"):

@@ -59,7 +59,7 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
     lines += [
         "",
         "Plots: `study/learning_curves.png`, `study/param_importances.png` (from "
-        f"{MIN_TRIALS_FOR_IMPORTANCE} finished trials on).",
+        f"{MIN_TRIALS_FOR_IMPORTANCE} scored trials on, stopped ones with their partial value).",
     ]
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ def _spec(tmp_path: Path) -> JobSpec:
             "study": "imp",
             "model": {"name": "resnet18_dynamic", "args": {"width": 4}},
             "data": {"synthetic": {"dir": str(tmp_path / "syn")}, "image_size": 16},
-            "train": {"epochs": 3, "schedule": {"warmup_epochs": 0}},
+            "train": {"epochs": 3, "batch_size": 16, "schedule": {"warmup_epochs": 0}},
             "search": {"space": SPACE, "num_samples": 6},
             "mlflow": {"experiment": "imp"},
         }
@@ -65,7 +65,7 @@ def test_study_run_gets_description_curves_and_importances(tmp_path: Path) -> No
     c = tracking.client(result.tracking_uri)
     run = c.get_run(result.parent_run_id)
     note = run.data.tags[NOTE_TAG]
-    assert "Study `imp`" in note and "**5 trials** (3 finished, 2 stopped)" in note
+    assert "Study `imp`" in note and "**5 trials** (2 finished, 3 stopped)" in note
     assert "Best trial** `t4`" in note and "val_acc 0.7000" in note
     files = {a.path for a in c.list_artifacts(result.parent_run_id, "study")}
     assert files == {"study/learning_curves.png", "study/param_importances.png"}

@@ -55,14 +55,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from dynconv.tune.study import run_study
 
     spec = load_spec(Path(args.spec).expanduser(), overrides=args.set, num_samples=args.num_samples)
-    result = run_study(spec, address=args.address, resume=args.resume)
+    result = run_study(spec, address=args.address, resume=args.resume, verbose=args.verbose)
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> None:
+def _cmd_ui(args: argparse.Namespace) -> int:
     from dynconv.tracking import serve_ui
 
-    serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port)
+    return serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -143,6 +143,9 @@ def _add_tracking_parsers(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the study store (127.0.0.1 unless told otherwise)")
     p.add_argument("--port", type=arg.int_range(1, 65535), default=5000)
     p.add_argument("--host", type=arg.non_empty, default="127.0.0.1")
+    p.add_argument(
+        "--workers", type=arg.int_range(1, 64), default=1, help="uvicorn worker processes (default 1)"
+    )
     p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_ui)
 
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", type=arg.non_empty, default=None, help="Ray address ('auto': a running cluster)"
     )
+    p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
     p.add_argument(
         "--resume",
         nargs="?",

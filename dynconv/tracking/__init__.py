@@ -61,7 +61,7 @@ from dynconv.tracking.layout import (
     set_tags,
     start_study_run,
 )
-from dynconv.tracking.ui import serve_ui
+from dynconv.tracking.ui import runs_page_url, serve_ui
 
 __all__ = [
     "CHECKPOINT_ARTIFACT",
@@ -105,6 +105,7 @@ __all__ = [
     "metric_history",
     "quiet_artifact_downloads",
     "resolve_tracking_uri",
+    "runs_page_url",
     "search_runs",
     "serve_ui",
     "set_tags",

@@ -38,6 +38,8 @@ TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 SPEC_ARTIFACT = "spec.yaml"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+# MLflow 3.17's UI opens an experiment of this kind on its runs table instead of the GenAI overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def client(tracking_uri: str):
@@ -97,7 +99,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=artifact_root(tracking_uri, name))
+        return c.create_experiment(
+            name, artifact_location=artifact_root(tracking_uri, name), tags=EXPERIMENT_TAGS
+        )
     except Exception:  # created concurrently by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:

@@ -27,6 +27,7 @@ from dynconv.spec import JobSpec
 from dynconv.spec_checks import check_resources_fit, spec_diff
 from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import cluster_capacity
+from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS, pareto_front
 from dynconv.tune.search import (
     build_scheduler,
@@ -82,7 +83,7 @@ class StudyResult:
         return [t for t in self.trials if t.pareto]
 
 
-def _init_ray(address: str | None, tracking_uri: str) -> None:
+def _init_ray(address: str | None, tracking_uri: str, verbose: bool = False) -> None:
     """Connect to `address` (a cluster) or start a local Ray; workers get the tracking URI in their env."""
     import ray
 
@@ -91,8 +92,7 @@ def _init_ray(address: str | None, tracking_uri: str) -> None:
     ray.init(
         address=address,
         runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}},
-        logging_level="WARNING",
-        log_to_driver=True,
+        **ray_init_kwargs(verbose),
     )
 
 
@@ -156,7 +156,9 @@ def _resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool
     return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
 
 
-def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int):
+def _build_tuner(
+    spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int, verbose: bool = False
+):
     from ray import tune
 
     metric, mode = tune_metric_mode(spec)
@@ -180,7 +182,7 @@ def _build_tuner(spec: JobSpec, trainable: Any, run_name: str, callbacks: list, 
             failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             callbacks=callbacks,
-            verbose=1,
+            verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
         ),
     )
 
@@ -282,11 +284,12 @@ def _run_study(
     placement_strategy: str = "PACK",
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
+    verbose: bool = False,
 ) -> StudyResult:
     """The study itself, run under its lock (see `run_study`)."""
     from ray import tune
 
-    from dynconv.tune.callbacks import TrialRunCloser
+    from dynconv.tune.callbacks import ConsoleReporter, TrialRunCloser
 
     spec = spec.resolved()
     timings: dict[str, float] = {}
@@ -294,6 +297,7 @@ def _run_study(
     tracking.check_tracking_store(uri)
     tracking.check_storage_path(storage)
 
+    quiet_libraries(verbose)
     t0 = time.perf_counter()
     data = prepare_for_spec(spec)
     timings["data_seconds"] = time.perf_counter() - t0
@@ -302,7 +306,7 @@ def _run_study(
     parent, run_name, tune_path = _open_parent_run(spec, uri, experiment_id, resume)
 
     t0 = time.perf_counter()
-    _init_ray(address, uri)
+    _init_ray(address, uri, verbose)
     timings["ray_start_seconds"] = time.perf_counter() - t0
 
     import ray
@@ -312,6 +316,12 @@ def _run_study(
     except DynconvError:
         tracking.end_run(uri, parent, "FAILED")
         raise
+
+    concurrent = max_concurrent_trials(spec, ray.cluster_resources())
+    where = {"ray": address or "local", "run": parent, "uri": uri, "tune_path": tune_path}
+    where["logs"] = ray_logs_dir(address)
+    print(format_plan(spec, data, concurrent, ray.cluster_resources(), where), flush=True)
+
     study_ctx = {
         "tracking_uri": uri,
         "experiment_id": experiment_id,
@@ -331,9 +341,11 @@ def _run_study(
             tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        concurrent = max_concurrent_trials(spec, ray.cluster_resources())
-        callbacks = [TrialRunCloser(uri, experiment_id, parent, spec.train.epochs)]
-        tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent)
+        callbacks = [
+            TrialRunCloser(uri, experiment_id, parent, spec.train.epochs),
+            ConsoleReporter(spec.train.epochs, spec.search.metric, spec.search.mode, list(spec.search.space)),
+        ]
+        tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent, verbose)
 
     t0 = time.perf_counter()
     with _sigterm_as_sigint():
@@ -365,16 +377,22 @@ def _run_study(
         )
     if spec.search.multi_objective:
         _record_pareto(result, spec)
+    evaluations: list = []
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
         from dynconv.evaluation.study import evaluate_study
 
-        evaluate_study(spec, result)
+        evaluations = evaluate_study(spec, result)
         timings["evaluate_seconds"] = time.perf_counter() - t0
+    from dynconv.study_summary import describe_study_run
+
+    describe_study_run(spec, result, evaluations)
     tracking.log_metrics(uri, parent, timings)
     tracking.end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
-    print(f"\nMLflow: experiment {spec.experiment!r}, study run {parent} in {uri}")
-    print(f"Browse it with: dynconv ui --tracking-uri {uri}   (then open http://127.0.0.1:5000)")
+    print(
+        f"\nBrowse it with: dynconv ui --tracking-uri {uri}   (then open "
+        f"{tracking.runs_page_url('http://127.0.0.1:5000', experiment_id)}; study run {parent})"
+    )
     return result
 
 

@@ -1,0 +1,130 @@
+"""The study run's face in MLflow: its description, a learning-curve plot and the hyperparameter importances.
+
+Called once at the end of `dynconv tune`. The description goes into the run's `mlflow.note.content` tag,
+which the MLflow UI shows as the run's description; the plots are artifacts of the study run.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dynconv import tracking
+from dynconv.spec import JobSpec
+
+NOTE_TAG = "mlflow.note.content"
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> str:
+    """Markdown: what the study is, how its trials ended, the best trial and its subset accuracies."""
+    space = ", ".join(
+        f"{k} ({p.type} {p.values if p.type == 'choice' else f'{p.low:g}..{p.high:g}'})"
+        for k, p in spec.search.space.items()
+    )
+    outcomes: dict[str, int] = {}
+    for t in result.trials:
+        outcomes[t.status.lower()] = outcomes.get(t.status.lower(), 0) + 1
+    ended = ", ".join(f"{n} {s}" for s, n in sorted(outcomes.items()))
+    sched = "ASHA early stopping" if spec.scheduler.name == "asha" else "no early stopping"
+    lines = [
+        f"**Study `{spec.study}`**: {spec.search.algorithm.upper()} search over {space} for "
+        f"`{spec.model.name}` {spec.model.args or ''}, {spec.train.epochs} epochs per trial, {sched} "
+        f"on `{spec.search.metric}` ({spec.search.mode}).",
+        "",
+        f"**{len(result.trials)} trials** ({ended}).",
+    ]
+    best = result.best
+    if best is not None:
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+        )
+        lines += [
+            "",
+            f"**Best trial** `{best.trial_id}` (run `{best.run_id}`): best {spec.search.metric} "
+            f"{best.best_val_acc:.4f} after {best.epochs} epochs; {params}.",
+        ]
+    if evaluations:
+        run_id, ev = evaluations[0]
+        lines += [
+            "",
+            f"**Channel subsets** ({ev.split} split, {ev.results[0].n} images; evaluation run `{run_id}`):",
+            "",
+            "| subset | accuracy % |",
+            "|---|---:|",
+        ]
+        lines += [f"| {r.subset} | {100 * r.accuracy:.2f} |" for r in ev.results]
+    lines += [
+        "",
+        "Plots: `study/learning_curves.png`, `study/param_importances.png` (from "
+        f"{MIN_TRIALS_FOR_IMPORTANCE} scored trials on, stopped ones with their partial value).",
+    ]
+    return "\n".join(lines)
+
+
+def trial_curves(uri: str, result: Any, metric: str) -> dict[str, list[tuple[int, float]]]:
+    """Each trial's `metric` history from MLflow as (epoch, value) points."""
+    c = tracking.client(uri)
+    return {
+        t.trial_id: [(int(m.step), float(m.value)) for m in c.get_metric_history(t.run_id, metric)]
+        for t in result.trials
+        if t.run_id
+    }
+
+
+def importances(spec: JobSpec, result: Any) -> dict[str, float] | None:
+    """`optuna.importance.get_param_importances` over the trials that reported the metric (None if < 4).
+
+    Each trial enters with its best value, as OptunaSearch told Optuna its last one: ASHA-stopped
+    trials count with their partial budget, which is what the search itself saw.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    scored = [t for t in result.trials if t.best_val_acc is not None]
+    if len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    dists = {
+        k: CategoricalDistribution(p.values)
+        if p.type == "choice"
+        else FloatDistribution(p.low, p.high, log=p.type == "loguniform")
+        for k, p in spec.search.space.items()
+    }
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if spec.search.mode == "max" else "minimize")
+    for t in scored:
+        study.add_trial(optuna.trial.create_trial(params=t.params, distributions=dists, value=t.best_val_acc))
+    return dict(optuna.importance.get_param_importances(study))
+
+
+def write_study_summary(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> None:
+    """Description tag + learning curves + importances on the study run."""
+    from dynconv.study_plots import learning_curves, param_importances
+
+    uri, parent = result.tracking_uri, result.parent_run_id
+    tracking.set_tags(uri, parent, {NOTE_TAG: study_note(spec, result, evaluations)})
+    metric = spec.search.metric
+    best = result.best.trial_id if result.best else None
+    with tempfile.TemporaryDirectory(prefix="dynconv_study_") as tmp:
+        curves = trial_curves(uri, result, metric)
+        png = learning_curves(
+            curves, Path(tmp) / "learning_curves.png", metric, best, f"{spec.study}: {metric}"
+        )
+        tracking.log_artifact(uri, parent, png, "study")
+        scores = importances(spec, result)
+        if scores is not None:
+            title = f"{spec.study}: importance for {metric} ({len(result.trials)} trials)"
+            tracking.log_artifact(
+                uri, parent, param_importances(scores, Path(tmp) / "param_importances.png", title), "study"
+            )
+            tracking.log_metrics(uri, parent, {f"importance.{k}": v for k, v in scores.items()})
+
+
+def describe_study_run(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> None:
+    """`write_study_summary`, but a failure costs one stderr line, never the study."""
+    try:
+        write_study_summary(spec, result, evaluations)
+    except Exception as exc:  # the trials, checkpoints and evaluation are in MLflow already
+        print(f"dynconv: study description/plots skipped: {type(exc).__name__}: {exc}", file=sys.stderr)

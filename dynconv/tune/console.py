@@ -1,0 +1,94 @@
+"""What `dynconv tune` prints: a short plan, one line per trial event, the tables; Ray's logs stay on disk.
+
+By default the study driver keeps Ray, Tune, Optuna and MLflow quiet: worker output is not forwarded
+(`log_to_driver=False`; every worker's stdout/stderr stays under the Ray session's `logs/` folder, whose
+path is the first thing printed), Tune's progress tables are off (`verbose=0`) and the `ConsoleReporter`
+callback prints the trial events instead. `--verbose` restores Ray/Tune's own reporting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from dynconv.spec import JobSpec
+
+# Tune logs a trial's traceback when it fails; the ConsoleReporter prints one line + the error file instead.
+_TUNE_DUPLICATES = ("Trial task failed for trial", "Trials did not complete")
+
+
+class _DropTuneDuplicates(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TUNE_DUPLICATES)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Before Ray starts: keep library chatter of a healthy run off the console (ERRORs still pass).
+
+    - `RAY_worker_maximum_startup_concurrency` (raylet config, read from the environment of a local Ray):
+      the raylet warns once 4x this many workers were started; each trial starts a handful of actors
+      (trial, Train controller, placement-group cleaner, preemption watcher, workers), so the default
+      (= CPU count) warns on every 2-core run. Only set when the user has not.
+    - `RAY_AIR_NEW_OUTPUT=0`: Tune's new output engine prints its experiment box even at `verbose=0`.
+    - Optuna's "A new study created" and MLflow's database-migration INFO lines.
+    """
+    if verbose:
+        return
+    import optuna
+
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
+    # Tune's new output engine prints its experiment box even at verbose=0; the legacy one stays silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("ray.tune", "ray.tune.execution.tune_controller", "ray.tune.tune"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTuneDuplicates) for f in log.filters):
+            log.addFilter(_DropTuneDuplicates())
+
+
+def ray_init_kwargs(verbose: bool) -> dict[str, Any]:
+    """`ray.init` options: worker logs stay on disk and Ray's driver logging shows errors only."""
+    if verbose:
+        return {"logging_level": "WARNING", "log_to_driver": True}
+    return {"logging_level": "ERROR", "log_to_driver": False}
+
+
+def ray_logs_dir(address: str | None) -> str:
+    """Where this Ray's logs are: the local session's `logs/`, or the head node's for a cluster."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is not None and address in (None, "local"):
+            return node.get_logs_dir_path()
+    except Exception:  # private API: fall back to Ray's documented default location
+        pass
+    return "/tmp/ray/session_latest/logs (on the head node)"
+
+
+def format_plan(spec: JobSpec, data: Any, concurrent: int, cluster: dict[str, float], where: dict) -> str:
+    """The first lines of a study: what it trains on what, how many trials, where logs and results go.
+
+    The dataset's path and per-split table are printed just above by the data cache.
+    """
+    r, s = spec.resources, spec.search
+    args = ", ".join(f"{k}={v}" for k, v in spec.model.args.items())
+    sched = "ASHA" if spec.scheduler.name == "asha" else "no early stopping"
+    gpu = " + 1 GPU" if r.gpu else ""
+    n = data.counts
+    cpus = f"{cluster.get('CPU', 0):g} CPUs" + (f", {cluster['GPU']:g} GPUs" if cluster.get("GPU") else "")
+    return "\n".join(
+        [
+            f"Study {spec.study!r}: {s.num_samples} trials of {spec.model.name}({args}) "
+            f"on {data.num_classes} classes ({n.get('train', 0)} train / {n.get('val', 0)} val images, "
+            f"{data.size} px), "
+            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {s.metric} ({s.mode})",
+            f"  resources {r.workers_per_trial} worker(s) x {r.cpus_per_worker:g} CPU{gpu} per trial, "
+            f"{concurrent} trial(s) at a time, Ray {where['ray']} ({cpus})",
+            f"  MLflow    experiment {spec.experiment!r}, study run {where['run']} in {where['uri']}",
+            f"  Ray logs  {where['logs']}  (Tune state: {where['tune_path']}; --verbose shows them here)",
+        ]
+    )

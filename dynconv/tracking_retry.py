@@ -27,12 +27,16 @@ BASE_DELAY_S = 0.05
 MAX_DELAY_S = 4.0
 
 _LOCKED = "database is locked"
+_POOL_FULL = "QueuePool limit"
+"""An MLflow server with more requests in flight than database connections (5 + 10 overflow by default)
+answers HTTP 400 "QueuePool limit of size 5 overflow 10 reached" after 30 s: overload, not bad input."""
 
 
 def is_transient(err: BaseException) -> bool:
-    """True for a store that is busy now and may answer on the next try (sqlite lock, MLflow 503)."""
+    """True for a store that is busy now and may answer on the next try (sqlite lock, server pool full,
+    MLflow's TEMPORARILY_UNAVAILABLE)."""
     text = str(err)
-    if _LOCKED in text:
+    if _LOCKED in text or _POOL_FULL in text:
         return True
     code = getattr(err, "error_code", None)
     return code == "TEMPORARILY_UNAVAILABLE"

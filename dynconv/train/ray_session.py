@@ -21,7 +21,9 @@ class RaySession:
     `ray.train.report` is a barrier.
     """
 
-    def __init__(self, tracking_uri: str | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, run_id: str | None = None, spool: Path | None = None
+    ) -> None:
         import ray.train
         import ray.train.torch
 
@@ -31,6 +33,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self._tracking_uri = tracking_uri
         self._run_id = run_id
+        self._spool = spool  # where epochs wait while the MLflow server is unreachable (dynconv.spool)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -58,9 +61,9 @@ class RaySession:
             ray.train.report(metrics, checkpoint=None)
             return
         if self._run_id is not None:
-            from dynconv import tracking
+            from dynconv import spool
 
-            tracking.log_metrics(self._tracking_uri, self._run_id, metrics, step=int(metrics["epoch"]))
+            spool.log_epoch(self._tracking_uri, self._run_id, metrics, int(metrics["epoch"]), self._spool)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -80,5 +83,11 @@ def train_worker(config: dict[str, Any]) -> None:
     quiet_ray_train_logs()
     spec = JobSpec.model_validate(config["spec"])
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    session = RaySession(tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
+    from dynconv.spool import spool_root
+
+    session = RaySession(
+        tracking_uri=config.get("tracking_uri"),
+        run_id=config.get("run_id"),
+        spool=spool_root(spec.storage_uri()),
+    )
     fit(spec, session, PreparedData.open(Path(config["cache_dir"])))

@@ -22,6 +22,7 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
+from dynconv.tune.incomplete import format_incomplete, incomplete_runs
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -58,6 +59,7 @@ class StudyResult:
     interrupted: bool
     trials: list[TrialSummary] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    incomplete_runs: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -236,6 +238,8 @@ def run_study(
         spec.study, run_name, parent, experiment_id, uri, tune_path, interrupted, trials, timings
     )
     print("\n" + format_summary(result, spec))
+    result.incomplete_runs = incomplete_runs(uri, storage, trials)  # replays spooled epochs first
+    print(format_incomplete(result.incomplete_runs, len(trials)))
 
     if interrupted:
         for run in tracking.find_runs(uri, experiment_id, role="trial"):

@@ -1,0 +1,51 @@
+"""The study summary's "incomplete runs" line: trials whose MLflow run lacks epochs Tune saw them train.
+
+Epoch metrics can miss MLflow when its server was down (they wait in the spool, `dynconv.spool`) or when a
+driver died before closing runs. Before the summary the driver replays every spool once more, then
+compares each trial's MLflow `epoch` history with the epochs Tune recorded for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynconv import spool, tracking
+
+
+def incomplete_runs(tracking_uri: str, storage: str, trials: list[Any]) -> list[str]:
+    """One line per trial whose MLflow run is missing epochs (or still has some spooled); [] when complete.
+
+    `trials` are the summary rows (`TrialSummary`: trial_id, epochs, status, run_id).
+    """
+    root = spool.spool_root(storage)
+    spool.replay_all(tracking_uri, root, [t.run_id for t in trials if t.run_id])
+    c = tracking.client(tracking_uri)
+    lines = []
+    for t in trials:
+        if t.run_id is None:
+            if t.epochs:
+                lines.append(f"trial {t.trial_id}: no MLflow run")
+            continue
+        try:
+            steps = {int(m.step) for m in c.get_metric_history(t.run_id, "epoch")}
+        except Exception as err:  # the store is still unreachable
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            lines.append(f"{t.run_id} (trial {t.trial_id}): cannot be read ({reason})")
+            continue
+        problems = []
+        missing = sorted(set(range(1, t.epochs + 1)) - steps)
+        if missing:
+            problems.append(f"epochs {', '.join(map(str, missing))} missing")
+        waiting = spool.pending(root, t.run_id)
+        if waiting:
+            problems.append(f"{waiting} epochs still spooled under {root}")
+        if problems:
+            lines.append(f"{t.run_id} (trial {t.trial_id}): {'; '.join(problems)}")
+    return lines
+
+
+def format_incomplete(lines: list[str], total: int) -> str:
+    """The summary line: `MLflow runs incomplete: none`, or how many and which."""
+    if not lines:
+        return "MLflow runs incomplete: none"
+    return f"MLflow runs incomplete: {len(lines)} of {total}\n" + "\n".join(f"  {line}" for line in lines)

@@ -116,3 +116,78 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(
             assert len(epochs) <= EPOCHS + 1, "the resumed trial loses at most one epoch"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Pids of all living descendants of `pid` (from /proc; no psutil in the environment)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path: Path) -> None:
+    """kill -9 of `dynconv tune` mid-trial: nothing saved on the way out, the study's MLflow runs stay
+    RUNNING. The local Ray it started dies with it (Ray's kernel fate-sharing), and `--resume` finishes
+    the study: completed trials not re-run, the killed trial resumed from its checkpoint in its own run."""
+    spec = _spec(tmp_path, slower_dataset)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    first = _dynconv("tune", str(spec), cwd=tmp_path)
+    _wait_until_mid_study(uri, first)
+    finished_before = {r.info.run_id for r in _trial_runs(uri) if r.info.status == "FINISHED"}
+    ray_procs = _descendants(first.pid)
+    first.kill()
+    first.communicate(timeout=60)
+    t0 = time.monotonic()
+    while _alive(ray_procs) and time.monotonic() - t0 < 60:
+        time.sleep(0.5)
+    assert not _alive(ray_procs), "the driver's local Ray died with it"
+    print(f"\n{len(ray_procs)} Ray processes of the killed driver gone after {time.monotonic() - t0:.1f} s")
+    runs = _trial_runs(uri)
+    assert "RUNNING" in {r.info.status for r in runs}, "SIGKILL leaves the running trial's run open"
+    study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
+    assert [r.info.status for r in study_runs] == ["RUNNING"]
+
+    t0 = time.monotonic()
+    second = _dynconv("tune", str(spec), "--resume", cwd=tmp_path)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out
+    assert "MLflow runs incomplete: none" in out, out
+    print(f"resume finished the study in {time.monotonic() - t0:.1f} s")
+
+    c = tracking.client(uri)
+    runs = _trial_runs(uri)
+    assert len(runs) == 2, "every trial appears exactly once in MLflow"
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        epochs = [m.step for m in c.get_metric_history(run.info.run_id, "epoch")]
+        assert sorted(set(epochs)) == list(range(1, EPOCHS + 1))
+        if run.info.run_id in finished_before:
+            assert len(epochs) == EPOCHS, "a completed trial is not re-run"
+        else:
+            print(f"epochs trained twice by the resumed trial: {len(epochs) - EPOCHS}")
+            assert len(epochs) <= EPOCHS + 1, "the resumed trial loses at most one epoch"
+    study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
+    assert [r.info.status for r in study_runs] == ["FINISHED"]

@@ -49,3 +49,42 @@ def format_incomplete(lines: list[str], total: int) -> str:
     if not lines:
         return "MLflow runs incomplete: none"
     return f"MLflow runs incomplete: {len(lines)} of {total}\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def close_orphaned_runs(tracking_uri: str, experiment_id: str, parent: str, trial_ids: set[str]) -> list[str]:
+    """Close as KILLED the trial runs of `parent` still RUNNING that belong to no trial Tune knows.
+
+    A driver killed with SIGKILL saves nothing on its way out: Tune's experiment state is the last
+    periodic save (`TUNE_GLOBAL_CHECKPOINT_S`), so a trial created after it is unknown to `--resume`,
+    which suggests it again under a new id. Its first run stays behind RUNNING; it is tagged
+    `dynconv.outcome=orphaned` so it is not mistaken for a trial of the study. Returns their run ids.
+    """
+    closed = []
+    for run in tracking.find_runs(tracking_uri, experiment_id, role="trial"):
+        tags = run.data.tags
+        if tags.get(tracking.TAG_PARENT) != parent or run.info.status != "RUNNING":
+            continue
+        if tags.get(tracking.TAG_TRIAL_ID) in trial_ids:
+            continue
+        tracking.set_tags(tracking_uri, run.info.run_id, {"dynconv.outcome": "orphaned"})
+        tracking.end_run(tracking_uri, run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def check_mlflow_runs(
+    tracking_uri: str, storage: str, experiment_id: str, parent: str, trials: list[Any], resume: bool
+) -> list[str]:
+    """After the Tuner: replay spools, close orphans of a killed driver (on --resume), print the line."""
+    orphans = (
+        close_orphaned_runs(tracking_uri, experiment_id, parent, {t.trial_id for t in trials})
+        if resume
+        else []
+    )
+    lines = incomplete_runs(tracking_uri, storage, trials)
+    lines += [
+        f"{r}: a trial lost by a killed driver (Tune re-ran it under a new id), closed as KILLED"
+        for r in orphans
+    ]
+    print(format_incomplete(lines, len(trials) + len(orphans)))
+    return lines

@@ -7,6 +7,7 @@ their own child runs (see `dynconv.tune.trial`), and the `TrialRunCloser` callba
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import tempfile
 import threading
@@ -22,7 +23,7 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
-from dynconv.tune.incomplete import format_incomplete, incomplete_runs
+from dynconv.tune.incomplete import check_mlflow_runs
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -32,6 +33,9 @@ from dynconv.tune.search import (
     trial_resources,
 )
 from dynconv.tune.trial import run_trial
+
+TUNE_STATE_PERIOD_S = 2
+"""Seconds between saves of Tune's experiment state: what a SIGKILLed driver can lose at most."""
 
 
 @dataclass
@@ -71,6 +75,9 @@ def _init_ray(address: str | None, tracking_uri: str) -> None:
     """Connect to `address` (a cluster) or start a local Ray; workers get the tracking URI in their env."""
     import ray
 
+    # Tune saves its experiment state at most every TUNE_GLOBAL_CHECKPOINT_S ("auto": 10 s or more); a
+    # SIGKILLed driver loses what happened since, so save often (small JSON files; override by env).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
     if ray.is_initialized():
         return
     ray.init(
@@ -238,8 +245,7 @@ def run_study(
         spec.study, run_name, parent, experiment_id, uri, tune_path, interrupted, trials, timings
     )
     print("\n" + format_summary(result, spec))
-    result.incomplete_runs = incomplete_runs(uri, storage, trials)  # replays spooled epochs first
-    print(format_incomplete(result.incomplete_runs, len(trials)))
+    result.incomplete_runs = check_mlflow_runs(uri, storage, experiment_id, parent, trials, resume)
 
     if interrupted:
         for run in tracking.find_runs(uri, experiment_id, role="trial"):

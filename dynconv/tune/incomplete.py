@@ -88,3 +88,16 @@ def check_mlflow_runs(
     ]
     print(format_incomplete(lines, len(trials) + len(orphans)))
     return lines
+
+
+def logged_epochs(tracking_uri: str, run_id: str | None) -> int:
+    """The highest epoch a trial's run holds in MLflow (0 when none or unreadable)."""
+    if run_id is None:
+        return 0
+    try:
+        return max(
+            (int(m.step) for m in tracking.client(tracking_uri).get_metric_history(run_id, "epoch")),
+            default=0,
+        )
+    except Exception:
+        return 0

@@ -219,6 +219,8 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
             assert len(epochs) == EPOCHS, "a completed trial is not re-run"
         else:
             print(f"epochs trained twice by the resumed trial: {len(epochs) - EPOCHS}")
-            assert len(epochs) <= EPOCHS + 1, "the resumed trial loses at most one epoch"
+            # Not one, as after SIGINT: with the Train controller killed, its worker finishes the epoch in
+            # flight and one more (a report is collected one behind), logging both, before it notices.
+            assert len(epochs) <= EPOCHS + 2, "the resumed trial retrains at most two epochs"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from dynconv import tracking_retry
 from dynconv.errors import DynconvError
 
 TAG_ROLE = "dynconv.role"  # study | trial | evaluation | rerun
@@ -141,16 +142,16 @@ def ensure_child_run(
     c = client(tracking_uri)
     existing = [
         r
-        for r in find_runs(tracking_uri, experiment_id, role=role, trial_id=key)
+        for r in tracking_retry.call(find_runs, tracking_uri, experiment_id, role=role, trial_id=key)
         if r.data.tags.get(TAG_PARENT) == parent_run_id
     ]
     if existing:
         run_id = existing[0].info.run_id
         if existing[0].info.status != "RUNNING":
-            c.update_run(run_id, status="RUNNING")
+            tracking_retry.call(c.update_run, run_id, status="RUNNING")
         return run_id, False
     all_tags = {TAG_ROLE: role, TAG_TRIAL_ID: key, TAG_PARENT: parent_run_id, **(tags or {})}
-    run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run = tracking_retry.call(c.create_run, experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id, True
 
 
@@ -171,10 +172,10 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     c = client(tracking_uri)
-    have = c.get_run(run_id).data.params
+    have = tracking_retry.call(c.get_run, run_id).data.params
     fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
     for i in range(0, len(fresh), 100):
-        c.log_batch(run_id, params=fresh[i : i + 100])
+        tracking_retry.call(c.log_batch, run_id, params=fresh[i : i + 100])
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -188,13 +189,13 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step:
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
     if batch:
-        client(tracking_uri).log_batch(run_id, metrics=batch)
+        tracking_retry.call(client(tracking_uri).log_batch, run_id, metrics=batch)
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
     c = client(tracking_uri)
     for k, v in tags.items():
-        c.set_tag(run_id, k, str(v))
+        tracking_retry.call(c.set_tag, run_id, k, str(v))
 
 
 def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -203,7 +204,7 @@ def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Mark a run FINISHED, FAILED or KILLED."""
-    client(tracking_uri).set_terminated(run_id, status=status)
+    tracking_retry.call(client(tracking_uri).set_terminated, run_id, status=status)
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:

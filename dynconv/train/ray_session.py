@@ -23,12 +23,14 @@ def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def _log_epoch(tracking_uri: str | None, run_id: str | None, metrics: dict[str, float]) -> None:
-    """The epoch's metrics on the trial's MLflow run (step = epoch)."""
+def _log_epoch(
+    tracking_uri: str | None, run_id: str | None, metrics: dict[str, float], spool_dir: Path | None
+) -> None:
+    """The epoch's metrics on the trial's MLflow run (step = epoch); spooled while MLflow is unreachable."""
     if run_id is not None:
-        from dynconv import tracking
+        from dynconv import spool
 
-        tracking.log_metrics(tracking_uri, run_id, metrics, step=int(metrics["epoch"]))
+        spool.log_epoch(tracking_uri, run_id, metrics, int(metrics["epoch"]), spool_dir)
 
 
 class RaySession:
@@ -38,7 +40,9 @@ class RaySession:
     `ray.train.report` is a barrier.
     """
 
-    def __init__(self, tracking_uri: str | None = None, run_id: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, run_id: str | None = None, spool: Path | None = None
+    ) -> None:
         import ray.train
         import ray.train.torch
 
@@ -48,6 +52,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self._tracking_uri = tracking_uri
         self._run_id = run_id
+        self._spool = spool  # where epochs wait while the MLflow server is unreachable (dynconv.spool)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -70,7 +75,7 @@ class RaySession:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        _log_epoch(self._tracking_uri, self._run_id, metrics)
+        _log_epoch(self._tracking_uri, self._run_id, metrics, self._spool)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -88,11 +93,16 @@ class TuneSession:
     world_size = 1
 
     def __init__(
-        self, device: torch.device, tracking_uri: str | None = None, run_id: str | None = None
+        self,
+        device: torch.device,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        spool: Path | None = None,
     ) -> None:
         self.device = device
         self._tracking_uri = tracking_uri
         self._run_id = run_id
+        self._spool = spool  # as RaySession's
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -108,7 +118,7 @@ class TuneSession:
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.tune
 
-        _log_epoch(self._tracking_uri, self._run_id, metrics)
+        _log_epoch(self._tracking_uri, self._run_id, metrics, self._spool)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
@@ -117,6 +127,13 @@ class TuneSession:
 def quiet_ray_train_logs() -> None:
     """Ray Train logs two INFO lines per checkpoint per epoch; our own progress is Tune's table."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+def _spool_dir(spec: Any) -> Path | None:
+    """Where a trial's epochs wait while the MLflow server is unreachable (`dynconv.spool`)."""
+    from dynconv.spool import spool_root
+
+    return spool_root(spec.storage_uri())
 
 
 def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
@@ -135,9 +152,10 @@ def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
 def train_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: rebuild the spec, open the cached data, run `fit`."""
     quiet_ray_train_logs()
-    _fit_from_config(
-        config, lambda spec: RaySession(tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
-    )
+    def session(spec: Any) -> RaySession:
+        return RaySession(config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
+
+    _fit_from_config(config, session)
 
 
 def train_in_trial_actor(config: dict[str, Any]) -> None:
@@ -145,6 +163,6 @@ def train_in_trial_actor(config: dict[str, Any]) -> None:
 
     def session(spec: Any) -> TuneSession:
         device = torch.device("cuda" if spec.resources.gpu else "cpu")
-        return TuneSession(device, tracking_uri=config.get("tracking_uri"), run_id=config.get("run_id"))
+        return TuneSession(device, config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
 
     _fit_from_config(config, session)

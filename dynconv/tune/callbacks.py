@@ -11,6 +11,7 @@ from ray.tune import Callback
 
 from dynconv import tracking
 from dynconv.train.ray_session import CHECKPOINT_FILE
+from dynconv.tune.incomplete import logged_epochs
 
 
 def _tune_checkpoint_path(trial: Any, result: dict[str, Any]) -> str | None:
@@ -58,6 +59,8 @@ class TrialRunCloser(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = int((trial.last_result or {}).get("epoch", 0))
+        if done < self.epochs:  # resumed from a final checkpoint (e.g. after a SIGKILLed driver): no new
+            done = max(done, logged_epochs(self.tracking_uri, self._run_id(trial)))  # report reached Tune
         self._close(trial, "FINISHED" if done >= self.epochs else "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -7,6 +7,7 @@ their own child runs (see `dynconv.tune.trial`), and the `TrialRunCloser` callba
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import signal
 import tempfile
@@ -28,6 +29,7 @@ from dynconv.spec_checks import check_resources_fit, spec_diff
 from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
+from dynconv.tune.incomplete import check_mlflow_runs
 from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS, pareto_front
 from dynconv.tune.search import (
     build_scheduler,
@@ -39,6 +41,9 @@ from dynconv.tune.search import (
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.trial import run_trial, trains_in_trial_actor, trial_resources, tune_max_failures
+
+TUNE_STATE_PERIOD_S = 2
+"""Seconds between saves of Tune's experiment state: what a SIGKILLed driver can lose at most."""
 
 
 @dataclass
@@ -68,6 +73,7 @@ class StudyResult:
     interrupted: bool
     trials: list[TrialSummary] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    incomplete_runs: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> TrialSummary | None:
@@ -87,6 +93,9 @@ def _init_ray(address: str | None, tracking_uri: str, verbose: bool = False) -> 
     """Connect to `address` (a cluster) or start a local Ray; workers get the tracking URI in their env."""
     import ray
 
+    # Tune saves its experiment state at most every TUNE_GLOBAL_CHECKPOINT_S ("auto": 10 s or more); a
+    # SIGKILLed driver loses what happened since, so save often (small JSON files; override by env).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
     if ray.is_initialized():
         return
     ray.init(
@@ -358,6 +367,7 @@ def _run_study(
         spec.study, run_name, parent, experiment_id, uri, tune_path, interrupted, trials, timings
     )
     print("\n" + format_summary(result, spec))
+    result.incomplete_runs = check_mlflow_runs(uri, storage, experiment_id, parent, trials, resume)
 
     if interrupted:
         for run in tracking.find_runs(uri, experiment_id, role="trial"):

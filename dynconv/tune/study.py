@@ -22,6 +22,7 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
+from dynconv.tune.resources import describe_trial_resources
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -178,8 +179,13 @@ def run_study(
     placement_strategy: str = "PACK",
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
+    gpu_resource: str = "GPU",
 ) -> StudyResult:
-    """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table."""
+    """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table.
+
+    `placement_strategy`, `controller_failure_limit` and `gpu_resource` (a custom Ray resource standing in
+    for "GPU") exist for tests on CPU machines; users keep the defaults.
+    """
     from ray import tune
 
     from dynconv.tune.callbacks import TrialRunCloser
@@ -212,6 +218,7 @@ def run_study(
         "num_classes": data.num_classes,
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,
+        "gpu_resource": gpu_resource,
     }
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=study_ctx), trial_resources(spec)
@@ -221,7 +228,8 @@ def run_study(
             tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        concurrent = max_concurrent_trials(spec, ray.cluster_resources())
+        concurrent = max_concurrent_trials(spec, ray.cluster_resources(), gpu_resource)
+        print(describe_trial_resources(spec, concurrent, gpu_resource))
         callbacks = [TrialRunCloser(uri, experiment_id, parent, spec.train.epochs)]
         tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent)
 

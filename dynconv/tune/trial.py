@@ -12,6 +12,7 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.spec import JobSpec
+from dynconv.tune.resources import GPU, uses_cuda, worker_resources
 
 
 def train_run_name(study_run_name: str, trial_id: str) -> str:
@@ -62,6 +63,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         log_model_facts(uri, run_id, spec, study["num_classes"])
 
     r = spec.resources
+    gpu_resource = study.get("gpu_resource", GPU)  # tests on CPU stand a custom resource in for "GPU"
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -72,12 +74,8 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial,
-            use_gpu=r.gpu,
-            resources_per_worker={
-                "CPU": r.cpus_per_worker,
-                **({"GPU": 1} if r.gpu else {}),
-                **r.worker_resources,
-            },
+            use_gpu=uses_cuda(spec, gpu_resource),
+            resources_per_worker=worker_resources(spec, gpu_resource),
             placement_strategy=study.get("placement_strategy", "PACK"),
         ),
         run_config=ray.train.RunConfig(

@@ -8,9 +8,11 @@ fvcore, pydantic and their dependencies. This script
 2. downloads the wheels of those the device image does not have (`device_has.txt`), plus FORCE (protobuf:
    Ray's generated code needs a runtime at least as new as its own), minus DROP (not used by a study),
 3. builds fvcore's pure-Python wheel here (it is published as an sdist only),
-4. repacks the Ray wheel without `ray/jars` (Java), `ray/rllib` and source maps, and the MLflow wheel
+4. repacks the Ray wheel without `ray/jars` (Java), `ray/rllib` and source maps, its three big binaries
+   (gcs_server, raylet, _raylet.so) without their static symbol tables (`strip`), and the MLflow wheel
    without its web UI bundle (`mlflow/server/js`: the check uses a SQLite store, no server),
-5. checks that the wheels plus the working tree fit in one device call (64 MiB) and prints the sizes.
+5. checks that the wheels plus the working tree fit in one device call (64 MiB) and prints the sizes
+   (measured sizes: docs/benchmarks.md, "GPU checks still to run").
 
     python3 benchmarks/gpu_e2e/prepare.py            # writes .whl/ at the repository root (git-ignored)
 
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +51,14 @@ REQUIREMENTS = [
 ]
 FVCORE = "fvcore==0.1.5.post20221221"
 FORCE = {"protobuf"}
-DROP = {"virtualenv", "distlib", "python-discovery", "py-spy"}  # Ray's pip/uv runtime envs and profiler
+# Not needed by a study, and the carry must fit 64 MiB: Ray's pip/uv runtime envs and profiler; mlflow-skinny
+# and mlflow-tracing (every file of theirs is also in the mlflow wheel, same version); what only the MLflow
+# server, Databricks, Docker or sklearn model logging import.
+DROP = {
+    "virtualenv", "distlib", "python-discovery", "py-spy",
+    "mlflow-skinny", "mlflow-tracing", "databricks-sdk",
+    "gunicorn", "huey", "skops", "docker", "graphene", "graphql-core", "graphql-relay",
+}  # fmt: skip
 PLATFORM = [
     "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
     *[a for n in ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64",
@@ -89,8 +99,18 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def repack(wheel: Path, drop) -> tuple[int, int]:
-    """Rewrite `wheel` without the members `drop` selects; RECORD is regenerated. Returns (old, new) bytes."""
+def strip_symbols(data: bytes) -> bytes:
+    """An ELF binary without its static symbol table (`strip --strip-unneeded`; dynamic symbols stay)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "elf"
+        path.write_bytes(data)
+        subprocess.run(["strip", "--strip-unneeded", str(path)], check=True)
+        return path.read_bytes()
+
+
+def repack(wheel: Path, drop, strip: bool = False) -> tuple[int, int]:
+    """Rewrite `wheel` without the members `drop` selects, big ELF files stripped of symbols if `strip`;
+    RECORD is regenerated. Returns (old, new) bytes."""
     old = wheel.stat().st_size
     out = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
@@ -100,6 +120,8 @@ def repack(wheel: Path, drop) -> tuple[int, int]:
             if info.filename == record_name or drop(info.filename):
                 continue
             data = zin.read(info)
+            if strip and data[:4] == b"\x7fELF" and len(data) > 5 * 2**20:
+                data = strip_symbols(data)
             zout.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
             lines.append(_record_line(info.filename, data))
         lines.append(f"{record_name},,")
@@ -135,7 +157,7 @@ def main() -> int:
     for wheel in sorted(args.out.glob("*.whl")):
         kind = norm(wheel.name.split("-")[0])
         if kind in STRIP:
-            old, new = repack(wheel, STRIP[kind])
+            old, new = repack(wheel, STRIP[kind], strip=kind == "ray" and shutil.which("strip") is not None)
             print(f"repacked {wheel.name}: {old / 2**20:.1f} -> {new / 2**20:.1f} MiB")
     wheels = sum(w.stat().st_size for w in args.out.glob("*.whl"))
     tree = tree_size()

@@ -169,7 +169,8 @@ def packing_row(spec, result, per_gpu: int, base: float | None) -> dict[str, Any
     }
 
 
-def packing(work: Path, cpu: bool, levels: list[int], trials: int, epochs: int) -> list[str]:
+def packing(work: Path, cpu: bool, levels: list[int], trials: int, epochs: int, save) -> list[str]:
+    """One study per packing level, one Ray instance; `save(lines)` after each level (kept on a timeout)."""
     import ray
 
     from dynconv.tune.study import run_study
@@ -186,8 +187,13 @@ def packing(work: Path, cpu: bool, levels: list[int], trials: int, epochs: int) 
             row.pop("_aggregate", None)
             rows.append(row)
             print(row, flush=True)
+            save(packing_table(rows, trials, epochs))
     finally:
         ray.shutdown()
+    return packing_table(rows, trials, epochs)
+
+
+def packing_table(rows: list[dict[str, Any]], trials: int, epochs: int) -> list[str]:
     head = list(rows[0]) if rows else []
     return [
         f"### Packing: {trials} trials x {epochs} epochs of resnet18_dynamic at each level",
@@ -227,8 +233,11 @@ def main() -> int:
     if not args.skip_e2e:
         report += end_to_end(args.work, args.cpu, args.out)
         (args.out / "gpu_e2e.md").write_text("\n".join(report) + "\n")
-    report += packing(args.work, args.cpu, levels, trials, epochs)
-    (args.out / "gpu_e2e.md").write_text("\n".join(report) + "\n")
+    def save(lines: list[str]) -> None:
+        (args.out / "gpu_e2e.md").write_text("\n".join(report + lines) + "\n")
+
+    report += packing(args.work, args.cpu, levels, trials, epochs, save)
+    save([])
     print("\n".join(report))
     return 0
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dynconv import tracking_retry
+from dynconv.tracking import retry as tracking_retry
 from tests.mlflow_server import MlflowServer
 from tests.test_tracking_load import METRICS, run_load
 

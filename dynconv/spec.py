@@ -290,6 +290,11 @@ class ResourcesSpec(_Strict):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpu: bool = False
+    gpus_per_worker: float | None = Field(
+        None,
+        description="GPUs per DDP worker when gpu is true: a fraction in (0, 1) packs several trials on one "
+        "GPU, a whole number 1-8 reserves that many (a worker trains on the first). Unset: 1",
+    )
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="extra custom resources per DDP worker (e.g. an accelerator type)"
     )
@@ -297,6 +302,29 @@ class ResourcesSpec(_Strict):
     driver_resource: str | None = Field(
         None, description="custom resource (e.g. 'trial_driver') that keeps trial drivers on the head node"
     )
+
+    @model_validator(mode="after")
+    def _gpu_amount(self) -> ResourcesSpec:
+        x = self.gpus_per_worker
+        if x is None:
+            return self
+        if not self.gpu:
+            raise ValueError(f"gpus_per_worker ({x:g}) needs gpu: true")
+        if not (math.isfinite(x) and (0 < x < 1 or (x == int(x) and 1 <= x <= 8))):
+            raise ValueError(f"gpus_per_worker must be a fraction in (0, 1) or a whole number 1-8, got {x:g}")
+        if x < 1 and self.workers_per_trial > 1:
+            raise ValueError(
+                f"gpus_per_worker {x:g} with workers_per_trial {self.workers_per_trial}: Ray may put a "
+                "trial's DDP ranks on one GPU, which NCCL refuses; use whole GPUs or workers_per_trial: 1"
+            )
+        return self
+
+    @property
+    def gpus(self) -> float:
+        """GPUs one DDP worker reserves: 0 without `gpu`, else `gpus_per_worker` (1 when unset)."""
+        if not self.gpu:
+            return 0.0
+        return 1.0 if self.gpus_per_worker is None else float(self.gpus_per_worker)
 
 
 class MlflowSpec(_Strict):

@@ -129,12 +129,13 @@ def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> Non
 # -------------------------------------------------------------------------------- resources
 
 
-def trial_demand(spec: Any) -> dict[str, float]:
-    """Everything one trial holds at once: its driver plus `workers_per_trial` DDP workers."""
+def trial_demand(spec: Any, gpu_resource: str = "GPU") -> dict[str, float]:
+    """Everything one trial holds at once: its driver plus `workers_per_trial` DDP workers, each with
+    its GPU share (`resources.gpus_per_worker`) of `gpu_resource` ("GPU"; tests use a stand-in)."""
     r = spec.resources
     demand = {"CPU": r.driver_cpus + r.workers_per_trial * r.cpus_per_worker}
     if r.gpu:
-        demand["GPU"] = float(r.workers_per_trial)
+        demand[gpu_resource] = r.workers_per_trial * r.gpus
     for name, amount in r.worker_resources.items():
         demand[name] = demand.get(name, 0.0) + amount * r.workers_per_trial
     if r.driver_resource:
@@ -142,22 +143,22 @@ def trial_demand(spec: Any) -> dict[str, float]:
     return demand
 
 
-def check_resources_fit(spec: Any, cluster_resources: dict[str, float]) -> None:
+def check_resources_fit(spec: Any, cluster_resources: dict[str, float], gpu_resource: str = "GPU") -> None:
     """Raise a one-line ResourcesError when one trial needs more of a resource than the cluster has.
 
     `cluster_resources`: the most the cluster can offer (Ray's `cluster_resources()`, or the autoscaler's
     maximum where it is larger). Without this check Ray waits forever for a placement that cannot exist.
     """
     r = spec.resources
-    for name, need in trial_demand(spec).items():
+    for name, need in trial_demand(spec, gpu_resource).items():
         have = float(cluster_resources.get(name, 0.0))
         if need <= have + 1e-9:
             continue
         if name == "CPU":
             what = f"{r.workers_per_trial} workers x {r.cpus_per_worker:g} CPU + {r.driver_cpus:g} driver CPU"
             fix = "lower resources.workers_per_trial or resources.cpus_per_worker"
-        elif name == "GPU":
-            what = f"{r.workers_per_trial} workers x 1 GPU"
+        elif name == gpu_resource:
+            what = f"{r.workers_per_trial} workers x {r.gpus:g} GPU"
             fix = "lower resources.workers_per_trial, set resources.gpu: false, or add GPU nodes"
         else:
             what = f"resource {name!r}"

@@ -188,8 +188,10 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
         time.sleep(0.5)
     assert not _alive(trial), [ray_procs[p] for p in _alive(trial)]
     left = sorted(ray_procs[pid][:40] for pid in _alive(set(ray_procs)))
-    print(f"\nafter the kill: GCS and raylet gone in {core_s:.1f} s, the trial's processes in "
-          f"{time.monotonic() - t0:.1f} s; {len(left)} of {len(ray_procs)} processes left: {left}")
+    print(
+        f"\nafter the kill: GCS and raylet gone in {core_s:.1f} s, the trial's processes in "
+        f"{time.monotonic() - t0:.1f} s; {len(left)} of {len(ray_procs)} processes left: {left}"
+    )
     runs = _trial_runs(uri)
     assert "RUNNING" in {r.info.status for r in runs}, "SIGKILL leaves the running trial's run open"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")

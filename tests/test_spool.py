@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-from dynconv import spool, tracking
+from dynconv import tracking
+from dynconv.tracking import spool
 from dynconv.tune.incomplete import format_incomplete, incomplete_runs
 from tests.mlflow_server import free_port
 

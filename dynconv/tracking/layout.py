@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking_retry
 from dynconv.errors import DynconvError
+from dynconv.tracking import retry as tracking_retry
 
 TAG_ROLE = "dynconv.role"  # study | trial | evaluation | rerun
 TAG_STUDY = "dynconv.study"

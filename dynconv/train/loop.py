@@ -20,6 +20,7 @@ from dynconv.data.channels import channel_drop
 from dynconv.data.loader import ShardedBatches
 from dynconv.models import create_model
 from dynconv.spec import JobSpec
+from dynconv.train.device_stats import peak_device_memory
 from dynconv.train.optim import build_optimizer, build_scheduler
 from dynconv.train.session import Session
 from dynconv.train.subset_val import (
@@ -274,6 +275,7 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
             "train_images_per_second": tr["count"] / train_seconds,
             "world_size": session.world_size,
             **subsets,
+            **peak_device_memory(session.device),
         }
         if isinstance(spec.search.metric, dict):
             metrics["objective"] = weighted_objective(spec.search.metric, metrics)

@@ -28,7 +28,7 @@ def _log_epoch(
 ) -> None:
     """The epoch's metrics on the trial's MLflow run (step = epoch); spooled while MLflow is unreachable."""
     if run_id is not None:
-        from dynconv import spool
+        from dynconv.tracking import spool
 
         spool.log_epoch(tracking_uri, run_id, metrics, int(metrics["epoch"]), spool_dir)
 
@@ -52,7 +52,7 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self._tracking_uri = tracking_uri
         self._run_id = run_id
-        self._spool = spool  # where epochs wait while the MLflow server is unreachable (dynconv.spool)
+        self._spool = spool  # where epochs wait while MLflow is unreachable (dynconv.tracking.spool)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -130,8 +130,8 @@ def quiet_ray_train_logs() -> None:
 
 
 def _spool_dir(spec: Any) -> Path | None:
-    """Where a trial's epochs wait while the MLflow server is unreachable (`dynconv.spool`)."""
-    from dynconv.spool import spool_root
+    """Where a trial's epochs wait while the MLflow server is unreachable (`dynconv.tracking.spool`)."""
+    from dynconv.tracking.spool import spool_root
 
     return spool_root(spec.storage_uri())
 
@@ -152,6 +152,7 @@ def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
 def train_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: rebuild the spec, open the cached data, run `fit`."""
     quiet_ray_train_logs()
+
     def session(spec: Any) -> RaySession:
         return RaySession(config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
 
@@ -162,7 +163,7 @@ def train_in_trial_actor(config: dict[str, Any]) -> None:
     """A single-worker trial's training, in the Tune trial actor itself; `config` as for `train_worker`."""
 
     def session(spec: Any) -> TuneSession:
-        device = torch.device("cuda" if spec.resources.gpu else "cpu")
+        device = torch.device("cuda" if config.get("use_cuda", spec.resources.gpu) else "cpu")
         return TuneSession(device, config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
 
     _fit_from_config(config, session)

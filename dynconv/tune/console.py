@@ -69,15 +69,25 @@ def ray_logs_dir(address: str | None) -> str:
     return "/tmp/ray/session_latest/logs (on the head node)"
 
 
-def format_plan(spec: JobSpec, data: Any, concurrent: int, cluster: dict[str, float], where: dict) -> str:
+def _ranked_on(search: Any) -> str:
+    """What the search ranks trials on: one metric, a weighted mix, or the objectives of a Pareto search."""
+    if search.objectives is not None:
+        return "the Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in search.objectives.items())
+    if isinstance(search.metric, dict):
+        mix = " + ".join(f"{w:g} x {m}" for m, w in search.metric.items())
+        return f"objective = {mix} ({search.mode})"
+    return f"{search.metric} ({search.mode})"
+
+
+def format_plan(spec: JobSpec, data: Any, resources: str, cluster: dict[str, float], where: dict) -> str:
     """The first lines of a study: what it trains on what, how many trials, where logs and results go.
 
-    The dataset's path and per-split table are printed just above by the data cache.
+    The dataset's path and per-split table are printed just above by the data cache. `resources` is
+    `dynconv.tune.resources.describe_trial_resources`: what a trial reserves and how many run at once.
     """
-    r, s = spec.resources, spec.search
+    s = spec.search
     args = ", ".join(f"{k}={v}" for k, v in spec.model.args.items())
     sched = "ASHA" if spec.scheduler.name == "asha" else "no early stopping"
-    gpu = " + 1 GPU" if r.gpu else ""
     n = data.counts
     cpus = f"{cluster.get('CPU', 0):g} CPUs" + (f", {cluster['GPU']:g} GPUs" if cluster.get("GPU") else "")
     return "\n".join(
@@ -85,9 +95,8 @@ def format_plan(spec: JobSpec, data: Any, concurrent: int, cluster: dict[str, fl
             f"Study {spec.study!r}: {s.num_samples} trials of {spec.model.name}({args}) "
             f"on {data.num_classes} classes ({n.get('train', 0)} train / {n.get('val', 0)} val images, "
             f"{data.size} px), "
-            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {s.metric} ({s.mode})",
-            f"  resources {r.workers_per_trial} worker(s) x {r.cpus_per_worker:g} CPU{gpu} per trial, "
-            f"{concurrent} trial(s) at a time, Ray {where['ray']} ({cpus})",
+            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {_ranked_on(s)}",
+            f"  resources {resources}; Ray {where['ray']} ({cpus})",
             f"  MLflow    experiment {spec.experiment!r}, study run {where['run']} in {where['uri']}",
             f"  Ray logs  {where['logs']}  (Tune state: {where['tune_path']}; --verbose shows them here)",
         ]

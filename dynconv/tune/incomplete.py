@@ -1,15 +1,17 @@
 """The study summary's "incomplete runs" line: trials whose MLflow run lacks epochs Tune saw them train.
 
-Epoch metrics can miss MLflow when its server was down (they wait in the spool, `dynconv.spool`) or when a
-driver died before closing runs. Before the summary the driver replays every spool once more, then
-compares each trial's MLflow `epoch` history with the epochs Tune recorded for it.
+Epoch metrics can miss MLflow when its server was down (they wait in the spool,
+`dynconv.tracking.spool`) or when a driver died before closing runs. Before the summary the driver
+replays every spool once more, then compares each trial's MLflow `epoch` history with the epochs Tune
+recorded for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dynconv import spool, tracking
+from dynconv import tracking
+from dynconv.tracking import spool
 
 
 def incomplete_runs(tracking_uri: str, storage: str, trials: list[Any]) -> list[str]:

@@ -31,6 +31,7 @@ from dynconv.tune.capacity import cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.incomplete import check_mlflow_runs
 from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS, pareto_front
+from dynconv.tune.resources import describe_trial_resources
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -294,8 +295,13 @@ def _run_study(
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
     verbose: bool = False,
+    gpu_resource: str = "GPU",
 ) -> StudyResult:
-    """The study itself, run under its lock (see `run_study`)."""
+    """The study itself, run under its lock (see `run_study`).
+
+    `placement_strategy`, `controller_failure_limit` and `gpu_resource` (a custom Ray resource standing in
+    for "GPU") exist for tests on CPU machines; users keep the defaults.
+    """
     from ray import tune
 
     from dynconv.tune.callbacks import ConsoleReporter, TrialRunCloser
@@ -321,15 +327,16 @@ def _run_study(
     import ray
 
     try:  # one line instead of Ray waiting forever for a trial that can never be placed
-        check_resources_fit(spec, cluster_capacity())
+        check_resources_fit(spec, cluster_capacity(), gpu_resource)
     except DynconvError:
         tracking.end_run(uri, parent, "FAILED")
         raise
 
-    concurrent = max_concurrent_trials(spec, ray.cluster_resources())
+    concurrent = max_concurrent_trials(spec, ray.cluster_resources(), gpu_resource)
     where = {"ray": address or "local", "run": parent, "uri": uri, "tune_path": tune_path}
     where["logs"] = ray_logs_dir(address)
-    print(format_plan(spec, data, concurrent, ray.cluster_resources(), where), flush=True)
+    resources = describe_trial_resources(spec, concurrent, gpu_resource)
+    print(format_plan(spec, data, resources, ray.cluster_resources(), where), flush=True)
 
     study_ctx = {
         "tracking_uri": uri,
@@ -341,9 +348,11 @@ def _run_study(
         "num_classes": data.num_classes,
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,
+        "gpu_resource": gpu_resource,
     }
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=study_ctx), trial_resources(spec)
+        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=study_ctx),
+        trial_resources(spec, gpu_resource),
     )
     if resume:  # Tune restores its callbacks (the TrialRunCloser below) with the rest of its state
         tuner = tune.Tuner.restore(
@@ -352,7 +361,9 @@ def _run_study(
     else:
         callbacks = [
             TrialRunCloser(uri, experiment_id, parent, spec.train.epochs),
-            ConsoleReporter(spec.train.epochs, spec.search.metric, spec.search.mode, list(spec.search.space)),
+            ConsoleReporter(
+                spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
+            ),
         ]
         tuner = _build_tuner(spec, trainable, run_name, callbacks, concurrent, verbose)
 

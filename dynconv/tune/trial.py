@@ -23,6 +23,7 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.spec import JobSpec
+from dynconv.tune.resources import GPU, uses_cuda, worker_resources
 
 
 def train_run_name(study_run_name: str, trial_id: str) -> str:
@@ -35,23 +36,18 @@ def trains_in_trial_actor(spec: JobSpec) -> bool:
     return spec.resources.workers_per_trial == 1
 
 
-def _worker_resources(spec: JobSpec) -> dict[str, float]:
-    """Ray resources of one training worker."""
-    r = spec.resources
-    return {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.gpu else {}), **r.worker_resources}
-
-
-def trial_resources(spec: JobSpec) -> dict[str, float]:
+def trial_resources(spec: JobSpec, gpu_resource: str = GPU) -> dict[str, float]:
     """What Tune reserves for one trial actor: its driver's share, plus the worker when it trains there.
 
     A trial that trains in its actor goes where a worker would go, so it does not ask for the
-    driver-only resource (`resources.driver_resource`, which keeps drivers off the GPU nodes).
+    driver-only resource (`resources.driver_resource`, which keeps drivers off the GPU nodes); its GPU
+    share (`resources.gpus_per_worker`, possibly a fraction) is the actor's.
     """
     from dynconv.tune.search import trial_resources as driver_resources
 
     if not trains_in_trial_actor(spec):
         return driver_resources(spec)
-    worker = _worker_resources(spec)
+    worker = worker_resources(spec, gpu_resource)
     return {**worker, "CPU": spec.resources.driver_cpus + worker["CPU"]}
 
 
@@ -109,6 +105,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         "cache_fingerprint": study["cache_fingerprint"],
         "tracking_uri": study["tracking_uri"],
         "run_id": run_id,
+        "use_cuda": uses_cuda(spec, study.get("gpu_resource", GPU)),
     }
     if trains_in_trial_actor(spec):
         from dynconv.train.ray_session import train_in_trial_actor
@@ -122,11 +119,11 @@ def _scaling_config(spec: JobSpec, study: dict[str, Any]):
     """Ray Train workers of a multi-worker trial."""
     import ray.train
 
-    r = spec.resources
+    gpu_resource = study.get("gpu_resource", GPU)  # tests on CPU stand a custom resource in for "GPU"
     return ray.train.ScalingConfig(
-        num_workers=r.workers_per_trial,
-        use_gpu=r.gpu,
-        resources_per_worker=_worker_resources(spec),
+        num_workers=spec.resources.workers_per_trial,
+        use_gpu=uses_cuda(spec, gpu_resource),
+        resources_per_worker=worker_resources(spec, gpu_resource),
         placement_strategy=study.get("placement_strategy", "PACK"),
     )
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking_retry
+from dynconv.tracking import retry as tracking_retry
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,34 @@ def accuracy_by_subset(rows: Sequence[Mapping[str, Any]], path: Path, title: str
     return _save(fig, path)
 
 
+def accuracy_by_subset_per_model(
+    series: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, title: str = ""
+) -> Path:
+    """Accuracy per channel subset, one line per model, with 95 % CI error bars.
+
+    ``series``: {model label: [{"subset", "accuracy", "acc_low", "acc_high"} (fractions), ...]}.
+    """
+    plt = _pyplot()
+    order = ("RGB", "RG", "RB", "GB", "R", "G", "B")
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for i, (label, rows) in enumerate(series.items()):
+        rows = sorted(rows, key=lambda r: order.index(r["subset"]) if r["subset"] in order else 99)
+        x = np.array([order.index(r["subset"]) for r in rows]) + (i - (len(series) - 1) / 2) * 0.06
+        acc = np.array([r["accuracy"] for r in rows]) * 100
+        low = np.array([r["acc_low"] for r in rows]) * 100
+        high = np.array([r["acc_high"] for r in rows]) * 100
+        ax.errorbar(x, acc, yerr=[acc - low, high - acc], marker="o", markersize=4, capsize=3, label=label)
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("input channels")
+    ax.set_ylabel("accuracy (%), 95 % Wilson CI")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Accuracy by channel subset, per model")
+    if series:
+        ax.legend(fontsize=7, loc="lower left")
+    return _save(fig, path)
+
+
 def confusion_grid(
     confusions: Mapping[str, np.ndarray],
     path: Path,

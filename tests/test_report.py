@@ -52,8 +52,12 @@ def fake_evaluation(
     return Evaluation(model, {}, dynamic, "test", "cpu", k, None, test_set, "fp", 16, results)
 
 
-def add_fake_study(uri: str, root: Path, study: str, model: str, stem: str, ev: Evaluation) -> str:
-    spec = make_spec(root, study, model, args={"stem": stem})
+def add_fake_study(
+    uri: str, root: Path, study: str, model: str, stem: str, ev: Evaluation, **train: Any
+) -> str:
+    """A finished study run holding `ev` as its rank-1 evaluation; `train` overrides the spec's train
+    section (e.g. channel_drop, which decides the study's arm in the robustness table)."""
+    spec = make_spec(root, study, model, args={"stem": stem}, **train)
     exp, parent = open_study(uri, spec)
     run_id = record_evaluation(uri, exp, parent, study, ev, source_run_id="0" * 32)
     tracking.end_run(uri, run_id, "FINISHED")
@@ -171,6 +175,88 @@ def test_other_test_sets_are_reported_apart_and_never_paired(store, tmp_path) ->
     recs = {r.study: r for r in load_records(uri, [EXPERIMENT])}
     ok, why = same_test_images(recs["r18small_other"], recs["r18"])
     assert not ok and "different test sets" in why
+
+
+def test_missing_robustness_arm_names_the_spec_to_run(store) -> None:
+    md = store["md"]
+    assert "### Robustness — every evaluated model on the seven channel subsets" in md
+    assert (
+        "Arm *plain ResNet-18, no channel drop (the seed's baseline)*: not run: run "
+        "tune_jobs/resnet18_nodrop.yaml (laptop scale: tune_jobs/quickstart_nodrop.yaml)." in md
+    )
+    rows = {r["study"]: r for r in _rows(store["out"] / "robustness.csv")}
+    assert rows["r18dyn"]["arm"] == "dyn_drop" and rows["r18"]["arm"] == "plain_drop"
+    assert rows["cnn"]["arm"] == "" and float(rows["r18dyn"]["channel_drop"]) == 0.3
+    assert rows["r18dyn"]["worst_subset"] == "R"
+
+
+# The three arms of issue 14 on 60 shared test images: subset S of a study gets its first n images right.
+ARM_CORRECT = {
+    "dyn": {"RGB": 57, "RG": 55, "RB": 55, "GB": 55, "R": 52, "G": 55, "B": 55},
+    "plain": {"RGB": 57, "RG": 54, "RB": 54, "GB": 54, "R": 50, "G": 54, "B": 54},
+    "nodrop": {"RGB": 57, "RG": 40, "RB": 40, "GB": 40, "R": 10, "G": 12, "B": 11},
+}
+
+
+@pytest.fixture(scope="module")
+def arms_report(tmp_path_factory) -> dict[str, Any]:
+    """Three tiny fake studies (dynamic + drop, plain + drop, plain without drop) and their report."""
+    root = tmp_path_factory.mktemp("arms")
+    uri = f"sqlite:///{root}/mlflow.db"
+    y = np.repeat(np.arange(3), 20)
+    for study, model, dynamic, drop in (
+        ("nodrop", "resnet18", False, 0.0),
+        ("plain", "resnet18", False, 0.3),
+        ("dyn", "resnet18_dynamic", True, 0.3),
+    ):
+        ev = fake_evaluation(model, dynamic, y, ARM_CORRECT[study], "a" * 64, DYN_FLOPS)
+        add_fake_study(uri, root, study, model, "small", ev, channel_drop=drop)
+    out = root / "report"
+    report = write_report(experiments=[EXPERIMENT], out_dir=out, tracking_uri=uri)
+    return {"out": out, "md": report.read_text()}
+
+
+def test_robustness_table_has_every_model_on_every_subset(arms_report) -> None:
+    out = arms_report["out"]
+    rows = {r["study"]: r for r in _rows(out / "robustness.csv")}
+    assert {s: r["arm"] for s, r in rows.items()} == {
+        "dyn": "dyn_drop",
+        "plain": "plain_drop",
+        "nodrop": "plain_nodrop",
+    }
+    for study, correct in ARM_CORRECT.items():
+        for subset, n_right in correct.items():
+            acc = float(rows[study][f"acc_{subset}"])
+            assert acc == pytest.approx(n_right / 60)
+            assert float(rows[study][f"acc_low_{subset}"]) < acc < float(rows[study][f"acc_high_{subset}"])
+    assert rows["nodrop"]["worst_subset"] == "R"
+    assert float(rows["nodrop"]["rgb_minus_worst"]) == pytest.approx(47 / 60)
+    assert (out / "robustness.png").stat().st_size > 10_000
+    assert "![accuracy by channel subset, per model](robustness.png)" in arms_report["md"]
+    assert "not run" not in arms_report["md"].split("### Robustness")[1].split("###")[0]
+
+
+def test_robustness_mcnemar_per_subset_against_both_controls(arms_report) -> None:
+    tests = {r["comparison"]: r for r in _rows(arms_report["out"] / "significance.csv")}
+    for subset in ARM_CORRECT["dyn"]:
+        vs_plain = tests[f"robustness {subset}: dynamic + drop vs plain_drop"]
+        vs_base = tests[f"robustness {subset}: dynamic + drop vs plain_nodrop"]
+        # Nested right answers: the discordant pairs are exactly the difference in images right.
+        assert int(vs_plain["only_a_right"]) == ARM_CORRECT["dyn"][subset] - ARM_CORRECT["plain"][subset]
+        assert int(vs_plain["only_b_right"]) == 0
+        assert int(vs_base["only_a_right"]) == ARM_CORRECT["dyn"][subset] - ARM_CORRECT["nodrop"][subset]
+    assert tests["robustness R: dynamic + drop vs plain_drop"]["verdict"].startswith("noise")  # 2 images
+    assert tests["robustness R: dynamic + drop vs plain_nodrop"]["verdict"].startswith("significant")
+    assert tests["robustness RGB: dynamic + drop vs plain_nodrop"]["verdict"] == "noise (p=1)"
+
+
+def test_robustness_sentence_splits_the_gain(arms_report) -> None:
+    md = arms_report["md"]
+    # R: 10 -> 50 images right with channel drop (+66.7 points), -> 52 with DynamicConv2D (+3.3, noise).
+    assert "On **R**, the baseline's worst subset, accuracy goes from 16.67 % without channel drop" in md
+    assert "to 83.33 % with channel-drop training (+66.7 points, significant" in md
+    assert "to 86.67 % with DynamicConv2D on top (+3.3 points, noise" in md
+    assert "Of the 70.0-point gain, 95 % comes from channel-drop training and 5 % from DynamicConv2D." in md
 
 
 def test_empty_store_and_unknown_experiment(tmp_path) -> None:

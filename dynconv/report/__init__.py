@@ -19,13 +19,14 @@ Honesty rules:
   target is judged met / not met / inconclusive from that interval, not from the point estimate.
 
 Outputs in `--out`: `report.md`, `table1.csv`, `table2.csv`, `table3.csv`, `significance.csv`,
-`evaluations.csv`, `pareto.csv`, `pareto.png`, `table1_accuracy.png` (suffixed `_<test set>` when the
-store holds evaluations on more than one test set).
+`evaluations.csv`, `pareto.csv`, `pareto.png`, `table1_accuracy.png`, `robustness.csv`,
+`robustness.png` (suffixed `_<test set>` when the store holds evaluations on more than one test set).
 
 Modules: `records` (evaluation runs read through `dynconv.tracking`), `roles` (which study fills which
 column), `compare` (paired McNemar tests), `format` (cells, markdown, CSV), `tables` (Tables 1-3, one
-function each), `render` (sections, Pareto front, overview, `write_report`). Nothing here imports
-`mlflow`; nothing outside the CLI imports this package.
+function each), `robustness` (all models on all subsets; the three arms of issue 14 with per-subset
+McNemar tests and the attribution sentence), `render` (sections, Pareto front, overview,
+`write_report`). Nothing here imports `mlflow`; nothing outside the CLI imports this package.
 """
 
 from dynconv.report.compare import same_test_images

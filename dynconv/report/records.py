@@ -1,7 +1,8 @@
 """The report's input: every rank-1 evaluation run with its study's spec, read through `dynconv.tracking`.
 
-No YAML file and no checkpoint is read: the study's `spec.yaml` artifact (which model, which stem) and
-the evaluation run's `evaluation.json` and `predictions/predictions_<S>.npz`. Imports `dynconv.tracking`
+No YAML file and no checkpoint is read: the study's `spec.yaml` artifact (which model, which stem), the
+evaluated trial's `train.channel_drop` param, and the evaluation run's `evaluation.json` and
+`predictions/predictions_<S>.npz`. Imports `dynconv.tracking`
 (never `mlflow` directly) and `dynconv.report.roles`.
 """
 
@@ -35,6 +36,7 @@ class EvalRecord:
     metrics: dict[str, float]
     dataset: str
     uri: str = field(repr=False)
+    channel_drop: float | None = None  # train.channel_drop of the evaluated trial (None: unknown)
     _correct: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _y_true: np.ndarray | None = field(default=None, repr=False)
 
@@ -94,6 +96,19 @@ def _dataset_label(spec_data: dict[str, Any] | None) -> str:
     )
 
 
+def _channel_drop(uri: str, source_run_id: str, spec: dict[str, Any]) -> float | None:
+    """The channel drop the evaluated trial trained with: its run's param (it may have been searched),
+    else the study spec's; None when neither says."""
+    trial = tracking.try_get_run(uri, source_run_id) if source_run_id else None
+    value = trial.data.params.get("train.channel_drop") if trial is not None else None
+    if value is None:
+        value = (spec.get("train") or {}).get("channel_drop")
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, Any]) -> EvalRecord:
     """One evaluation run as a record: model from the study's spec (else the evaluation's own summary)."""
     tags = run.data.tags
@@ -115,6 +130,7 @@ def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, An
         metrics=dict(run.data.metrics),
         dataset=_dataset_label(spec.get("data")),
         uri=uri,
+        channel_drop=_channel_drop(uri, tags.get(tracking.TAG_SOURCE_RUN, ""), spec),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from dynconv import stats, tracking
 from dynconv.report.format import acc_ci, flops_cell, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord, load_records
+from dynconv.report.robustness import robustness_section
 from dynconv.report.roles import ROLES, TABLE1_PREFERENCE, TABLE2_COLUMNS, pick_roles, role_of
 from dynconv.report.tables import Section, table1, table2, table3
 
@@ -154,7 +155,8 @@ def render_section(
     """All tables, tests and plots for the evaluations on one test set.
 
     The primary test set (the one most studies were evaluated on) always gets Tables 1-3, with "not run"
-    cells for missing studies; other test sets only get the tables some study of theirs fills.
+    cells for missing studies; other test sets only get the tables some study of theirs fills. Every test
+    set gets the robustness table (all its evaluated models on all subsets, and the three arms).
     """
     section = Section()
     chosen = pick_roles(records)
@@ -167,6 +169,7 @@ def render_section(
         table3(chosen, section, out, suffix, elsewhere)
     if not primary and not chosen:
         section.markdown.append("No study on this test set fills Tables 1-3; see the overview below.\n")
+    robustness_section(records, section, out, suffix, elsewhere)
 
     _significance(section, records, out, suffix)
     _pareto(section, records, out, suffix)

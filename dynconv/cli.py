@@ -133,7 +133,7 @@ def _add_data_parsers(sub) -> None:
     p = dsub.add_parser("synth", help="write the embedded synthetic dataset in ImageNet-mini layout")
     p.add_argument("out", type=arg.dir_to_write)
     p.add_argument("--classes", type=_synth_classes, default=10)
-    p.add_argument("--per-class", type=arg.int_range(10, 10_000), default=200)
+    p.add_argument("--per-class", type=arg.int_range(3, 10_000), default=200)  # one image per split
     p.add_argument("--size", type=arg.int_range(16, 1024), default=84)
     p.add_argument("--seed", type=arg.int_range(0, 2**32 - 1), default=0)
     p.set_defaults(func=_cmd_data_synth)

@@ -40,7 +40,7 @@ BAD_ARGS: list[tuple[list[str], str]] = [
     (["data", "synth", "{file}"], "exists and is not a directory"),
     (["data", "synth", "{missing}", "--classes", "1"], "between 2 and"),
     (["data", "synth", "{missing}", "--classes", "1000"], "between 2 and"),
-    (["data", "synth", "{missing}", "--per-class", "-1"], "between 10 and 10000"),
+    (["data", "synth", "{missing}", "--per-class", "-1"], "between 3 and 10000"),
     (["data", "synth", "{missing}", "--size", "8"], "between 16 and 1024, got 8"),
     (["data", "synth", "{missing}", "--seed", "-1"], "between 0 and 4294967295"),
     (["data", "synth", "{missing}", "--seed", "x"], "expected an integer"),

@@ -78,7 +78,11 @@ def _train_workers(state: str | None = None) -> list:
     filters = [("class_name", "=", "RayTrainWorker")]
     if state:
         filters.append(("state", "=", state))
-    return list_actors(filters=filters, detail=True, limit=10_000)
+    import ray
+
+    # This test's cluster, not another Ray instance on the machine.
+    address = ray.get_runtime_context().gcs_address
+    return list_actors(address=address, filters=filters, detail=True, limit=10_000)
 
 
 def _study_in_thread(spec: Any) -> tuple[threading.Thread, dict]:

@@ -243,9 +243,14 @@ def slower_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _trial_actors() -> list:
+    import ray
     from ray.util.state import list_actors
 
-    return list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")], limit=1000)
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address,  # this test's Ray, not another one on the machine
+        filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")],
+        limit=1000,
+    )
 
 
 @pytest.fixture(scope="module")

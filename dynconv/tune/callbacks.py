@@ -33,6 +33,7 @@ class TrialRunCloser(Callback):
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.epochs = epochs
+        self._reported: set[str] = set()  # trials that sent Tune a result in this driver's lifetime
 
     def _run_id(self, trial: Any) -> str | None:
         runs = tracking.find_runs(
@@ -57,10 +58,17 @@ class TrialRunCloser(Callback):
             )
         tracking.end_run(self.tracking_uri, run_id, status)
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._reported.add(trial.trial_id)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = int((trial.last_result or {}).get("epoch", 0))
-        if done < self.epochs:  # resumed from a final checkpoint (e.g. after a SIGKILLed driver): no new
-            done = max(done, logged_epochs(self.tracking_uri, self._run_id(trial)))  # report reached Tune
+        if done < self.epochs and trial.trial_id not in self._reported:
+            # Resumed from a final checkpoint (e.g. after a SIGKILLed driver whose orphaned worker trained
+            # to the end): no new report reached Tune, so count the epochs its MLflow run holds. A trial
+            # the scheduler stopped did report here, and stays KILLED even if its worker logged the
+            # epoch in flight.
+            done = max(done, logged_epochs(self.tracking_uri, self._run_id(trial)))
         self._close(trial, "FINISHED" if done >= self.epochs else "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

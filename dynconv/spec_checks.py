@@ -2,7 +2,8 @@
 constructor, searched ranges against the bounds and type of the `train.*` field they search, the
 trial's resources against what the cluster offers, and the differences between two specs.
 
-`dynconv.spec` calls the first two from its validators (so they run in `load_spec`, before Ray starts);
+The section models (`dynconv.spec_sections`) call the first two from their validators, and `JobSpec`
+(`dynconv.spec`) calls `check_metrics` (so they run in `load_spec`, before Ray starts);
 the study driver calls `check_resources_fit` right after Ray starts and `spec_diff` on `--resume`.
 """
 

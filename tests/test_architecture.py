@@ -18,6 +18,8 @@ RAY_FREE = (
     "models",
     "data",
     "spec.py",
+    "spec_sections.py",
+    "spec_checks.py",
     "flops.py",
     "datasets.py",
     "metrics.py",

@@ -4,6 +4,8 @@ Modules (import them directly; this package imports nothing heavy, so decode wor
 
 * :mod:`dynconv.data.sources` - layouts (ImageNet-mini txt lists, class folders) and their validation
 * :mod:`dynconv.data.cache` - ``prepare()``: decode once into memory-mapped uint8 arrays
+* :mod:`dynconv.data.cache_files` - a cache directory on disk: format, ``PreparedData``, locks, atomic writes
+* :mod:`dynconv.data.decode` - one image file to a uint8 RGB array (EXIF, modes, resize), the decode pool
 * :mod:`dynconv.data.loader` - ``ShardedBatches``: per-rank, per-epoch shuffled uint8 batches
 * :mod:`dynconv.data.augment` - ``normalize()`` and ``BatchAugment(strength)`` on the training device
 * :mod:`dynconv.data.channels` - the seven channel subsets, selection, zero-filling, channel drop

@@ -7,12 +7,10 @@ decode format version), so two studies at different sizes or on different datase
 other's cache. Workers open a cache with the fingerprint the driver prepared (:meth:`PreparedData.open`)
 and fail in one line if it holds anything else.
 
-Layout of a cache directory::
-
-    manifest.json          what it was built from, size, counts, skipped files (written last)
-    {split}_images.u8      raw uint8 array, shape (N, 3, SIZE, SIZE) - NCHW, so batches need no transpose
-    {split}_labels.npy     int64 labels, shape (N,)
-    {split}_files.txt      the relative path of image i on line i (to trace a sample back to its file)
+The layout of a cache directory, reading it (:class:`PreparedData`) and the file-system primitives
+(durable writes, rename into place, locks) are in :mod:`dynconv.data.cache_files`; image decoding is in
+:mod:`dynconv.data.decode`. This module decides where a cache lives, whether it is current, and builds
+it; every public name of the three is importable from here.
 
 The cache is reused while its manifest's fingerprint matches the dataset: the split lists (or folder
 listing), the class list, the size and mtime of every image, the image size and the format version.
@@ -27,25 +25,30 @@ or half-written cache.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
-import uuid
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from dynconv.data.cache_files import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PreparedData,
+    SplitArrays,
+    _lock,
+    _lock_path,
+    _remove_leftovers,
+    _swap_into_place,
+    _write_durable,
+    read_manifest,
+)
+from dynconv.data.decode import _decoder, _usable_cores, decode_and_hash, decode_image
 from dynconv.data.leakage import find_leakage, leakage_line
 from dynconv.data.sources import (
     SPLITS,
@@ -56,174 +59,22 @@ from dynconv.data.sources import (
     require_train_classes,
 )
 
-FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding
-MANIFEST = "manifest.json"
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "PreparedData",
+    "SplitArrays",
+    "cache_location",
+    "decode_and_hash",
+    "decode_image",
+    "default_cache_dir",
+    "fingerprint",
+    "prepare",
+    "print_summary",
+    "read_manifest",
+]
+
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
-
-
-# ------------------------------------------------------------------------------- decode
-
-
-def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode one image file to a ``(3, size, size)`` uint8 RGB array (see :func:`decode_and_hash`)."""
-    return decode_and_hash(path, size)[0]
-
-
-def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
-    """Decode one image file to a ``(3, size, size)`` uint8 RGB array, and a digest of its decoded pixels.
-
-    EXIF orientation is applied first (a phone photo stored sideways is decoded upright).
-    Grayscale, CMYK, palette and 16-bit images are converted; images with transparency (RGBA, LA,
-    palette with a transparent colour) are composited onto white. JPEGs are decoded at a reduced DCT
-    scale when they are at least twice the target size (``Image.draft``), which makes large photos
-    several times cheaper to decode. The resize is bilinear with antialiasing (PIL's default filter
-    support), to exactly ``size x size`` as the seed does (aspect ratio is not kept).
-    The digest (blake2b of the upright RGB pixels and their dimensions, before the resize) is equal
-    for two files exactly when their decoded pixels are: :func:`find_leakage` compares it across splits.
-    Raises whatever PIL raises for unreadable files; the caller turns that into a DataError.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency expressed in bytes"
-        with Image.open(path) as img:
-            img.draft(img.mode, (size, size))
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
-            rgb = _to_rgb(img)
-            digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
-            digest.update(f"{rgb.size}".encode())
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.uint8)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)), digest.hexdigest()
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB" and "transparency" not in img.info:
-        return img
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode.startswith("I"):  # 16/32-bit grayscale: scale to 8 bits instead of clipping
-        arr = np.asarray(img).astype(np.int64)
-        if arr.max(initial=0) > 255:
-            arr = arr // 257
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "F":
-        arr = np.asarray(img)
-        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    return img.convert("RGB")
-
-
-def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
-    """Pool worker: decode one file; never raises, returns (array, pixel digest) or (None, reason)."""
-    path, size = task
-    try:
-        return decode_and_hash(path, size)
-    except FileNotFoundError:
-        return None, "file not found"
-    except Exception as exc:  # any failure to decode is a bad image, reported with its reason
-        return None, f"{type(exc).__name__}: {one_line(exc)}"
-
-
-# ------------------------------------------------------------------------ prepared data
-
-
-@dataclass
-class SplitArrays:
-    """One split of a cache: ``images`` (memmap uint8, N x 3 x H x W) and ``labels`` (int64, N)."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class PreparedData:
-    """A built cache. Cheap to pickle (arrays are re-mapped lazily in the receiving process)."""
-
-    cache_dir: Path
-    size: int
-    num_classes: int
-    class_names: list[str] | None
-    counts: dict[str, int]
-    fingerprint: str
-    _arrays: dict[str, SplitArrays] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    @classmethod
-    def open(cls, cache_dir: Path, fingerprint: str | None = None) -> PreparedData:
-        """Open an existing cache directory (as written by :func:`prepare`).
-
-        ``fingerprint``: the one the caller prepared (a training worker gets the driver's); a cache that
-        holds anything else (rebuilt since, other data, other size) is a one-line DataError, never
-        silently other data.
-        """
-        cache_dir = Path(cache_dir)
-        with _lock(_lock_path(cache_dir), shared=True):
-            manifest = read_manifest(cache_dir)
-            if manifest is None:
-                raise DataError(f"{cache_dir}: no dynconv cache here (missing or unreadable {MANIFEST})")
-            if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
-                found = f"fingerprint {str(manifest.get('fingerprint'))[:12]}, {manifest.get('size')} px"
-                raise DataError(
-                    f"{cache_dir}: the cache holds other data ({found}) "
-                    f"than was prepared (fingerprint {fingerprint[:12]}); "
-                    "the dataset changed or the cache was rebuilt since - start the study again"
-                )
-            return cls._from_manifest(cache_dir, manifest)
-
-    @classmethod
-    def _from_manifest(cls, cache_dir: Path, manifest: dict) -> PreparedData:
-        counts = {s: int(manifest["splits"][s]["count"]) for s in SPLITS}
-        return cls(
-            cache_dir,
-            int(manifest["size"]),
-            int(manifest["num_classes"]),
-            manifest["class_names"],
-            counts,
-            manifest["fingerprint"],
-        )
-
-    def split(self, name: str) -> SplitArrays:
-        """The arrays of split ``name`` (``train``, ``val`` or ``test``), mapped on first use."""
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
-        if name not in self._arrays:
-            with _lock(_lock_path(self.cache_dir), shared=True):
-                manifest = read_manifest(self.cache_dir)
-                if manifest is None or manifest["fingerprint"] != self.fingerprint:
-                    raise DataError(
-                        f"{self.cache_dir}: the cache was removed or rebuilt after it was opened; "
-                        "call dynconv.data.cache.prepare again"
-                    )
-                self._arrays[name] = self._map(name)
-        return self._arrays[name]
-
-    def _map(self, name: str) -> SplitArrays:
-        n, s = self.counts[name], self.size
-        images = np.memmap(self.cache_dir / f"{name}_images.u8", dtype=np.uint8, mode="r", shape=(n, 3, s, s))
-        labels = np.load(self.cache_dir / f"{name}_labels.npy")
-        return SplitArrays(name, images, labels.astype(np.int64, copy=False))
-
-    def files(self, name: str) -> list[str]:
-        """Relative path of every image of a split, in cache order."""
-        return (self.cache_dir / f"{name}_files.txt").read_text(encoding="utf-8").splitlines()
-
-    def manifest(self) -> dict:
-        """The cache's manifest (what it was built from, counts, skipped files, timings)."""
-        manifest = read_manifest(self.cache_dir)
-        if manifest is None:
-            raise DataError(f"{self.cache_dir}: missing or unreadable {MANIFEST}")
-        return manifest
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_arrays"] = {}  # never ship the arrays; the receiver maps the files itself
-        return state
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -332,17 +183,6 @@ def fingerprint(source: DatasetSource, size: int) -> str:
                 stamp = "missing"
             h.update(f"{e.rel}\0{e.label}\0{stamp}\n".encode())
     return h.hexdigest()
-
-
-def read_manifest(cache_dir: Path) -> dict | None:
-    """The manifest of a cache, or None when there is none (or it is unreadable or of another format)."""
-    try:
-        manifest = json.loads((Path(cache_dir) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return None
-    return manifest
 
 
 def _open_if_current(cache_dir: Path, fp: str, skip_bad: bool) -> PreparedData | None:
@@ -470,97 +310,6 @@ def _build_split(
 def _check_train_classes_after_skips(source: DatasetSource, tmp: Path) -> None:
     present = set(np.load(tmp / "train_labels.npy").tolist())
     require_train_classes(source, present, "has no readable training images (all were skipped)")
-
-
-@contextlib.contextmanager
-def _decoder(workers: int) -> Iterator:
-    """A function mapping decode tasks to results in order: in-process, or over a process pool.
-
-    The pool starts its workers from a forkserver, not by forking this process: a process that already
-    runs other threads (Ray's and gRPC's, torch's pools) can hold a lock at the moment of a fork, and
-    the forked child then waits on it forever (seen in the test suite after a Ray test module). Like
-    spawn, this re-imports the caller's main module, so scripts calling `prepare` need the usual
-    `if __name__ == "__main__":` guard.
-    """
-    if workers <= 1:
-        yield lambda tasks: map(_decode_task, tasks)
-        return
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload([__name__])
-    pool = ctx.Pool(workers)
-    try:
-        yield lambda tasks: pool.imap(_decode_task, tasks, chunksize=_chunksize(len(tasks), workers))
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _chunksize(tasks: int, workers: int) -> int:
-    return max(1, min(64, tasks // (8 * workers)))
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _swap_into_place(tmp: Path, cache_dir: Path) -> None:
-    """Rename the finished build onto ``cache_dir``; an old cache is moved aside first, then deleted."""
-    old = None
-    if cache_dir.exists():
-        old = cache_dir.with_name(f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(cache_dir, old)
-    os.rename(tmp, cache_dir)
-    with contextlib.suppress(OSError):
-        fd = os.open(cache_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_leftovers(cache_dir: Path) -> None:
-    """Delete temporary/old directories that an interrupted build left next to ``cache_dir``."""
-    for pattern in (f".{cache_dir.name}.build-*", f".{cache_dir.name}.old-*"):
-        for path in cache_dir.parent.glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-# -------------------------------------------------------------------------------- locks
-
-
-def _lock_path(cache_dir: Path) -> Path:
-    return cache_dir.with_name(f".{cache_dir.name}.lock")
-
-
-@contextlib.contextmanager
-def _lock(path: Path, shared: bool) -> Iterator[None]:
-    """Hold an flock on ``path``. A shared lock on an unwritable location is skipped (read-only cache)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        if shared and exc.errno in (errno.EACCES, errno.EROFS, errno.ENOENT, errno.EPERM):
-            yield
-            return
-        raise DataError(f"{path}: cannot create the cache lock ({one_line(exc)})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # ------------------------------------------------------------------------------ summary

@@ -1,6 +1,6 @@
 """Leakage between splits: images whose decoded pixels are identical in two splits.
 
-The cache hashes every image's decoded pixels during its one decode (``cache.decode_and_hash``), so
+The cache hashes every image's decoded pixels during its one decode (``decode.decode_and_hash``), so
 finding duplicates costs a dictionary lookup per image. The counts go into the cache's manifest and
 its summary; ``dynconv data prepare --strict`` makes any duplicate an error.
 """

@@ -1,0 +1,130 @@
+"""Image decoding for the decode-once cache: one file in, a ``(3, SIZE, SIZE)`` uint8 RGB array out.
+
+:func:`decode_image` and :func:`decode_and_hash` (the array and a digest of the decoded pixels, which
+:mod:`dynconv.data.leakage` compares across splits), and :func:`_decoder`, which maps decode tasks over a
+process pool. Anything that changes the decoded bytes needs a ``FORMAT_VERSION`` bump in
+:mod:`dynconv.data.cache_files`, so old caches are rebuilt.
+
+Pool workers start from a forkserver that preloads this module, so it stays light: numpy, PIL and
+:mod:`dynconv.data.sources` only; never torch, Ray, MLflow or the rest of the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dynconv.data.sources import one_line
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode one image file to a ``(3, size, size)`` uint8 RGB array (see :func:`decode_and_hash`)."""
+    return decode_and_hash(path, size)[0]
+
+
+def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
+    """Decode one image file to a ``(3, size, size)`` uint8 RGB array, and a digest of its decoded pixels.
+
+    EXIF orientation is applied first (a phone photo stored sideways is decoded upright).
+    Grayscale, CMYK, palette and 16-bit images are converted; images with transparency (RGBA, LA,
+    palette with a transparent colour) are composited onto white. JPEGs are decoded at a reduced DCT
+    scale when they are at least twice the target size (``Image.draft``), which makes large photos
+    several times cheaper to decode. The resize is bilinear with antialiasing (PIL's default filter
+    support), to exactly ``size x size`` as the seed does (aspect ratio is not kept).
+    The digest (blake2b of the upright RGB pixels and their dimensions, before the resize) is equal
+    for two files exactly when their decoded pixels are: :func:`find_leakage` compares it across splits.
+    Raises whatever PIL raises for unreadable files; the caller turns that into a DataError.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency expressed in bytes"
+        with Image.open(path) as img:
+            img.draft(img.mode, (size, size))
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)
+            rgb = _to_rgb(img)
+            digest = hashlib.blake2b(rgb.tobytes(), digest_size=16)
+            digest.update(f"{rgb.size}".encode())
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)), digest.hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB: transparency composited onto white, 16/32-bit and float grayscale scaled."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode.startswith("I"):  # 16/32-bit grayscale: scale to 8 bits instead of clipping
+        arr = np.asarray(img).astype(np.int64)
+        if arr.max(initial=0) > 255:
+            arr = arr // 257
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
+    """Pool worker: decode one file; never raises, returns (array, pixel digest) or (None, reason)."""
+    path, size = task
+    try:
+        return decode_and_hash(path, size)
+    except FileNotFoundError:
+        return None, "file not found"
+    except Exception as exc:  # any failure to decode is a bad image, reported with its reason
+        return None, f"{type(exc).__name__}: {one_line(exc)}"
+
+
+# --------------------------------------------------------------------------------- pool
+
+
+@contextlib.contextmanager
+def _decoder(workers: int) -> Iterator:
+    """A function mapping decode tasks to results in order: in-process, or over a process pool.
+
+    The pool starts its workers from a forkserver, not by forking this process: a process that already
+    runs other threads (Ray's and gRPC's, torch's pools) can hold a lock at the moment of a fork, and
+    the forked child then waits on it forever (seen in the test suite after a Ray test module). Like
+    spawn, this re-imports the caller's main module, so scripts calling `prepare` need the usual
+    `if __name__ == "__main__":` guard.
+    """
+    if workers <= 1:
+        yield lambda tasks: map(_decode_task, tasks)
+        return
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__])
+    pool = ctx.Pool(workers)
+    try:
+        yield lambda tasks: pool.imap(_decode_task, tasks, chunksize=_chunksize(len(tasks), workers))
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _chunksize(tasks: int, workers: int) -> int:
+    """Tasks per pool round trip: about 8 chunks per worker (balance), at most 64 (a steady progress bar)."""
+    return max(1, min(64, tasks // (8 * workers)))
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or Ray worker's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -63,6 +63,19 @@ def test_gpu_amount_defaults_to_one_and_reaches_the_worker_resources() -> None:
     assert worker_resources(two)["GPU"] == 2.0
 
 
+def test_ray_train_always_keeps_one_worker_trials_on_a_torch_trainer() -> None:
+    from dynconv.tune.trial import trains_in_trial_actor, trial_resources
+
+    auto = _spec(gpu=True, gpus_per_worker=0.25, workers_per_trial=1, cpus_per_worker=1, driver_cpus=0.25)
+    always = _spec(gpu=True, gpus_per_worker=0.25, workers_per_trial=1, ray_train="always")
+    assert trains_in_trial_actor(auto) and not trains_in_trial_actor(always)
+    assert trial_resources(auto) == {"CPU": 1.25, "GPU": 0.25}, "the actor holds the worker's share"
+    assert trial_resources(always) == {"CPU": always.resources.driver_cpus}, "the driver alone"
+    assert not trains_in_trial_actor(_spec(workers_per_trial=2))
+    with pytest.raises(SpecError, match="ray_train"):
+        _spec(ray_train="sometimes")
+
+
 def test_concurrency_counts_the_gpu_share() -> None:
     cluster = {"CPU": 16.0, "GPU": 1.0}
     base = {"gpu": True, "workers_per_trial": 1, "cpus_per_worker": 1}

@@ -4,8 +4,8 @@ Part 1, end to end: `dynconv tune tune_jobs/resnet18_dynamic.yaml` as a subproce
 synthetic set (50 classes, 84 px), through Ray Tune + Ray Train (use_gpu, NCCL backend, bf16 on CUDA),
 MLflow (parent, one child per trial, evaluation run), evaluation of the best trial on CUDA, to the end.
 The spec is the shipped one with --set overrides for one machine: local paths, one DDP worker per trial
-(one GPU: two ranks cannot share it), 2 trials x 2 epochs. Its exit code, summary tables and the MLflow
-run layout go to the report.
+(one GPU: two ranks cannot share it) in a TorchTrainer (`resources.ray_train: always`), 2 trials x 2
+epochs. Its exit code, summary tables and the MLflow run layout go to the report.
 
 Part 2, packing: the same model and the same total trial-epochs (`--trials` x `--epochs`) at 1, 2, 4, 8
 trials per GPU (`resources.gpus_per_worker` 1, 0.5, 0.25, 0.125), one Ray instance, `run_study` in this
@@ -93,7 +93,14 @@ def run_layout(uri: str, experiment: str) -> list[str]:
 
 
 def end_to_end(work: Path, cpu: bool, out: Path) -> list[str]:
-    sets = {**overrides(work, cpu), "train.epochs": 2, "search.num_samples": 2}
+    # ray_train: always - one-worker trials would otherwise train in their Tune actor; the issue asks for
+    # TorchTrainer(use_gpu) with an NCCL process group, which one GPU allows only at one rank per trial.
+    sets = {
+        **overrides(work, cpu),
+        "train.epochs": 2,
+        "search.num_samples": 2,
+        "resources.ray_train": "always",
+    }
     cmd = [sys.executable, "-m", "dynconv", "tune", str(SPEC.relative_to(REPO)), *as_args(sets)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420)

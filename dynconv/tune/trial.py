@@ -32,8 +32,9 @@ def train_run_name(study_run_name: str, trial_id: str) -> str:
 
 
 def trains_in_trial_actor(spec: JobSpec) -> bool:
-    """Whether a trial of `spec` trains in its Tune trial actor (one worker) instead of a TorchTrainer."""
-    return spec.resources.workers_per_trial == 1
+    """Whether a trial of `spec` trains in its Tune trial actor (one worker, `resources.ray_train: auto`)
+    instead of a TorchTrainer."""
+    return spec.resources.workers_per_trial == 1 and spec.resources.ray_train == "auto"
 
 
 def trial_resources(spec: JobSpec, gpu_resource: str = GPU) -> dict[str, float]:

@@ -29,7 +29,8 @@ def slower_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sub-second epochs would make "at most one epoch lost" a matter of luck rather than of design."""
     from dynconv.data.synth import write_synthetic
 
-    return write_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=150, size=24, seed=0)
+    # ~1 s epochs now that one-worker trials train in their Tune actor: the test can kill mid-trial.
+    return write_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=500, size=24, seed=0)
 
 
 def _spec(tmp_path: Path, dataset: Path) -> Path:
@@ -79,7 +80,7 @@ def _wait_until_mid_study(uri: str, proc: subprocess.Popen, timeout_s: float = 2
         started = [r for r in running if c.get_metric_history(r.info.run_id, "epoch")]
         if finished and started:
             return
-        time.sleep(1.0)
+        time.sleep(0.25)
     raise AssertionError("the study never reached the middle of its second trial")
 
 
@@ -221,8 +222,8 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
             assert len(epochs) == EPOCHS, "a completed trial is not re-run"
         else:
             print(f"epochs trained twice by the resumed trial: {len(epochs) - EPOCHS}")
-            # Not one, as after SIGINT: with the Train controller killed, its worker finishes the epoch in
-            # flight and one more (a report is collected one behind), logging both, before it notices.
-            assert len(epochs) <= EPOCHS + 2, "the resumed trial retrains at most two epochs"
+            # The orphaned trial may persist an epoch or two that the killed driver never registered; the
+            # resumed trial starts from the newest checkpoint on disk, so only the epoch in flight repeats.
+            assert len(epochs) <= EPOCHS + 1, "the resumed trial retrains at most one epoch"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]

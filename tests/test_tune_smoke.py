@@ -234,11 +234,11 @@ IN_ACTOR_EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def slower_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Epochs of a few seconds, so a trial can be killed between two of them."""
+    """Epochs of about a second, so a trial can be killed between two of them."""
     from dynconv.data.synth import write_synthetic
 
     return write_synthetic(
-        tmp_path_factory.mktemp("synthetic_slow"), classes=3, per_class=150, size=24, seed=0
+        tmp_path_factory.mktemp("synthetic_slow"), classes=3, per_class=500, size=24, seed=0
     )
 
 

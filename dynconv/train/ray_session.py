@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,34 @@ def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
         return None
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The state to resume from: the newest epoch among the checkpoint Ray hands back, the checkpoints
+    next to it and those matching `resume_globs` (the trial's own checkpoint directories).
+
+    A worker persists its checkpoint when it reports, but Ray registers it only when the driver (Tune)
+    or the Train controller collects the report. After the driver is SIGKILLed the orphaned worker can
+    persist one or two epochs that the restored study does not know of (or a first checkpoint it never
+    registered); resuming from the newest readable one keeps the retrained epochs to the one in flight.
+    Only local (or mounted shared) storage is scanned; a file cut short by the kill is skipped.
+    """
+    import glob
+
+    import pyarrow.fs
+
+    state = _read_checkpoint(checkpoint)
+    paths = {p for pattern in resume_globs for p in glob.glob(pattern)}
+    if checkpoint is not None and isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        paths |= {str(p) for p in Path(checkpoint.path).parent.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
+    for path in sorted(paths):
+        try:
+            other = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a torn file: the registered checkpoint still stands
+            continue
+        if state is None or int(other.get("epoch", 0)) > int(state.get("epoch", 0)):
+            state = other
+    return state
 
 
 def _log_epoch(
@@ -41,7 +70,11 @@ class RaySession:
     """
 
     def __init__(
-        self, tracking_uri: str | None = None, run_id: str | None = None, spool: Path | None = None
+        self,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        spool: Path | None = None,
+        resume_globs: Sequence[str] = (),
     ) -> None:
         import ray.train
         import ray.train.torch
@@ -53,6 +86,7 @@ class RaySession:
         self._tracking_uri = tracking_uri
         self._run_id = run_id
         self._spool = spool  # where epochs wait while MLflow is unreachable (dynconv.tracking.spool)
+        self._resume_globs = resume_globs  # the trial's checkpoint files on disk (see `_latest_state`)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -67,7 +101,7 @@ class RaySession:
     def load_checkpoint(self) -> dict[str, Any] | None:
         import ray.train
 
-        return _read_checkpoint(ray.train.get_checkpoint())
+        return _latest_state(ray.train.get_checkpoint(), self._resume_globs)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.train
@@ -98,11 +132,13 @@ class TuneSession:
         tracking_uri: str | None = None,
         run_id: str | None = None,
         spool: Path | None = None,
+        resume_globs: Sequence[str] = (),
     ) -> None:
         self.device = device
         self._tracking_uri = tracking_uri
         self._run_id = run_id
         self._spool = spool  # as RaySession's
+        self._resume_globs = resume_globs
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -113,7 +149,7 @@ class TuneSession:
     def load_checkpoint(self) -> dict[str, Any] | None:
         import ray.tune
 
-        return _read_checkpoint(ray.tune.get_checkpoint())
+        return _latest_state(ray.tune.get_checkpoint(), self._resume_globs)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.tune
@@ -154,7 +190,8 @@ def train_worker(config: dict[str, Any]) -> None:
     quiet_ray_train_logs()
 
     def session(spec: Any) -> RaySession:
-        return RaySession(config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
+        globs = config.get("resume_globs", ())
+        return RaySession(config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec), globs)
 
     _fit_from_config(config, session)
 
@@ -164,6 +201,7 @@ def train_in_trial_actor(config: dict[str, Any]) -> None:
 
     def session(spec: Any) -> TuneSession:
         device = torch.device("cuda" if config.get("use_cuda", spec.resources.gpu) else "cpu")
-        return TuneSession(device, config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec))
+        uri, run_id, globs = config.get("tracking_uri"), config.get("run_id"), config.get("resume_globs", ())
+        return TuneSession(device, uri, run_id, _spool_dir(spec), globs)
 
     _fit_from_config(config, session)

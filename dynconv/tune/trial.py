@@ -18,7 +18,10 @@ final checkpoint artifact).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from dynconv import tracking
@@ -93,12 +96,49 @@ def _open_trial_run(spec: JobSpec, params: dict[str, Any], study: dict[str, Any]
     return run_id
 
 
+def wait_until_tune_saved_trial(experiment_dir: Path, trial_id: str, timeout_s: float) -> bool:
+    """Wait until Tune's saved experiment state (`experiment_state-*.json`) lists this trial.
+
+    Tune saves that state every `TUNE_GLOBAL_CHECKPOINT_S`; a trial created in between is unknown to a
+    study restored after the driver is SIGKILLed, which would suggest it again under a new id. A trial
+    that waits for the save before opening its MLflow run leaves no orphaned run in that case. Returns
+    whether the trial was listed (after `timeout_s` it goes on anyway: never block a study on this).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for state in experiment_dir.glob("experiment_state-*.json"):
+            with contextlib.suppress(OSError):
+                if trial_id in state.read_text(encoding="utf-8", errors="replace"):
+                    return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _checkpoint_globs(spec: JobSpec, study: dict[str, Any], trial_id: str) -> list[str]:
+    """Where this trial's checkpoints land: Tune's trial directory (training in the trial actor) or the
+    trial's Ray Train run (a TorchTrainer). A resumed trial starts from the newest one it finds there."""
+    if trains_in_trial_actor(spec):
+        where = Path(spec.storage_uri()) / study["run_name"] / f"*_{trial_id}_*"
+    else:
+        where = Path(spec.storage_uri()) / train_run_name(study["run_name"], trial_id)
+    return [str(where / "checkpoint_*" / "state.pt")]
+
+
 def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[str, Any]) -> None:
     """Tune trainable: one trial with hyperparameters `params` applied to the study's spec."""
+    import ray.tune
+
     from dynconv.train.ray_session import quiet_ray_train_logs
 
     quiet_ray_train_logs()
     spec = JobSpec.model_validate(spec_json).with_params(params)
+    storage, trial_id = spec.storage_uri(), ray.tune.get_context().get_trial_id()
+    local = "://" not in storage  # local or mounted shared storage: Tune's state and checkpoints readable
+    if local:
+        period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "2")  # dynconv's default; "auto": >= 10 s
+        period = float(period) if period.replace(".", "", 1).isdigit() else 10.0
+        wait_until_tune_saved_trial(Path(storage) / study["run_name"], trial_id, 3 * period + 1)
     run_id = _open_trial_run(spec, params, study)
     train_loop_config = {
         "spec": spec.to_json_dict(),
@@ -107,6 +147,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
         "tracking_uri": study["tracking_uri"],
         "run_id": run_id,
         "use_cuda": uses_cuda(spec, study.get("gpu_resource", GPU)),
+        "resume_globs": _checkpoint_globs(spec, study, trial_id) if local else [],
     }
     if trains_in_trial_actor(spec):
         from dynconv.train.ray_session import train_in_trial_actor

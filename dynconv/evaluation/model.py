@@ -70,15 +70,9 @@ def evaluate_model(
                 name, labels, y_pred, top5_hit, data.num_classes, flops, params, latency, throughput
             )
         )
-    rgb = next((r for r in results if r.subset == "RGB"), None)
-    if rgb is not None:
-        for r in results:
-            if r is not rgb:
-                r.vs_rgb = stats.mcnemar(r.correct_mask, rgb.correct_mask)
+    _compare_with_rgb(results)
 
-    model_args = dict(getattr(model, "model_args", {}) or {})
-    model_name = str(model_args.pop("name", type(model).__name__))
-    model_args.pop("num_classes", None)
+    model_name, model_args = _model_identity(model)
     return Evaluation(
         model_name=model_name,
         model_args=model_args,
@@ -93,6 +87,23 @@ def evaluate_model(
         results=results,
         speed=speed,
     )
+
+
+def _compare_with_rgb(results: list[SubsetResult]) -> None:
+    """McNemar's test of every subset against the RGB input on the same images (when RGB was evaluated)."""
+    rgb = next((r for r in results if r.subset == "RGB"), None)
+    if rgb is not None:
+        for r in results:
+            if r is not rgb:
+                r.vs_rgb = stats.mcnemar(r.correct_mask, rgb.correct_mask)
+
+
+def _model_identity(model) -> tuple[str, dict[str, Any]]:
+    """(model name, constructor arguments but `num_classes`) as the model registry recorded them on it."""
+    model_args = dict(getattr(model, "model_args", {}) or {})
+    model_name = str(model_args.pop("name", type(model).__name__))
+    model_args.pop("num_classes", None)
+    return model_name, model_args
 
 
 def _subset_result(

@@ -220,38 +220,11 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
     if spec.train.compile:
         model = torch.compile(model)
 
-    train_split, val_split = data.split("train"), data.split("val")
-    train_batches = ShardedBatches(
-        train_split.images,
-        train_split.labels,
-        spec.train.batch_size,
-        rank=session.rank,
-        world_size=session.world_size,
-        shuffle=True,
-        drop_last=True,
-        seed=seed,
-    )
-    val_batches = ShardedBatches(
-        val_split.images,
-        val_split.labels,
-        spec.train.batch_size * 2,
-        rank=session.rank,
-        world_size=session.world_size,
-        shuffle=False,
-        drop_last=False,
-    )
+    train_batches, val_batches = _shard_batches(spec, data, session)
     optimizer = build_optimizer(spec.train, model)
     scheduler = build_scheduler(spec.train, optimizer, len(train_batches))
+    start_epoch, metrics = _resume(session, model, optimizer, scheduler)
 
-    start_epoch = 0
-    resumed = session.load_checkpoint()
-    if resumed is not None:
-        unwrap(model).load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        start_epoch = int(resumed["epoch"])
-
-    metrics: dict[str, float] = dict(resumed["metrics"]) if resumed is not None else {}
     for epoch in range(start_epoch, spec.train.epochs):
         t0 = time.perf_counter()
         train_batches.set_epoch(epoch)
@@ -263,22 +236,82 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
             spec, model, val_batches, session, precision, dynamic, metrics, epoch, va["acc"]
         )
         seconds = time.perf_counter() - t0  # the whole epoch: training, validation, subset validation
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "val_loss": va["loss"],
-            "val_acc": va["acc"],
-            "val_top5": va["top5"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": seconds,
-            "train_images_per_second": tr["count"] / train_seconds,
-            "world_size": session.world_size,
-            **subsets,
-            **peak_device_memory(session.device),
-        }
-        if isinstance(spec.search.metric, dict):
-            metrics["objective"] = weighted_objective(spec.search.metric, metrics)
+        lr = optimizer.param_groups[0]["lr"]
+        metrics = _epoch_metrics(spec, session, epoch, tr, va, subsets, lr, seconds, train_seconds)
         state = checkpoint_state(spec, model, optimizer, scheduler, epoch + 1, data.num_classes, metrics)
         session.report(metrics, state)
+    return metrics
+
+
+def _shard_batches(
+    spec: JobSpec, data: PreparedData, session: Session
+) -> tuple[ShardedBatches, ShardedBatches]:
+    """This rank's shards: training (shuffled by `train.seed` and the epoch, whole batches only) and
+    validation (in order, at twice the batch size)."""
+    train_split, val_split = data.split("train"), data.split("val")
+    train_batches = ShardedBatches(
+        train_split.images,
+        train_split.labels,
+        spec.train.batch_size,
+        rank=session.rank,
+        world_size=session.world_size,
+        shuffle=True,
+        drop_last=True,
+        seed=spec.train.seed,
+    )
+    val_batches = ShardedBatches(
+        val_split.images,
+        val_split.labels,
+        spec.train.batch_size * 2,
+        rank=session.rank,
+        world_size=session.world_size,
+        shuffle=False,
+        drop_last=False,
+    )
+    return train_batches, val_batches
+
+
+def _resume(
+    session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[int, dict[str, float]]:
+    """(first epoch to train, last reported metrics): restores model, optimizer and scheduler from the
+    session's checkpoint when there is one, else (0, {})."""
+    resumed = session.load_checkpoint()
+    if resumed is None:
+        return 0, {}
+    unwrap(model).load_state_dict(resumed["model"])
+    optimizer.load_state_dict(resumed["optimizer"])
+    scheduler.load_state_dict(resumed["scheduler"])
+    return int(resumed["epoch"]), dict(resumed["metrics"])
+
+
+def _epoch_metrics(
+    spec: JobSpec,
+    session: Session,
+    epoch: int,
+    tr: dict[str, float],
+    va: dict[str, float],
+    subsets: dict[str, float],
+    lr: float,
+    seconds: float,
+    train_seconds: float,
+) -> dict[str, float]:
+    """The metrics one epoch reports (0-based `epoch`), in this order; `objective` when the spec ranks
+    trials on a weighted mix of metrics."""
+    metrics = {
+        "epoch": epoch + 1,
+        "train_loss": tr["loss"],
+        "train_acc": tr["acc"],
+        "val_loss": va["loss"],
+        "val_acc": va["acc"],
+        "val_top5": va["top5"],
+        "lr": lr,
+        "epoch_seconds": seconds,
+        "train_images_per_second": tr["count"] / train_seconds,
+        "world_size": session.world_size,
+        **subsets,
+        **peak_device_memory(session.device),
+    }
+    if isinstance(spec.search.metric, dict):
+        metrics["objective"] = weighted_objective(spec.search.metric, metrics)
     return metrics

@@ -1,0 +1,83 @@
+"""The study's MLflow parent run: open a new one (named, tagged with its Tune path, spec.yaml logged) or
+find the one `--resume` continues, refusing a spec that changed since the study started.
+
+Used by the study driver (`dynconv.tune.study`) before Ray starts. Talks to MLflow only through
+`dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dynconv import tracking
+from dynconv.errors import DynconvError
+from dynconv.names import one_study_run
+from dynconv.spec import JobSpec
+from dynconv.spec_checks import spec_diff
+from dynconv.tune.search import describe_space
+
+
+def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | str) -> tuple[str, str, str]:
+    """(parent_run_id, run_name, tune_path): a new study run, or the one of this study to resume.
+
+    `resume` is True (the study's only run) or a study run id (when the name matches several runs).
+    """
+    if resume:
+        run = resume_run(spec, uri, experiment_id, resume)
+        _refuse_changed_spec(spec, uri, run.info.run_id)
+        tune_path = run.data.tags.get(tracking.TAG_TUNE_PATH, "")
+        if not Path(tune_path).exists() and "://" not in tune_path:
+            raise DynconvError(f"--resume: the study's Tune state {tune_path!r} is gone; start a new study")
+        tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, Path(tune_path).name, tune_path
+    run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # never collides
+    tune_path = f"{spec.storage_uri().rstrip('/')}/{run_name}"
+    params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
+    parent = tracking.start_study_run(uri, experiment_id, spec.study, params)
+    tracking.set_tags(uri, parent, {tracking.TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
+    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
+        spec_file = Path(tmp) / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
+        tracking.log_artifact(uri, parent, spec_file)
+    return parent, run_name, tune_path
+
+
+def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
+    """`--resume` continues the same study: a spec changed in anything but search.num_samples is refused
+    (a mixed study would compare trials trained differently). Compared with the parent run's spec.yaml."""
+    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
+        try:
+            path = tracking.client(uri).download_artifacts(run_id, "spec.yaml", tmp)
+            logged = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({first})") from None
+    changed = spec_diff(logged, spec.to_json_dict())
+    if changed:
+        raise DynconvError(
+            f"--resume: the spec changed since the study started ({', '.join(changed)}); only "
+            "search.num_samples may change - undo the change, or start a fresh study: run without --resume"
+        )
+
+
+def resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool | str) -> Any:
+    """The one study run `--resume` [RUN_ID] means, or a one-line error (none, or several by that name)."""
+    runs = (
+        []
+        if experiment_id is None
+        else tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
+    )
+    if isinstance(resume, str):
+        runs = [r for r in runs if r.info.run_id == resume]
+    if not runs:
+        which = f" with run id {resume}" if isinstance(resume, str) else ""
+        raise DynconvError(
+            f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
+        )
+    return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")

@@ -5,6 +5,7 @@ Each case runs the real CLI in a subprocess (its own local Ray), so the signal r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -227,3 +228,12 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
             assert len(epochs) <= EPOCHS + 1, "the resumed trial retrains at most one epoch"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]
+    # The killed Ray's dashboard and runtime-env agents outlive it (seen: still there after the resumed
+    # study finished), holding the agent's default port, which made the next Ray on the machine refuse
+    # job submissions ("No available agent"). Stop them so later tests get a clean machine.
+    leftover = _alive(set(ray_procs))
+    names = sorted(ray_procs[p][:40] for p in leftover)
+    print(f"the killed Ray's processes still alive after the resume: {names}")
+    for pid in leftover:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -41,10 +41,13 @@ def head():
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: unix socket paths are length-limited
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    # A free agent port too: the default (52365) may still be held by an agent of a Ray killed earlier
+    # on this machine (tests/test_interrupt_resume.py kills one), and then no job can be submitted.
     subprocess.run(
         [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--num-cpus=2",
-         "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--dashboard-agent-listen-port={agent}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
         check=True, env=env, capture_output=True, timeout=120,
     )  # fmt: skip
     yield f"http://127.0.0.1:{dashboard}", env

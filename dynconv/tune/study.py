@@ -44,7 +44,7 @@ __all__ = ["StudyResult", "TrialSummary", "format_summary", "run_study"]
 
 _open_parent_run = open_parent_run  # the name tests and benchmarks/bad_inputs.py import from here
 
-TUNE_STATE_PERIOD_S = 2
+TUNE_STATE_PERIOD_S = 1
 """Seconds between saves of Tune's experiment state: what a SIGKILLed driver can lose at most."""
 
 

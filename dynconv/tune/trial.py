@@ -136,7 +136,8 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
     storage, trial_id = spec.storage_uri(), ray.tune.get_context().get_trial_id()
     local = "://" not in storage  # local or mounted shared storage: Tune's state and checkpoints readable
     if local:
-        period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "2")  # dynconv's default; "auto": >= 10 s
+        tracking.client(study["tracking_uri"])  # imports MLflow (~1 s) while Tune saves its state
+        period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "1")  # dynconv's default; "auto": >= 10 s
         period = float(period) if period.replace(".", "", 1).isdigit() else 10.0
         wait_until_tune_saved_trial(Path(storage) / study["run_name"], trial_id, 3 * period + 1)
     run_id = _open_trial_run(spec, params, study)

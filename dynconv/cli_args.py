@@ -30,16 +30,22 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def subset_list(text: str) -> str:
-    """A comma-separated list of channel subsets (RGB, RG, RB, GB, R, G, B), checked, returned as given."""
-    from dynconv.data.channels import parse_subsets
+def _checked_by(check, text: str) -> str:
+    """`text` unchanged once `check(text)` passes; its DynconvError becomes argparse's one-line error."""
     from dynconv.errors import DynconvError
 
     try:
-        parse_subsets(text)
+        check(text)
     except DynconvError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def subset_list(text: str) -> str:
+    """A comma-separated list of channel subsets (RGB, RG, RB, GB, R, G, B), checked, returned as given."""
+    from dynconv.data.channels import parse_subsets
+
+    return _checked_by(parse_subsets, text)
 
 
 def existing_file(text: str) -> str:
@@ -90,14 +96,9 @@ def non_empty(text: str) -> str:
 
 def tracking_uri(text: str) -> str:
     """An MLflow tracking URI with a scheme MLflow knows, or a plain local path."""
-    from dynconv.errors import DynconvError
     from dynconv.store_access import check_uri_scheme
 
-    try:
-        check_uri_scheme(text)
-    except DynconvError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return _checked_by(check_uri_scheme, text)
 
 
 def run_id(text: str) -> str:

@@ -1,10 +1,11 @@
 """Checks of a job spec that look beyond its own fields: model arguments against the registered
 constructor, searched ranges against the bounds and type of the `train.*` field they search, the
-trial's resources against what the cluster offers, and the differences between two specs.
+metrics a search names, and the differences between two specs.
 
 The section models (`dynconv.spec_sections`) call the first two from their validators, and `JobSpec`
-(`dynconv.spec`) calls `check_metrics` (so they run in `load_spec`, before Ray starts);
-the study driver calls `check_resources_fit` right after Ray starts and `spec_diff` on `--resume`.
+(`dynconv.spec`) calls `check_metrics` (so they run in `load_spec`, before Ray starts); the study
+driver calls `spec_diff` on `--resume`. Whether a trial fits the cluster needs Ray and is checked right
+after Ray starts (`dynconv.tune.capacity.check_resources_fit`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from dynconv.errors import DynconvError
-
 # Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
 # MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
 SAFE_NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -27,10 +26,6 @@ SAFE_EXPERIMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9 _.,:+=@-]{0,199}$"
 
 # Arguments a model entry point fills in itself (never taken from `model.args`).
 _SUPPLIED = {"self", "num_classes", "layers"}
-
-
-class ResourcesError(DynconvError):
-    """A trial needs more than the cluster can ever offer."""
 
 
 def _strict(annotation: Any, metadata: list[Any] | None = None) -> TypeAdapter:
@@ -125,48 +120,6 @@ def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> Non
             raise ValueError(
                 f"{where}: {metric!r} is not a metric trials report{hint}; choose one of {', '.join(known)}"
             )
-
-
-# -------------------------------------------------------------------------------- resources
-
-
-def trial_demand(spec: Any, gpu_resource: str = "GPU") -> dict[str, float]:
-    """Everything one trial holds at once: its driver plus `workers_per_trial` DDP workers, each with
-    its GPU share (`resources.gpus_per_worker`) of `gpu_resource` ("GPU"; tests use a stand-in)."""
-    r = spec.resources
-    demand = {"CPU": r.driver_cpus + r.workers_per_trial * r.cpus_per_worker}
-    if r.gpu:
-        demand[gpu_resource] = r.workers_per_trial * r.gpus
-    for name, amount in r.worker_resources.items():
-        demand[name] = demand.get(name, 0.0) + amount * r.workers_per_trial
-    if r.driver_resource:
-        demand[r.driver_resource] = demand.get(r.driver_resource, 0.0) + 0.01
-    return demand
-
-
-def check_resources_fit(spec: Any, cluster_resources: dict[str, float], gpu_resource: str = "GPU") -> None:
-    """Raise a one-line ResourcesError when one trial needs more of a resource than the cluster has.
-
-    `cluster_resources`: the most the cluster can offer (Ray's `cluster_resources()`, or the autoscaler's
-    maximum where it is larger). Without this check Ray waits forever for a placement that cannot exist.
-    """
-    r = spec.resources
-    for name, need in trial_demand(spec, gpu_resource).items():
-        have = float(cluster_resources.get(name, 0.0))
-        if need <= have + 1e-9:
-            continue
-        if name == "CPU":
-            what = f"{r.workers_per_trial} workers x {r.cpus_per_worker:g} CPU + {r.driver_cpus:g} driver CPU"
-            fix = "lower resources.workers_per_trial or resources.cpus_per_worker"
-        elif name == gpu_resource:
-            what = f"{r.workers_per_trial} workers x {r.gpus:g} GPU"
-            fix = "lower resources.workers_per_trial, set resources.gpu: false, or add GPU nodes"
-        else:
-            what = f"resource {name!r}"
-            fix = f"add nodes offering {name!r} or change resources.worker_resources / driver_resource"
-        raise ResourcesError(
-            f"resources: one trial needs {what} = {need:g} {name} but the cluster has at most {have:g}; {fix}"
-        )
 
 
 # ---------------------------------------------------------------------------------- diff

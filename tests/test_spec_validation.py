@@ -14,7 +14,8 @@ import yaml
 from dynconv.errors import DynconvError
 from dynconv.metrics import reported_metrics
 from dynconv.spec import JobSpec, SpecError, load_spec, parse_spec
-from dynconv.spec_checks import ResourcesError, check_resources_fit, spec_diff
+from dynconv.spec_checks import spec_diff
+from dynconv.tune.capacity import ResourcesError, check_resources_fit
 from tests.conftest import TINY_SPEC
 
 

@@ -86,27 +86,20 @@ def build_scheduler(spec: JobSpec):
     )
 
 
-def trial_resources(spec: JobSpec) -> dict[str, float]:
-    """Resources of one trial's driver (the Tune trial actor). Its workers are reserved by Ray Train."""
-    res = {"CPU": spec.resources.driver_cpus}
-    if spec.resources.driver_resource:
-        res[spec.resources.driver_resource] = 0.01
-    return res
-
-
 def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float], gpu_resource: str = "GPU") -> int:
     """How many trials fit at once: driver + workers per trial against the cluster's CPUs and GPUs.
 
     A fractional `gpus_per_worker` counts as such: at 0.25, four one-worker trials fit on one GPU.
     """
-    from dynconv.tune.resources import worker_resources
+    from dynconv.tune.resources import trial_demand
 
     if spec.search.max_concurrent:
         return spec.search.max_concurrent
-    r = spec.resources
-    per_trial_cpu = r.driver_cpus + r.workers_per_trial * r.cpus_per_worker
-    fits = int(cluster.get("CPU", 1) // per_trial_cpu)
-    for name, amount in worker_resources(spec, gpu_resource).items():
-        if name != "CPU":  # a small tolerance: Ray keeps resources in 1e-4 units, 3 x (1/3) must fit in 1
-            fits = min(fits, int(cluster.get(name, 0) / (amount * r.workers_per_trial) + 1e-6))
+    demand = trial_demand(spec, gpu_resource)
+    fits = int(cluster.get("CPU", 1) // demand.pop("CPU"))
+    for (
+        name,
+        need,
+    ) in demand.items():  # a small tolerance: Ray keeps resources in 1e-4 units, 3 x (1/3) fit in 1
+        fits = min(fits, int(cluster.get(name, 0) / need + 1e-6))
     return max(1, min(fits, spec.search.num_samples))

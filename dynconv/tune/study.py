@@ -20,9 +20,8 @@ from dynconv import tracking
 from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
-from dynconv.spec_checks import check_resources_fit
 from dynconv.store_access import check_uri_scheme
-from dynconv.tune.capacity import cluster_capacity
+from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.incomplete import check_mlflow_runs
 from dynconv.tune.parent_run import open_parent_run, resume_run

@@ -26,33 +26,14 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.spec import JobSpec
-from dynconv.tune.resources import GPU, uses_cuda, worker_resources
+from dynconv.tune.resources import GPU, trains_in_trial_actor, trial_resources, uses_cuda, worker_resources
+
+__all__ = ["run_trial", "trains_in_trial_actor", "trial_resources", "tune_max_failures"]
 
 
 def train_run_name(study_run_name: str, trial_id: str) -> str:
     """Ray Train run name of a trial: stable across trial retries and Tuner.restore."""
     return f"{study_run_name}-{trial_id}"
-
-
-def trains_in_trial_actor(spec: JobSpec) -> bool:
-    """Whether a trial of `spec` trains in its Tune trial actor (one worker, `resources.ray_train: auto`)
-    instead of a TorchTrainer."""
-    return spec.resources.workers_per_trial == 1 and spec.resources.ray_train == "auto"
-
-
-def trial_resources(spec: JobSpec, gpu_resource: str = GPU) -> dict[str, float]:
-    """What Tune reserves for one trial actor: its driver's share, plus the worker when it trains there.
-
-    A trial that trains in its actor goes where a worker would go, so it does not ask for the
-    driver-only resource (`resources.driver_resource`, which keeps drivers off the GPU nodes); its GPU
-    share (`resources.gpus_per_worker`, possibly a fraction) is the actor's.
-    """
-    from dynconv.tune.search import trial_resources as driver_resources
-
-    if not trains_in_trial_actor(spec):
-        return driver_resources(spec)
-    worker = worker_resources(spec, gpu_resource)
-    return {**worker, "CPU": spec.resources.driver_cpus + worker["CPU"]}
 
 
 def tune_max_failures(spec: JobSpec) -> int:

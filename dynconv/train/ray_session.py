@@ -25,23 +25,20 @@ def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
 
 
 def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The state to resume from: the newest epoch among the checkpoint Ray hands back, the checkpoints
-    next to it and those matching `resume_globs` (the trial's own checkpoint directories).
+    """The state to resume from: the newest epoch among the checkpoint Ray hands back and those matching
+    `resume_globs` (the trial's own checkpoint files, on local or mounted shared storage).
 
     A worker persists its checkpoint when it reports, but Ray registers it only when the driver (Tune)
     or the Train controller collects the report. After the driver is SIGKILLed the orphaned worker can
     persist one or two epochs that the restored study does not know of (or a first checkpoint it never
     registered); resuming from the newest readable one keeps the retrained epochs to the one in flight.
-    Only local (or mounted shared) storage is scanned; a file cut short by the kill is skipped.
+    A file cut short by the kill is skipped.
     """
     import glob
 
-    import pyarrow.fs
-
     state = _read_checkpoint(checkpoint)
-    paths = {p for pattern in resume_globs for p in glob.glob(pattern)}
-    if checkpoint is not None and isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
-        paths |= {str(p) for p in Path(checkpoint.path).parent.glob(f"checkpoint_*/{CHECKPOINT_FILE}")}
+    registered = str(Path(checkpoint.path) / CHECKPOINT_FILE) if checkpoint is not None else None
+    paths = {p for pattern in resume_globs for p in glob.glob(pattern)} - {registered}
     for path in sorted(paths):
         try:
             other = torch.load(path, map_location="cpu", weights_only=True)

@@ -222,7 +222,15 @@ def _study_context(
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,
         "gpu_resource": gpu_resource,
+        "tune_state_period_s": _tune_state_period_s(),
     }
+
+
+def _tune_state_period_s() -> float:
+    """Seconds between Tune's saves of its experiment state, as this driver runs it ("auto": 10 s or
+    more, so 10). Trials wait up to a few periods for the save that lists them (`dynconv.tune.trial`)."""
+    value = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
+    return float(value) if value.replace(".", "", 1).isdigit() else 10.0
 
 
 def _build_or_restore_tuner(

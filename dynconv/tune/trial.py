@@ -118,9 +118,8 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
     local = "://" not in storage  # local or mounted shared storage: Tune's state and checkpoints readable
     if local:
         tracking.client(study["tracking_uri"])  # imports MLflow (~1 s) while Tune saves its state
-        period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "1")  # dynconv's default; "auto": >= 10 s
-        period = float(period) if period.replace(".", "", 1).isdigit() else 10.0
-        wait_until_tune_saved_trial(Path(storage) / study["run_name"], trial_id, 3 * period + 1)
+        timeout_s = 3 * study["tune_state_period_s"] + 1
+        wait_until_tune_saved_trial(Path(storage) / study["run_name"], trial_id, timeout_s)
     run_id = _open_trial_run(spec, params, study)
     train_loop_config = {
         "spec": spec.to_json_dict(),

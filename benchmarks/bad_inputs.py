@@ -42,7 +42,7 @@ def _setup(tmp: Path) -> dict[str, str]:
     from dynconv import tracking
     from dynconv.data.synth import write_synthetic
     from dynconv.spec import parse_spec
-    from dynconv.tune.study import _open_parent_run
+    from dynconv.tune.parent_run import open_parent_run
     from tests.conftest import tiny_spec_dict
 
     ds = write_synthetic(tmp / "synthetic", classes=3, per_class=40, size=16, seed=0)
@@ -55,7 +55,7 @@ def _setup(tmp: Path) -> dict[str, str]:
     uri = spec.tracking_uri()
     exp = tracking.ensure_experiment(uri, spec.experiment)
     for _ in range(2):  # two fresh studies of one name, as after two `dynconv tune tiny.yaml`
-        _, _, tune_path = _open_parent_run(spec, uri, exp, resume=False)
+        _, _, tune_path = open_parent_run(spec, uri, exp, resume=False)
         Path(tune_path).mkdir(parents=True)
     bad = tmp / "labels"  # test.txt holds a label above the train split's labels
     bad.mkdir()

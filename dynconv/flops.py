@@ -142,6 +142,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in unwrap_model(model).parameters())
 
 
+def model_facts(model: nn.Module, image_size: int) -> dict[str, float]:
+    """What a trial run records about its model: `flops` (all channels, at `image_size`) and `params`."""
+    return {"flops": count_flops(model, image_size=image_size), "params": count_params(model)}
+
+
 def flops_table(
     image_size: int = 84,
     num_classes: int = 50,

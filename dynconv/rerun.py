@@ -93,10 +93,8 @@ def with_epochs(spec, epochs: int | None) -> tuple[Any, list[str]]:
 
 def spec_params(spec) -> dict[str, Any]:
     """The params a trial run logs for its spec (same keys, so the UI can compare them column by column)."""
-    from dynconv.tune.trial import flat_spec
-
     searched = {k: getattr(spec.train, k) for k in spec.search.space}
-    return {**searched, "model": spec.model.name, **flat_spec(spec)}
+    return tracking.run_params(spec, searched)
 
 
 def check_against_logged(spec, logged: dict[str, str]) -> list[str]:

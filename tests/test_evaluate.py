@@ -92,9 +92,9 @@ def train_trial(
 ) -> str:
     """Train one trial locally and log it like a Tune trial: params, epoch metrics, checkpoint, outcome."""
     from dynconv.datasets import prepare_for_spec
-    from dynconv.train.loop import fit
+    from dynconv.flops import model_facts
+    from dynconv.train.loop import build_model, fit
     from dynconv.train.session import LocalSession
-    from dynconv.tune.trial import flat_spec, log_model_facts
 
     spec = spec.with_params(params)
     run_id, _ = tracking.ensure_child_run(
@@ -106,9 +106,10 @@ def train_trial(
         run_name=f"trial_{key}",
         tags={tracking.TAG_STUDY: spec.study},
     )
-    tracking.log_params(uri, run_id, {**params, "model": spec.model.name, **flat_spec(spec)})
+    tracking.log_params(uri, run_id, tracking.run_params(spec, params))
     data = prepare_for_spec(spec, progress=False)
-    log_model_facts(uri, run_id, spec, data.num_classes)
+    model = build_model(spec, data.num_classes)
+    tracking.log_metrics(uri, run_id, model_facts(model, spec.data.image_size))
     session = LocalSession(
         device="cpu", on_report=lambda m, _s: tracking.log_metrics(uri, run_id, m, step=int(m["epoch"]))
     )

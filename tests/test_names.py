@@ -36,7 +36,7 @@ def test_one_study_run_rule() -> None:
 def twin_store(tmp_path_factory, tiny_dataset) -> dict:
     """Two study runs of study 'twin' (as after two fresh `dynconv tune` of one spec), one of 'solo'."""
     from dynconv.spec import parse_spec
-    from dynconv.tune.study import _open_parent_run
+    from dynconv.tune.parent_run import open_parent_run
 
     tmp = tmp_path_factory.mktemp("names")
     data = tiny_spec_dict(tmp, tiny_dataset, study="twin")
@@ -44,7 +44,7 @@ def twin_store(tmp_path_factory, tiny_dataset) -> dict:
     spec = parse_spec(data).resolved()
     uri = spec.tracking_uri()
     exp = tracking.ensure_experiment(uri, spec.experiment)
-    opened = [_open_parent_run(spec, uri, exp, resume=False) for _ in range(2)]  # within a second
+    opened = [open_parent_run(spec, uri, exp, resume=False) for _ in range(2)]  # within a second
     for _, _, tune_path in opened:
         Path(tune_path).mkdir(parents=True)
     solo = tracking.start_study_run(uri, exp, "solo", {})
@@ -80,15 +80,15 @@ def test_cli_lists_the_run_ids(command, twin_store, capsys) -> None:
 
 
 def test_resume_refuses_an_ambiguous_name_and_takes_a_run_id(twin_store) -> None:
-    from dynconv.tune.study import _open_parent_run
+    from dynconv.tune.parent_run import open_parent_run
 
     spec, uri, exp = twin_store["spec"], twin_store["uri"], twin_store["exp"]
     with pytest.raises(DynconvError, match="matches 2 study runs, choose one with --resume RUN_ID"):
-        _open_parent_run(spec, uri, exp, resume=True)
+        open_parent_run(spec, uri, exp, resume=True)
     parent, run_name, tune_path = twin_store["runs"][0]
-    assert _open_parent_run(spec, uri, exp, resume=parent) == (parent, run_name, tune_path)
+    assert open_parent_run(spec, uri, exp, resume=parent) == (parent, run_name, tune_path)
     with pytest.raises(DynconvError, match="no earlier study named 'twin' with run id"):
-        _open_parent_run(spec, uri, exp, resume=twin_store["solo"])
+        open_parent_run(spec, uri, exp, resume=twin_store["solo"])
 
 
 def test_cli_resume_of_an_ambiguous_name_fails_before_the_data_cache(twin_store, capsys) -> None:

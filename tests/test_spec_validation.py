@@ -179,22 +179,22 @@ def test_spec_diff_names_changed_keys_and_ignores_num_samples() -> None:
 
 def test_resume_with_a_changed_spec_refuses_in_one_line(tmp_path: Path) -> None:
     from dynconv import tracking
-    from dynconv.tune.study import _open_parent_run
+    from dynconv.tune.parent_run import open_parent_run
 
     store = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
     data = _spec(mlflow=store, storage_path=str(tmp_path / "rr"))
     spec = JobSpec.model_validate(data).resolved()
     uri = spec.tracking_uri()
     exp = tracking.ensure_experiment(uri, spec.experiment)
-    parent, _, tune_path = _open_parent_run(spec, uri, exp, resume=False)
+    parent, _, tune_path = open_parent_run(spec, uri, exp, resume=False)
     Path(tune_path).mkdir(parents=True)  # the Tune state the resume would restore
     tracking.end_run(uri, parent, "KILLED")
     changed = JobSpec.model_validate({**data, "train": {**data["train"], "epochs": 4}}).resolved()
     with pytest.raises(DynconvError) as err:
-        _open_parent_run(changed, uri, exp, resume=True)
+        open_parent_run(changed, uri, exp, resume=True)
     message = str(err.value)
     assert "\n" not in message and "spec changed since the study started (train.epochs)" in message
     assert "run without --resume" in message
     assert tracking.client(uri).get_run(parent).info.status == "KILLED"  # untouched by the refusal
     more = JobSpec.model_validate({**data, "search": {**data["search"], "num_samples": 6}}).resolved()
-    assert _open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes
+    assert open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes

@@ -58,6 +58,7 @@ from dynconv.tracking.layout import (
     log_params,
     quiet_artifact_downloads,
     resolve_tracking_uri,
+    run_params,
     set_tags,
     start_study_run,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "metric_history",
     "quiet_artifact_downloads",
     "resolve_tracking_uri",
+    "run_params",
     "runs_page_url",
     "search_runs",
     "serve_ui",

@@ -167,6 +167,18 @@ def create_child_run(
     return run.info.run_id
 
 
+def run_params(spec: Any, searched: dict[str, Any]) -> dict[str, Any]:
+    """The params of a trial run and of a rerun of it: the searched values, the model's name, and the
+    resolved train section, model args, image size and workers as flat `train.*`/`model.*` keys (so the
+    MLflow UI can filter and compare runs on any of them). `spec` is the trial's resolved JobSpec."""
+    out: dict[str, Any] = {**searched, "model": spec.model.name}
+    out.update({f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items()})
+    out.update({f"model.{k}": v for k, v in spec.model.args.items()})
+    out["data.image_size"] = spec.data.image_size
+    out["workers_per_trial"] = spec.resources.workers_per_trial
+    return out
+
+
 def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
     """Log params, skipping those already logged with the same value (MLflow forbids changing one)."""
     from mlflow.entities import Param
@@ -178,11 +190,14 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
         tracking_retry.call(c.log_batch, run_id, params=fresh[i : i + 100])
 
 
-def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-    """Numeric metrics at `step` (non-numeric values are ignored)."""
+def log_metrics(
+    tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0, timestamp_ms: int | None = None
+) -> None:
+    """Numeric metrics at `step` (non-numeric values are ignored), stamped `timestamp_ms` (default: now:
+    a write that waited for the store keeps the time its values were measured)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     batch = [
         Metric(k, float(v), now, step)
         for k, v in metrics.items()

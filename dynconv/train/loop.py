@@ -183,9 +183,11 @@ def checkpoint_state(
     scheduler: Any,
     epoch: int,
     num_classes: int,
-    metrics: dict[str, float],
+    history: list[dict[str, float]],
 ) -> dict[str, Any]:
-    """Everything needed to resume training or rebuild the model alone (weights_only-loadable)."""
+    """Everything needed to resume training or rebuild the model alone (weights_only-loadable), and the
+    metrics of every epoch so far (`history`, the last one being this epoch's): whoever records the run
+    can fill in epochs it never received from the newest checkpoint."""
     plain = unwrap(model)
     return {
         "format": CHECKPOINT_FORMAT,
@@ -197,7 +199,8 @@ def checkpoint_state(
         "model_name": spec.model.name,
         "model_args": dict(spec.model.args),
         "num_classes": num_classes,
-        "metrics": dict(metrics),
+        "metrics": dict(history[-1]) if history else {},
+        "history": [dict(m) for m in history],
     }
 
 
@@ -223,7 +226,8 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
     train_batches, val_batches = _shard_batches(spec, data, session)
     optimizer = build_optimizer(spec.train, model)
     scheduler = build_scheduler(spec.train, optimizer, len(train_batches))
-    start_epoch, metrics = _resume(session, model, optimizer, scheduler)
+    start_epoch, history = _resume(session, model, optimizer, scheduler)
+    metrics = history[-1] if history else {}
 
     for epoch in range(start_epoch, spec.train.epochs):
         t0 = time.perf_counter()
@@ -238,7 +242,8 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
         seconds = time.perf_counter() - t0  # the whole epoch: training, validation, subset validation
         lr = optimizer.param_groups[0]["lr"]
         metrics = _epoch_metrics(spec, session, epoch, tr, va, subsets, lr, seconds, train_seconds)
-        state = checkpoint_state(spec, model, optimizer, scheduler, epoch + 1, data.num_classes, metrics)
+        history.append(metrics)
+        state = checkpoint_state(spec, model, optimizer, scheduler, epoch + 1, data.num_classes, history)
         session.report(metrics, state)
     return metrics
 
@@ -273,16 +278,17 @@ def _shard_batches(
 
 def _resume(
     session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-) -> tuple[int, dict[str, float]]:
-    """(first epoch to train, last reported metrics): restores model, optimizer and scheduler from the
-    session's checkpoint when there is one, else (0, {})."""
+) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to train, the metrics of every epoch before it): restores model, optimizer and
+    scheduler from the session's checkpoint when there is one, else (0, [])."""
     resumed = session.load_checkpoint()
     if resumed is None:
-        return 0, {}
+        return 0, []
     unwrap(model).load_state_dict(resumed["model"])
     optimizer.load_state_dict(resumed["optimizer"])
     scheduler.load_state_dict(resumed["scheduler"])
-    return int(resumed["epoch"]), dict(resumed["metrics"])
+    history = resumed.get("history") or [resumed["metrics"]]  # older checkpoints kept the last epoch only
+    return int(resumed["epoch"]), [dict(m) for m in history]
 
 
 def _epoch_metrics(

@@ -4,6 +4,7 @@ trial training in its own trial actor), and the entry points that run `fit` unde
 from __future__ import annotations
 
 import logging
+import pickle
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,15 @@ import torch.distributed as dist
 from torch import nn
 
 CHECKPOINT_FILE = "state.pt"
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The training state in a checkpoint file (`torch.load`, weights only), or None when the file is
+    torn or unreadable (a process killed while writing it)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError):
+        return None
 
 
 def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
@@ -32,7 +42,8 @@ def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str
     or the Train controller collects the report. After the driver is SIGKILLed the orphaned worker can
     persist one or two epochs that the restored study does not know of (or a first checkpoint it never
     registered); resuming from the newest readable one keeps the retrained epochs to the one in flight.
-    A file cut short by the kill is skipped.
+    A file cut short by the kill is skipped. The study driver logs the epochs it never saw from the
+    `history` of the next checkpoint (`dynconv.tune.recorder`).
     """
     import glob
 
@@ -40,39 +51,20 @@ def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str
     registered = str(Path(checkpoint.path) / CHECKPOINT_FILE) if checkpoint is not None else None
     paths = {p for pattern in resume_globs for p in glob.glob(pattern)} - {registered}
     for path in sorted(paths):
-        try:
-            other = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a torn file: the registered checkpoint still stands
-            continue
-        if state is None or int(other.get("epoch", 0)) > int(state.get("epoch", 0)):
+        other = read_state(Path(path))
+        if other is not None and (state is None or int(other.get("epoch", 0)) > int(state.get("epoch", 0))):
             state = other
     return state
-
-
-def _log_epoch(
-    tracking_uri: str | None, run_id: str | None, metrics: dict[str, float], spool_dir: Path | None
-) -> None:
-    """The epoch's metrics on the trial's MLflow run (step = epoch); spooled while MLflow is unreachable."""
-    if run_id is not None:
-        from dynconv.tracking import spool
-
-        spool.log_epoch(tracking_uri, run_id, metrics, int(metrics["epoch"]), spool_dir)
 
 
 class RaySession:
     """A Session inside a Ray Train worker: DDP via `prepare_model`, checkpoints via `ray.train.report`.
 
-    Only rank 0 writes checkpoints and MLflow metrics; every rank calls `report` once per epoch because
-    `ray.train.report` is a barrier.
+    Only rank 0 writes checkpoints; every rank calls `report` once per epoch because `ray.train.report`
+    is a barrier. Metrics reach MLflow from the study driver, which Tune hands every report to.
     """
 
-    def __init__(
-        self,
-        tracking_uri: str | None = None,
-        run_id: str | None = None,
-        spool: Path | None = None,
-        resume_globs: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, resume_globs: Sequence[str] = ()) -> None:
         import ray.train
         import ray.train.torch
 
@@ -80,9 +72,6 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._tracking_uri = tracking_uri
-        self._run_id = run_id
-        self._spool = spool  # where epochs wait while MLflow is unreachable (dynconv.tracking.spool)
         self._resume_globs = resume_globs  # the trial's checkpoint files on disk (see `_latest_state`)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -106,7 +95,6 @@ class RaySession:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        _log_epoch(self._tracking_uri, self._run_id, metrics, self._spool)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -115,7 +103,7 @@ class RaySession:
 class TuneSession:
     """A Session for a single-worker trial that trains inside its Tune trial actor (no Train worker group).
 
-    Same MLflow metrics and checkpoint file as `RaySession`, but reported with `ray.tune.report`: Tune
+    Same metrics and checkpoint file as `RaySession`, but reported with `ray.tune.report`: Tune
     persists the checkpoint before the report returns and hands the latest one back through
     `ray.tune.get_checkpoint()` when it retries a failed trial or resumes a study (`Tuner.restore`).
     """
@@ -123,18 +111,8 @@ class TuneSession:
     rank = 0
     world_size = 1
 
-    def __init__(
-        self,
-        device: torch.device,
-        tracking_uri: str | None = None,
-        run_id: str | None = None,
-        spool: Path | None = None,
-        resume_globs: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, device: torch.device, resume_globs: Sequence[str] = ()) -> None:
         self.device = device
-        self._tracking_uri = tracking_uri
-        self._run_id = run_id
-        self._spool = spool  # as RaySession's
         self._resume_globs = resume_globs
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -151,7 +129,6 @@ class TuneSession:
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.tune
 
-        _log_epoch(self._tracking_uri, self._run_id, metrics, self._spool)
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
@@ -160,13 +137,6 @@ class TuneSession:
 def quiet_ray_train_logs() -> None:
     """Ray Train logs two INFO lines per checkpoint per epoch; our own progress is Tune's table."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-
-
-def _spool_dir(spec: Any) -> Path | None:
-    """Where a trial's epochs wait while the MLflow server is unreachable (`dynconv.tracking.spool`)."""
-    from dynconv.tracking.spool import spool_root
-
-    return spool_root(spec.storage_uri())
 
 
 def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
@@ -186,11 +156,7 @@ def train_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: rebuild the spec, open the cached data, run `fit`."""
     quiet_ray_train_logs()
 
-    def session(spec: Any) -> RaySession:
-        globs = config.get("resume_globs", ())
-        return RaySession(config.get("tracking_uri"), config.get("run_id"), _spool_dir(spec), globs)
-
-    _fit_from_config(config, session)
+    _fit_from_config(config, lambda spec: RaySession(config.get("resume_globs", ())))
 
 
 def train_in_trial_actor(config: dict[str, Any]) -> None:
@@ -198,7 +164,6 @@ def train_in_trial_actor(config: dict[str, Any]) -> None:
 
     def session(spec: Any) -> TuneSession:
         device = torch.device("cuda" if config.get("use_cuda", spec.resources.gpu) else "cpu")
-        uri, run_id, globs = config.get("tracking_uri"), config.get("run_id"), config.get("resume_globs", ())
-        return TuneSession(device, uri, run_id, _spool_dir(spec), globs)
+        return TuneSession(device, config.get("resume_globs", ()))
 
     _fit_from_config(config, session)

@@ -1,4 +1,4 @@
-"""Tune callbacks, run in the study driver: close each trial's MLflow run; print each trial event."""
+"""The Tune callback that prints each trial event on the study driver's console."""
 
 from __future__ import annotations
 
@@ -8,71 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-
-from dynconv import tracking
-from dynconv.train.ray_session import CHECKPOINT_FILE
-from dynconv.tune.incomplete import logged_epochs
-
-
-def _tune_checkpoint_path(trial: Any, result: dict[str, Any]) -> str | None:
-    """The checkpoint a trial training in its Tune actor reported with `result` (Tune's own checkpoint)."""
-    name = result.get("checkpoint_dir_name")
-    return str(Path(trial.path) / name) if name and trial.path else None
-
-
-class TrialRunCloser(Callback):
-    """FINISHED when a trial ran all epochs, KILLED when the scheduler stopped it, FAILED on error.
-
-    The trial's last checkpoint is logged to the trial's run as the final checkpoint artifact: a Train
-    checkpoint (its path arrives in the result as `checkpoint_path`) or, for a trial that trained in its
-    Tune actor, the Tune checkpoint named by the result's `checkpoint_dir_name`.
-    """
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, epochs: int) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.epochs = epochs
-        self._reported: set[str] = set()  # trials that sent Tune a result in this driver's lifetime
-
-    def _run_id(self, trial: Any) -> str | None:
-        runs = tracking.find_runs(
-            self.tracking_uri, self.experiment_id, role="trial", trial_id=trial.trial_id
-        )
-        runs = [r for r in runs if r.data.tags.get(tracking.TAG_PARENT) == self.parent_run_id]
-        return runs[0].info.run_id if runs else None
-
-    def _close(self, trial: Any, status: str) -> None:
-        run_id = self._run_id(trial)
-        if run_id is None:
-            return
-        result = trial.last_result or {}
-        ckpt = result.get("checkpoint_path") or _tune_checkpoint_path(trial, result)
-        if ckpt and (Path(ckpt) / CHECKPOINT_FILE).is_file():
-            tracking.log_artifact(self.tracking_uri, run_id, Path(ckpt) / CHECKPOINT_FILE, "checkpoint")
-        if "val_acc" in result:
-            tracking.set_tags(
-                self.tracking_uri,
-                run_id,
-                {"dynconv.epochs_done": int(result.get("epoch", 0)), "dynconv.outcome": status.lower()},
-            )
-        tracking.end_run(self.tracking_uri, run_id, status)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self._reported.add(trial.trial_id)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done = int((trial.last_result or {}).get("epoch", 0))
-        if done < self.epochs and trial.trial_id not in self._reported:
-            # Resumed from a final checkpoint (e.g. after a SIGKILLed driver whose orphaned worker trained
-            # to the end): no new report reached Tune, so count the epochs its MLflow run holds. A trial
-            # the scheduler stopped did report here, and stays KILLED even if its worker logged the
-            # epoch in flight.
-            done = max(done, logged_epochs(self.tracking_uri, self._run_id(trial)))
-        self._close(trial, "FINISHED" if done >= self.epochs else "KILLED")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial, "FAILED")
 
 
 class ConsoleReporter(Callback):

@@ -1,8 +1,9 @@
 """`dynconv tune`: prepare data and tracking, run the Tuner, summarise, evaluate.
 
-The study driver is the only process that talks to Tune. It writes the MLflow parent run
-(`dynconv.tune.parent_run`); trials write their own child runs (see `dynconv.tune.trial`), and the
-`TrialRunCloser` callback closes them. What a study returns is `dynconv.tune.study_result`.
+The study driver is the only process that talks to Tune, and the only one that writes the study to
+MLflow: the parent run (`dynconv.tune.parent_run`) and, from Tune's events, every trial's child run
+(`dynconv.tune.recorder`). Trials only report to Tune (`dynconv.tune.trial`). What a study returns is
+`dynconv.tune.study_result`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from dynconv.spec import JobSpec
 from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
-from dynconv.tune.incomplete import check_mlflow_runs
 from dynconv.tune.parent_run import open_parent_run, resume_run
 from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS
-from dynconv.tune.resources import describe_trial_resources
+from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
@@ -36,12 +36,10 @@ from dynconv.tune.search import (
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.study_result import StudyResult, TrialSummary, format_summary
-from dynconv.tune.trial import run_trial, trains_in_trial_actor, trial_resources, tune_max_failures
+from dynconv.tune.trial import run_trial, tune_max_failures
 from dynconv.tune.trial_summaries import summarise_trials
 
 __all__ = ["StudyResult", "TrialSummary", "format_summary", "run_study"]
-
-_open_parent_run = open_parent_run  # the name tests and benchmarks/bad_inputs.py import from here
 
 TUNE_STATE_PERIOD_S = 1
 """Seconds between saves of Tune's experiment state: what a SIGKILLed driver can lose at most."""
@@ -62,18 +60,24 @@ class _StudyRun:
     timings: dict[str, float]  # becomes StudyResult.timings (the same dict)
 
 
-def _init_ray(address: str | None, tracking_uri: str, verbose: bool = False) -> None:
-    """Connect to `address` (a cluster) or start a local Ray; workers get the tracking URI in their env."""
+def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> None:
+    """Connect to `address` (a cluster) or start a local Ray.
+
+    The one place a study sets Ray's own settings that are read from the environment: Tune saves its
+    experiment state every `TUNE_GLOBAL_CHECKPOINT_S` ("auto": 10 s or more; a SIGKILLed driver loses
+    what happened since, so save often: small files), read by this driver's Tune; the Train controllers
+    of the trials read `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (how often they collect reports), handed to
+    every Ray worker through the job's runtime environment. A value the user set wins.
+    """
     import ray
 
-    # Tune saves its experiment state at most every TUNE_GLOBAL_CHECKPOINT_S ("auto": 10 s or more); a
-    # SIGKILLed driver loses what happened since, so save often (small JSON files; override by env).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
     if ray.is_initialized():
         return
+    poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(spec.failure.report_poll_s))
     ray.init(
         address=address,
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}},
+        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll}},
         **ray_init_kwargs(verbose),
     )
 
@@ -157,7 +161,7 @@ def _run_study(
     context = _study_context(run, placement_strategy, controller_failure_limit, gpu_resource)
     tuner = _build_or_restore_tuner(run, context, resume, concurrent, verbose)
     grid = _fit_tuner(tuner, run.timings)
-    result = _collect_results(run, grid, resume)
+    result = _collect_results(run, grid)
     if result.interrupted:
         _close_interrupted(result)
         return result
@@ -188,7 +192,7 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
     """Start (or join) Ray, refuse a study the cluster cannot place (closing the parent run FAILED) and
     print the plan. Returns how many trials run at once."""
     t0 = time.perf_counter()
-    _init_ray(address, run.uri, verbose)
+    _init_ray(run.spec, address, verbose)
     run.timings["ray_start_seconds"] = time.perf_counter() - t0
 
     import ray
@@ -222,37 +226,31 @@ def _study_context(
         "placement_strategy": placement_strategy,
         "controller_failure_limit": controller_failure_limit,
         "gpu_resource": gpu_resource,
-        "tune_state_period_s": _tune_state_period_s(),
     }
-
-
-def _tune_state_period_s() -> float:
-    """Seconds between Tune's saves of its experiment state, as this driver runs it ("auto": 10 s or
-    more, so 10). Trials wait up to a few periods for the save that lists them (`dynconv.tune.trial`)."""
-    value = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
-    return float(value) if value.replace(".", "", 1).isdigit() else 10.0
 
 
 def _build_or_restore_tuner(
     run: _StudyRun, context: dict[str, Any], resume: bool | str, concurrent: int, verbose: bool
 ) -> Any:
     """The trial function with its parameters and resources, in a new Tuner (with the callbacks that
-    close trial runs and print trial events) or in the Tuner of the study `--resume` continues."""
+    record the trials in MLflow and print trial events) or in the Tuner of the study `--resume`
+    continues."""
     from ray import tune
 
-    from dynconv.tune.callbacks import ConsoleReporter, TrialRunCloser
+    from dynconv.tune.callbacks import ConsoleReporter
+    from dynconv.tune.recorder import TrialRecorder
 
     spec = run.spec
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=context),
         trial_resources(spec, context["gpu_resource"]),
     )
-    if resume:  # Tune restores its callbacks (the TrialRunCloser below) with the rest of its state
+    if resume:  # Tune restores its callbacks (the TrialRecorder below) with the rest of its state
         return tune.Tuner.restore(
             run.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     callbacks = [
-        TrialRunCloser(run.uri, run.experiment_id, run.parent, spec.train.epochs),
+        TrialRecorder(run.uri, run.experiment_id, run.parent, spec, run.data.num_classes),
         ConsoleReporter(
             spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
         ),
@@ -269,9 +267,8 @@ def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:
     return grid
 
 
-def _collect_results(run: _StudyRun, grid: Any, resume: bool | str) -> StudyResult:
-    """The StudyResult of a finished or interrupted fit: print its table, then list the trial runs MLflow
-    is missing epochs of."""
+def _collect_results(run: _StudyRun, grid: Any) -> StudyResult:
+    """The StudyResult of a finished or interrupted fit, its table printed."""
     trials = summarise_trials(grid, run.spec, run.uri, run.experiment_id, run.parent)
     interrupted = any(t.status == "UNFINISHED" for t in trials)
     result = StudyResult(
@@ -286,20 +283,14 @@ def _collect_results(run: _StudyRun, grid: Any, resume: bool | str) -> StudyResu
         timings=run.timings,
     )
     print("\n" + format_summary(result, run.spec))
-    result.incomplete_runs = check_mlflow_runs(
-        run.uri, run.storage, run.experiment_id, run.parent, trials, resume
-    )
     return result
 
 
 def _close_interrupted(result: StudyResult) -> None:
-    """An interrupted study: close its still-running trial runs and its parent run KILLED, and say how
-    to continue it."""
-    uri, parent, tune_path = result.tracking_uri, result.parent_run_id, result.tune_path
-    for run in tracking.find_runs(uri, result.experiment_id, role="trial"):
-        if run.data.tags.get(tracking.TAG_PARENT) == parent and run.info.status == "RUNNING":
-            tracking.end_run(uri, run.info.run_id, "KILLED")
-    tracking.end_run(uri, parent, "KILLED")
+    """An interrupted study: close its parent run KILLED (the recorder closed the trials' runs) and say
+    how to continue it."""
+    tracking.end_run(result.tracking_uri, result.parent_run_id, "KILLED")
+    tune_path = result.tune_path
     print(f"\nStudy interrupted. Continue it with: dynconv tune <spec> --resume  (Tune state: {tune_path})")
 
 

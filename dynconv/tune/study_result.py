@@ -40,7 +40,6 @@ class StudyResult:
     interrupted: bool
     trials: list[TrialSummary] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    incomplete_runs: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> TrialSummary | None:

@@ -1,4 +1,4 @@
-"""One trial: runs in a Tune trial actor, opens or continues its MLflow child run, trains.
+"""One trial: runs in a Tune trial actor and trains; it reports to Tune and writes nothing to MLflow.
 
 How it trains depends on `resources.workers_per_trial`:
 
@@ -12,19 +12,15 @@ How it trains depends on `resources.workers_per_trial`:
   or restored trial resumes its own Train checkpoints) and `TuneReportCallback` forwards rank 0's
   per-epoch reports to Tune.
 
-Both report the same metrics to Tune and log the same MLflow run (params, FLOPs, per-epoch metrics,
-final checkpoint artifact).
+Both report the same metrics and checkpoints to Tune. The study driver records them in MLflow
+(`dynconv.tune.recorder`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking
 from dynconv.spec import JobSpec
 from dynconv.tune.resources import GPU, trains_in_trial_actor, trial_resources, uses_cuda, worker_resources
 
@@ -41,59 +37,6 @@ def tune_max_failures(spec: JobSpec) -> int:
     would absorb worker faults, so Tune retries it for those too (`worker_max_failures` more times)."""
     f = spec.failure
     return f.trial_max_failures + (f.worker_max_failures if trains_in_trial_actor(spec) else 0)
-
-
-def log_model_facts(tracking_uri: str, run_id: str, spec: JobSpec, num_classes: int) -> None:
-    """FLOPs (fvcore, at the spec's image size, all channels) and parameter count of the trial's model."""
-    from dynconv.flops import count_flops, count_params
-    from dynconv.train.loop import build_model
-
-    model = build_model(spec, num_classes)
-    tracking.log_metrics(
-        tracking_uri,
-        run_id,
-        {"flops": count_flops(model, image_size=spec.data.image_size), "params": count_params(model)},
-    )
-
-
-def _open_trial_run(spec: JobSpec, params: dict[str, Any], study: dict[str, Any]) -> str:
-    """The trial's MLflow child run: created with params and model facts, or the one a retry continues."""
-    import ray.tune
-
-    ctx = ray.tune.get_context()
-    uri = study["tracking_uri"]
-    run_id, created = tracking.ensure_child_run(
-        uri,
-        study["experiment_id"],
-        study["parent_run_id"],
-        role="trial",
-        key=ctx.get_trial_id(),
-        run_name=ctx.get_trial_name(),
-        tags={tracking.TAG_STUDY: spec.study},
-    )
-    if created:
-        tracking.log_params(uri, run_id, {**params, "model": spec.model.name, **flat_spec(spec)})
-        log_model_facts(uri, run_id, spec, study["num_classes"])
-    return run_id
-
-
-def wait_until_tune_saved_trial(experiment_dir: Path, trial_id: str, timeout_s: float) -> bool:
-    """Wait until Tune's saved experiment state (`experiment_state-*.json`) lists this trial.
-
-    Tune saves that state every `TUNE_GLOBAL_CHECKPOINT_S`; a trial created in between is unknown to a
-    study restored after the driver is SIGKILLed, which would suggest it again under a new id. A trial
-    that waits for the save before opening its MLflow run leaves no orphaned run in that case. Returns
-    whether the trial was listed (after `timeout_s` it goes on anyway: never block a study on this).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for state in experiment_dir.glob("experiment_state-*.json"):
-            with contextlib.suppress(OSError):
-                if trial_id in state.read_text(encoding="utf-8", errors="replace"):
-                    return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
 
 
 def _checkpoint_globs(spec: JobSpec, study: dict[str, Any], trial_id: str) -> list[str]:
@@ -115,18 +58,11 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
     quiet_ray_train_logs()
     spec = JobSpec.model_validate(spec_json).with_params(params)
     storage, trial_id = spec.storage_uri(), ray.tune.get_context().get_trial_id()
-    local = "://" not in storage  # local or mounted shared storage: Tune's state and checkpoints readable
-    if local:
-        tracking.client(study["tracking_uri"])  # imports MLflow (~1 s) while Tune saves its state
-        timeout_s = 3 * study["tune_state_period_s"] + 1
-        wait_until_tune_saved_trial(Path(storage) / study["run_name"], trial_id, timeout_s)
-    run_id = _open_trial_run(spec, params, study)
+    local = "://" not in storage  # local or mounted shared storage: the trial's checkpoints readable
     train_loop_config = {
         "spec": spec.to_json_dict(),
         "cache_dir": study["cache_dir"],
         "cache_fingerprint": study["cache_fingerprint"],
-        "tracking_uri": study["tracking_uri"],
-        "run_id": run_id,
         "use_cuda": uses_cuda(spec, study.get("gpu_resource", GPU)),
         "resume_globs": _checkpoint_globs(spec, study, trial_id) if local else [],
     }
@@ -160,8 +96,6 @@ def _fit_torch_trainer(spec: JobSpec, study: dict[str, Any], train_loop_config: 
 
     from dynconv.train.ray_session import train_worker
 
-    # Read by the Train controller this trial starts (Ray propagates it from the driver's environment).
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(spec.failure.report_poll_s)
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_worker,
@@ -179,12 +113,3 @@ def _fit_torch_trainer(spec: JobSpec, study: dict[str, Any], train_loop_config: 
         ),
     )
     trainer.fit()
-
-
-def flat_spec(spec: JobSpec) -> dict[str, Any]:
-    """The resolved train section and model args as flat params (for filtering runs in the MLflow UI)."""
-    out: dict[str, Any] = {f"train.{k}": v for k, v in spec.train.model_dump(mode="json").items()}
-    out.update({f"model.{k}": v for k, v in spec.model.args.items()})
-    out["data.image_size"] = spec.data.image_size
-    out["workers_per_trial"] = spec.resources.workers_per_trial
-    return out

@@ -1,0 +1,255 @@
+"""The study's MLflow record of its trials, written by the study driver alone, from Tune's events.
+
+`TrialRecorder` is a Tune callback, as Ray's own `MLflowLoggerCallback` is: trial actors and Ray Train
+workers only report to Tune, and this callback, in the driver,
+
+- creates a trial's child run when the trial starts (its params, the model's FLOPs and parameters),
+- logs each reported result at step = epoch,
+- logs the final checkpoint and closes the run with the trial's outcome: FINISHED when it ran all its
+  epochs (`dynconv.outcome=finished`) or when the scheduler stopped it early (`stopped_early`: ASHA
+  stopping a trial is the search working, not a failure), FAILED when it failed for good, KILLED when
+  the study was interrupted (`interrupted`) or when it belongs to no trial of the resumed study.
+
+Writes go through a `QueuedWriter`: Tune's event loop never waits for MLflow, and a write that meets
+an unreachable store waits in memory until the store answers. At the end of the study the recorder
+waits for its queue (bounded) and prints what MLflow is still missing.
+
+After the driver was killed, `--resume` restores this callback with the Tuner, and the first loop step
+reconciles MLflow with what Tune persisted: runs of the trials Tune knows are adopted (with the
+epochs they hold), runs of trials Tune lost (created after its last state save, and re-suggested under
+a new id) are closed KILLED as orphaned, runs Tune knows as ended are closed, and epochs a run is
+missing are filled in from the `history` of the trial's next checkpoint (`dynconv.train.loop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from dynconv import tracking
+from dynconv.spec import JobSpec
+from dynconv.tracking.writer import QueuedWriter
+from dynconv.train.ray_session import CHECKPOINT_FILE, read_state
+
+log = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_S = 300.0
+"""How long the end of a study waits for MLflow to take the writes still queued (an outage)."""
+TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "should_checkpoint"})
+"""Keys Tune adds to every result; everything else numeric is a metric the trial reported."""
+OUTCOME_TAG = "dynconv.outcome"  # finished | stopped_early | failed | interrupted | orphaned
+EPOCHS_TAG = "dynconv.epochs_done"
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics a trial reported in `result` (Tune's own bookkeeping keys left out)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def checkpoint_dir(trial: Any, result: dict[str, Any]) -> Path | None:
+    """The checkpoint reported with `result`: a Ray Train checkpoint (`checkpoint_path`, forwarded by
+    `TuneReportCallback`) or the Tune checkpoint of a trial training in its actor (`checkpoint_dir_name`)."""
+    if result.get("checkpoint_path"):
+        return Path(result["checkpoint_path"])
+    name = result.get("checkpoint_dir_name")
+    return Path(trial.path) / name if name and trial.path else None
+
+
+class TrialRecorder(Callback):
+    """The only writer of a study's trial runs (see the module doc)."""
+
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: JobSpec, num_classes: int
+    ) -> None:
+        self.uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.spec_json = spec.to_json_dict()
+        self.epochs = spec.train.epochs
+        self.num_classes = num_classes
+        self._known: set[str] = set()  # trials with a run (created, or queued to be)
+        self._runs: dict[str, str] = {}  # trial id -> run id (filled by the writer thread)
+        self._logged: dict[str, int] = {}  # trial id -> the highest epoch handed to the writer
+        self._closed: set[str] = set()
+        self._reconciled = False
+        self._facts: dict[str, float] | None = None  # FLOPs and parameters: one model for every trial
+        self._writer: QueuedWriter | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled with the Tuner: no thread, no run ids yet
+        return {**self.__dict__, "_writer": None}
+
+    @property
+    def writer(self) -> QueuedWriter:
+        if self._writer is None:
+            self._writer = QueuedWriter()
+        return self._writer
+
+    def _submit(self, trial_id: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """Queue `fn(uri, <the trial's run id>, *args)`; the run id is looked up when the write runs."""
+
+        def call() -> None:
+            fn(self.uri, self._runs[trial_id], *args, **kwargs)
+
+        self.writer.submit(trial_id, call, f"{what} of trial {trial_id}")
+
+    # -- Tune events ---------------------------------------------------------------------------
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            self._reconcile(trials)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = trial.trial_id
+        self._closed.discard(tid)
+        if tid in self._known:  # a retried or resumed trial continues its run
+            self._submit(tid, "reopen", _set_status, "RUNNING")
+            return
+        self._known.add(tid)
+        self.writer.submit(tid, lambda: self._create_run(trial), f"run of trial {tid}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if "epoch" not in result:
+            return
+        tid, epoch = trial.trial_id, int(result["epoch"])
+        done = self._logged.get(tid, 0)
+        if epoch > done + 1:  # epochs this driver never saw (a killed driver's orphaned trial trained them)
+            self._fill_in(trial, checkpoint_dir(trial, result), done, epoch - 1)
+        stamp = int(time.time() * 1000)  # when the driver heard of it, not when MLflow took it
+        metrics = trial_metrics(result)
+        self._submit(tid, f"epoch {epoch}", tracking.log_metrics, metrics, step=epoch, timestamp_ms=stamp)
+        self._logged[tid] = max(done, epoch)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, failed=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Close the runs of trials the interruption left open, then wait for MLflow to take it all."""
+        for trial in trials:
+            tid = trial.trial_id
+            if tid in self._known and tid not in self._closed:
+                self._closed.add(tid)
+                self._submit(tid, "close", _end, "KILLED", {OUTCOME_TAG: "interrupted"})
+        print(self.flush(), flush=True)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _create_run(self, trial: Any) -> None:
+        """The trial's child run, with its params and the model's FLOPs and parameter count."""
+        spec = JobSpec.model_validate(self.spec_json).with_params(trial.config)
+        run_id, _ = tracking.ensure_child_run(
+            self.uri,
+            self.experiment_id,
+            self.parent_run_id,
+            role="trial",
+            key=trial.trial_id,
+            run_name=str(trial),
+            tags={tracking.TAG_STUDY: spec.study},
+        )
+        self._runs[trial.trial_id] = run_id
+        tracking.log_params(self.uri, run_id, tracking.run_params(spec, dict(trial.config)))
+        tracking.log_metrics(self.uri, run_id, self._model_facts(spec))
+
+    def _model_facts(self, spec: JobSpec) -> dict[str, float]:
+        """FLOPs (fvcore, at the spec's image size, all channels) and parameters, counted once: the
+        search never changes the model."""
+        if self._facts is None:
+            from dynconv.flops import model_facts
+            from dynconv.train.loop import build_model
+
+            self._facts = model_facts(build_model(spec, self.num_classes), spec.data.image_size)
+        return self._facts
+
+    def _fill_in(self, trial: Any, ckpt: Path | None, after: int, upto: int) -> None:
+        """Log epochs `after`+1..`upto` from the history saved in checkpoint `ckpt` (read now: Tune
+        may delete it before the writer gets to it)."""
+        if upto <= after or ckpt is None or not (ckpt / CHECKPOINT_FILE).is_file():
+            return
+        state = read_state(ckpt / CHECKPOINT_FILE)
+        history = (state or {}).get("history") or []
+        tid = trial.trial_id
+        for metrics in history:
+            epoch = int(metrics.get("epoch", 0))
+            if after < epoch <= upto:
+                self._submit(tid, f"epoch {epoch} (filled in)", tracking.log_metrics, metrics, step=epoch)
+                self._logged[tid] = max(self._logged.get(tid, 0), epoch)
+
+    def _close(self, trial: Any, failed: bool) -> None:
+        """The trial ended: its final checkpoint, its outcome, its status."""
+        tid = trial.trial_id
+        if tid not in self._known:
+            return
+        self._closed.add(tid)
+        last = trial.last_result or {}
+        ckpt = checkpoint_dir(trial, last)
+        ckpt_epoch = int(last.get("epoch", 0))
+        self._fill_in(trial, ckpt, self._logged.get(tid, 0), ckpt_epoch)
+        done = max(ckpt_epoch, self._logged.get(tid, 0))
+        if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
+            self._submit(tid, "checkpoint", tracking.log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
+        if failed:
+            status, outcome = "FAILED", "failed"
+        else:
+            status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
+        self._submit(tid, "close", _end, status, {OUTCOME_TAG: outcome, EPOCHS_TAG: done})
+
+    def flush(self) -> str:
+        """Wait (bounded) for every queued write; the summary line of what MLflow is missing."""
+        ok = self.writer.flush(FLUSH_TIMEOUT_S, on_wait=_say_waiting)
+        waiting = {} if ok else self.writer.pending()
+        lines = [f"trial {t}: {n} writes still waiting for MLflow" for t, n in waiting.items()]
+        lines += [f"trial {t}: {'; '.join(w)}" for t, w in self.writer.failed.items()]
+        if not lines:
+            return "MLflow runs incomplete: none"
+        return f"MLflow runs incomplete: {len(lines)}\n" + "\n".join(f"  {line}" for line in lines)
+
+    # -- after a killed driver -----------------------------------------------------------------
+
+    def _reconcile(self, trials: list) -> None:
+        """Match MLflow's trial runs of this study with the trials Tune restored (see the module doc)."""
+        known = {t.trial_id: t for t in trials}
+        for run in tracking.find_runs(self.uri, self.experiment_id, role="trial"):
+            if run.data.tags.get(tracking.TAG_PARENT) != self.parent_run_id:
+                continue
+            tid, run_id = run.data.tags.get(tracking.TAG_TRIAL_ID, ""), run.info.run_id
+            trial = known.get(tid)
+            if trial is None:  # Tune lost this trial and will suggest it again under a new id
+                if run.info.status == "RUNNING":
+                    tracking.set_tags(self.uri, run_id, {OUTCOME_TAG: "orphaned"})
+                    tracking.end_run(self.uri, run_id, "KILLED")
+                    print(f"MLflow run {run_id}: a trial lost by a killed driver, closed KILLED", flush=True)
+                continue
+            self._known.add(tid)
+            self._runs[tid] = run_id
+            self._logged[tid] = max(tracking.metric_history(self.uri, run_id, "epoch"), default=0)
+            if run.info.status != "RUNNING":
+                self._closed.add(tid)
+            elif trial.status in ("TERMINATED", "ERROR"):  # ended, but its run was never closed
+                self._close(trial, failed=trial.status == "ERROR")
+
+
+def _set_status(uri: str, run_id: str, status: str) -> None:
+    tracking.client(uri).update_run(run_id, status=status)
+
+
+def _end(uri: str, run_id: str, status: str, tags: dict[str, Any]) -> None:
+    tracking.set_tags(uri, run_id, tags)
+    tracking.end_run(uri, run_id, status)
+
+
+def _say_waiting(n: int, waited_s: float) -> None:
+    print(f"waiting for MLflow to take {n} queued writes ({waited_s:.0f} s so far)", file=sys.stderr)
+

@@ -126,7 +126,24 @@ def _assert_each_trial_once(uri: str, finished_before: set[str]) -> int:
             assert retrained <= 1, "the resumed trial retrains at most one epoch"
     study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]
+    _assert_searcher_kept_its_history(study_runs[0], runs)
     return retrained
+
+
+def _assert_searcher_kept_its_history(study_run, trial_runs: list) -> None:
+    """The searcher Tune saved at the end of the resumed study holds every trial once, each told its
+    outcome (ray-project/ray#30861: a resumed searcher that forgot its trials suggests them again)."""
+    from optuna.trial import TrialState
+
+    from dynconv.tune.searcher import EpochOptunaSearch
+
+    searcher = EpochOptunaSearch(epochs=EPOCHS)
+    searcher.restore_from_dir(study_run.data.tags[tracking.TAG_TUNE_PATH])
+    trials = searcher.optuna_study.trials
+    assert len(trials) == len(trial_runs), "the study ends with exactly num_samples trials"
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    told = sorted(round(t.params["lr"], 12) for t in trials)
+    assert told == sorted(round(float(r.data.params["lr"]), 12) for r in trial_runs)
 
 
 def _descendants(pid: int) -> set[int]:

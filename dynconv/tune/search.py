@@ -53,12 +53,13 @@ def build_searcher(spec: JobSpec):
     Single objective: metric and mode reach the searcher from `TuneConfig` (`tune_metric_mode`). Several
     objectives: the searcher itself gets the lists, and `TuneConfig` none (Ray's rule for OptunaSearch).
     """
-    from ray.tune.search.optuna import OptunaSearch
+    from dynconv.tune.searcher import EpochOptunaSearch
 
-    objectives = spec.search.objectives
+    objectives, epochs = spec.search.objectives, spec.train.epochs
     if objectives is not None:
-        return OptunaSearch(sampler=_sampler(spec), metric=list(objectives), mode=list(objectives.values()))
-    return OptunaSearch(sampler=_sampler(spec))
+        metric, mode = list(objectives), list(objectives.values())
+        return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, metric=metric, mode=mode)
+    return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs)
 
 
 def tune_metric_mode(spec: JobSpec) -> tuple[str | None, str | None]:

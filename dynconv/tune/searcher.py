@@ -1,0 +1,53 @@
+"""The study's searcher: Ray Tune's OptunaSearch, made to know a trial's epochs (built by
+`dynconv.tune.search.build_searcher`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+
+class EpochOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told what a trial's epochs are.
+
+    - Intermediate values are reported to Optuna at step = `epoch`, which stays monotonic when a trial
+      is retried or a study resumed (Tune's `training_iteration`, which OptunaSearch uses, restarts at 1,
+      and Optuna ignores a step reported twice).
+    - A trial the scheduler stopped before its last epoch is told to Optuna as PRUNED (at its last
+      reported value), not COMPLETE as if its partial value were final: TPE then ranks it below the
+      trials that ran all epochs, as the study's own ranking does.
+
+    Its state (the Optuna study with every trial told so far) is saved and restored by Tune with the
+    experiment, so a resumed study suggests from the whole history.
+    """
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+
+    @property
+    def optuna_study(self) -> Any:
+        """The Optuna study behind the searcher: every trial it suggested and what it was told."""
+        return self._ot_study
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return  # Optuna takes no intermediate values of several objectives
+        if self.metric in result and "epoch" in result:
+            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped = (
+            not error
+            and result is not None
+            and not isinstance(self.metric, list)
+            and result.get(self.metric) is not None
+            and int(result.get("epoch", 0)) < self.epochs
+        )
+        if not stopped or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)

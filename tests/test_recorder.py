@@ -1,0 +1,237 @@
+"""The study driver's record of its trials (`dynconv.tune.recorder`, `dynconv.tracking.writer`).
+
+Driven by Tune's callback events with stand-in trials on a real sqlite store, without starting Ray:
+what each event writes, the outcome each ending gets, writes held through an outage, and what a
+resumed study reconciles. The same callback under a real Tune is covered by test_tune_smoke,
+test_interrupt_resume and test_mlflow_outage.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dynconv import tracking
+from dynconv.spec import parse_spec
+from dynconv.tracking.writer import QueuedWriter
+from dynconv.tune.recorder import TrialRecorder
+from tests.conftest import tiny_spec_dict
+
+EPOCHS = 3
+
+
+class FakeTrial(SimpleNamespace):
+    """What the recorder reads of a Tune trial."""
+
+    def __str__(self) -> str:
+        return f"run_trial_{self.trial_id}"
+
+
+def _trial(trial_id: str, path: Path, status: str = "RUNNING") -> FakeTrial:
+    return FakeTrial(trial_id=trial_id, config={"lr": 0.05}, path=str(path), last_result={}, status=status)
+
+
+def _metrics(epoch: int) -> dict[str, float]:
+    return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.1 * epoch}
+
+
+def _result(trial: FakeTrial, epoch: int, history: list | None = None) -> dict:
+    """A result as Tune hands it to callbacks, with a checkpoint holding the epoch's history."""
+    name = f"checkpoint_{epoch:06d}"
+    (Path(trial.path) / name).mkdir(parents=True, exist_ok=True)
+    state = {"epoch": epoch, "history": history or [_metrics(e) for e in range(1, epoch + 1)]}
+    torch.save(state, Path(trial.path) / name / "state.pt")
+    result = {**_metrics(epoch), "training_iteration": epoch, "timestamp": 0, "done": False}
+    result.update(checkpoint_dir_name=name, trial_id=trial.trial_id, pid=1, config={"lr": 0.05})
+    trial.last_result = result
+    return result
+
+
+@pytest.fixture()
+def study(tmp_path: Path, tiny_dataset: Path) -> SimpleNamespace:
+    data = tiny_spec_dict(tmp_path, tiny_dataset, train={"epochs": EPOCHS})
+    spec = parse_spec(data).resolved()
+    uri = spec.tracking_uri()
+    exp = tracking.ensure_experiment(uri, spec.experiment)
+    parent = tracking.start_study_run(uri, exp, spec.study, {})
+    recorder = TrialRecorder(uri, exp, parent, spec, num_classes=3)
+    return SimpleNamespace(spec=spec, uri=uri, exp=exp, parent=parent, recorder=recorder, tmp=tmp_path)
+
+
+def _runs(s: SimpleNamespace) -> dict[str, object]:
+    return {r.data.tags[tracking.TAG_TRIAL_ID]: r for r in tracking.find_runs(s.uri, s.exp, role="trial")}
+
+
+def _epochs(s: SimpleNamespace, run) -> list[int]:
+    return sorted(tracking.metric_history(s.uri, run.info.run_id, "epoch"))
+
+
+def test_each_event_writes_its_part_and_each_ending_its_outcome(study, capsys) -> None:
+    rec = study.recorder
+    full, stopped, failed, interrupted = (_trial(t, study.tmp / t) for t in ("full", "asha", "bad", "cut"))
+    rec.on_step_begin(0, trials=[full, stopped, failed, interrupted])
+    for t in (full, stopped, failed, interrupted):
+        rec.on_trial_start(0, [], t)
+    for e in range(1, EPOCHS + 1):
+        rec.on_trial_result(0, [], full, _result(full, e))
+    rec.on_trial_complete(0, [], full)
+    rec.on_trial_result(0, [], stopped, _result(stopped, 1))
+    rec.on_trial_complete(0, [], stopped)
+    rec.on_trial_error(0, [], failed)
+    rec.on_trial_result(0, [], interrupted, _result(interrupted, 1))
+    rec.on_experiment_end(trials=[full, stopped, failed, interrupted])
+    assert "MLflow runs incomplete: none" in capsys.readouterr().out
+
+    runs = _runs(study)
+    assert set(runs) == {"full", "asha", "bad", "cut"}
+    ends = {t: (r.info.status, r.data.tags.get("dynconv.outcome")) for t, r in runs.items()}
+    assert ends == {
+        "full": ("FINISHED", "finished"),
+        "asha": ("FINISHED", "stopped_early"),
+        "bad": ("FAILED", "failed"),
+        "cut": ("KILLED", "interrupted"),
+    }
+    run = runs["full"]
+    assert run.data.tags[tracking.TAG_PARENT] == study.parent
+    assert run.info.run_name == "run_trial_full"
+    assert run.data.params["lr"] == "0.05" and run.data.params["train.epochs"] == str(EPOCHS)
+    assert run.data.metrics["flops"] > 0 and run.data.metrics["params"] > 0
+    assert _epochs(study, run) == [1, 2, 3]
+    assert tracking.metric_history(study.uri, run.info.run_id, "val_acc")[2] == pytest.approx(0.2)
+    assert "training_iteration" not in run.data.metrics and "timestamp" not in run.data.metrics
+    assert run.data.tags["dynconv.epochs_done"] == str(EPOCHS)
+    c = tracking.client(study.uri)
+    assert [a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/state.pt"]
+
+
+def test_results_are_logged_at_the_time_they_arrive_whatever_the_store_does(study) -> None:
+    """Tune's loop never waits for MLflow: a stalled store holds the writes, they land later, stamped
+    with the time the driver received them."""
+    rec, trial = study.recorder, _trial("slow", study.tmp / "slow")
+    gate = threading.Event()
+    rec.writer.submit("other", gate.wait, "a write stuck on a stalled store")
+    rec.on_trial_start(0, [], trial)
+    t0 = time.monotonic()
+    heard = int(time.time() * 1000)
+    rec.on_trial_result(0, [], trial, _result(trial, 1))
+    assert time.monotonic() - t0 < 1.0, "the event returned without waiting for the store"
+    assert rec.writer.pending() == {"other": 1, "slow": 2}  # its run, its epoch
+    time.sleep(0.3)
+    gate.set()
+    assert rec.writer.flush(30)
+    (m,) = tracking.client(study.uri).get_metric_history(_runs(study)["slow"].info.run_id, "epoch")
+    assert heard <= m.timestamp < heard + 300
+
+
+def test_writer_retries_an_unreachable_store_and_drops_what_the_store_refuses() -> None:
+    done: list[str] = []
+    fails = iter([ConnectionRefusedError("refused"), ConnectionRefusedError("refused")])
+
+    def flaky() -> None:
+        err = next(fails, None)
+        if err is not None:
+            raise err
+        done.append("flaky")
+
+    def refused() -> None:
+        raise ValueError("INVALID_PARAMETER_VALUE: bad")
+
+    w = QueuedWriter()
+    w.submit("a", flaky, "flaky write")
+    w.submit("a", refused, "refused write")
+    w.submit("b", lambda: done.append("after"), "later write")
+    assert w.flush(30)
+    assert done == ["flaky", "after"], "retried until it landed, in order"
+    assert w.failed == {"a": ["refused write: INVALID_PARAMETER_VALUE: bad"]}
+
+    stuck = QueuedWriter()
+    stuck.submit("c", lambda: (_ for _ in ()).throw(ConnectionRefusedError("down")), "never lands")
+    assert not stuck.flush(0.5)
+    assert stuck.pending() == {"c": 1} and stuck.waiting_for_store_s() > 0
+
+
+def test_a_resumed_study_adopts_closes_orphans_and_fills_in_missing_epochs(study) -> None:
+    """After a killed driver: MLflow holds what the old driver wrote; the restored recorder (a fresh
+    copy, as Tune unpickles it) adopts the runs of known trials, closes the one Tune lost, closes a
+    trial Tune knows as ended, and logs the epochs nobody received from the next checkpoint."""
+    first = study.recorder
+    ran, lost, ended = (_trial(t, study.tmp / t) for t in ("ran", "lost", "ended"))
+    first.on_step_begin(0, trials=[ran, lost, ended])
+    for t in (ran, lost, ended):
+        first.on_trial_start(0, [], t)
+    first.on_trial_result(0, [], ran, _result(ran, 1))
+    first.on_trial_result(0, [], ended, _result(ended, 1))
+    assert first.writer.flush(30)  # ... and then the driver is SIGKILLed: nothing is closed
+
+    resumed = TrialRecorder(study.uri, study.exp, study.parent, study.spec, num_classes=3)
+    ended.status = "TERMINATED"
+    _result(ended, EPOCHS)  # it ran to the end after Tune's last report reached the old driver
+    resumed.on_step_begin(0, trials=[ran, ended])
+    resumed.on_trial_start(0, [], ran)
+    # the orphaned worker trained epoch 2 that no driver saw; the resumed trial reports epoch 3
+    resumed.on_trial_result(0, [], ran, _result(ran, 3))
+    resumed.on_trial_complete(0, [], ran)
+    assert resumed.writer.flush(30)
+
+    runs = _runs(study)
+    assert (runs["lost"].info.status, runs["lost"].data.tags["dynconv.outcome"]) == ("KILLED", "orphaned")
+    assert runs["ran"].info.status == "FINISHED" and _epochs(study, runs["ran"]) == [1, 2, 3]
+    assert runs["ended"].info.status == "FINISHED" and _epochs(study, runs["ended"]) == [1, 2, 3]
+    history = tracking.client(study.uri).get_metric_history(runs["ran"].info.run_id, "epoch")
+    assert len(history) == EPOCHS, "every epoch once"
+
+
+def test_trial_and_worker_code_write_nothing_to_mlflow() -> None:
+    """Trials and Ray Train workers only report to Tune: no module they run imports a tracking writer."""
+    package = Path(__file__).resolve().parents[1] / "dynconv"
+    trial_side = [package / "tune" / "trial.py", *(package / "train").glob("*.py")]
+    for path in trial_side:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        assert not {m for m in imported if m.startswith(("dynconv.tracking", "mlflow"))}, path.name
+
+
+def test_the_searcher_knows_stopped_trials_and_keeps_them_across_a_resume(tmp_path: Path) -> None:
+    """A trial stopped before its last epoch is PRUNED for Optuna (at its last value), one that ran all
+    epochs COMPLETE; intermediate values go in at step = epoch; the saved and restored searcher (what
+    `--resume` gets) holds both before it suggests the next trial."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from dynconv.tune.searcher import EpochOptunaSearch
+
+    def searcher() -> EpochOptunaSearch:
+        s = EpochOptunaSearch(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=1), epochs=EPOCHS)
+        s.set_search_properties("val_acc", "max", {"lr": tune.loguniform(0.01, 0.2)})
+        return s
+
+    first = searcher()
+    first.suggest("full"), first.suggest("asha")
+    for epoch in range(1, EPOCHS + 1):
+        first.on_trial_result("full", {"val_acc": 0.2 * epoch, "epoch": epoch, "training_iteration": 1})
+    first.on_trial_complete("full", {"val_acc": 0.6, "epoch": EPOCHS})
+    first.on_trial_result("asha", {"val_acc": 0.1, "epoch": 1, "training_iteration": 1})
+    first.on_trial_complete("asha", {"val_acc": 0.1, "epoch": 1})
+    full, asha = first.optuna_study.trials
+    assert (full.state, full.value) == (TrialState.COMPLETE, 0.6)
+    assert full.intermediate_values == pytest.approx({1: 0.2, 2: 0.4, 3: 0.6})
+    assert (asha.state, asha.intermediate_values) == (TrialState.PRUNED, {1: 0.1})
+
+    first.save_to_dir(str(tmp_path))
+    resumed = searcher()
+    resumed.restore_from_dir(str(tmp_path))
+    assert [t.state for t in resumed.optuna_study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert resumed.suggest("next")["lr"] > 0
+    assert len(resumed.optuna_study.trials) == 3

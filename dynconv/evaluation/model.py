@@ -151,6 +151,7 @@ def model_from_checkpoint(state: dict[str, Any], run_id: str = "?"):
             state["model_name"], num_classes=int(state["num_classes"]), **dict(state.get("model_args") or {})
         )
         model.load_state_dict(state["model"])
-    except Exception as exc:
+    except (DynconvError, KeyError, TypeError, ValueError, RuntimeError) as exc:  # unknown model or args,
+        # weights of another shape
         raise DynconvError(f"checkpoint of run {run_id} does not fit its model ({one_line(exc)})") from None
     return model

@@ -61,6 +61,7 @@ from dynconv.tracking.layout import (
     run_params,
     set_tags,
     start_study_run,
+    store_errors,
 )
 from dynconv.tracking.ui import runs_page_url, serve_ui
 
@@ -112,5 +113,6 @@ __all__ = [
     "serve_ui",
     "set_tags",
     "start_study_run",
+    "store_errors",
     "try_get_run",
 ]

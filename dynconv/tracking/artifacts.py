@@ -6,6 +6,7 @@ inside functions.
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dynconv.errors import DynconvError, one_line
-from dynconv.tracking.layout import CHECKPOINT_ARTIFACT, SPEC_ARTIFACT, client
+from dynconv.tracking.layout import CHECKPOINT_ARTIFACT, SPEC_ARTIFACT, client, store_errors
 
 
 def load_checkpoint(uri: str, run_id: str) -> dict[str, Any]:
@@ -23,13 +24,13 @@ def load_checkpoint(uri: str, run_id: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
         try:
             path = client(uri).download_artifacts(run_id, CHECKPOINT_ARTIFACT, tmp)
-        except Exception as exc:
+        except store_errors() as exc:
             raise DynconvError(
                 f"run {run_id} has no {CHECKPOINT_ARTIFACT} artifact ({one_line(exc)})"
             ) from None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
             raise DynconvError(f"checkpoint of run {run_id} failed to load ({one_line(exc)})") from None
     missing = [
         k
@@ -53,7 +54,7 @@ def load_study_spec(uri: str, parent_run):
         try:
             path = client(uri).download_artifacts(parent_run.info.run_id, SPEC_ARTIFACT, tmp)
             data = yaml.safe_load(Path(path).read_text())
-        except Exception as exc:
+        except (*store_errors(), yaml.YAMLError) as exc:
             raise DynconvError(
                 f"study run {parent_run.info.run_id} has no readable {SPEC_ARTIFACT} artifact "
                 f"({one_line(exc)})"
@@ -69,7 +70,7 @@ def download_yaml(uri: str, run_id: str, artifact: str) -> Any:
         try:
             path = client(uri).download_artifacts(run_id, artifact, tmp)
             return yaml.safe_load(Path(path).read_text())  # JSON is YAML
-        except Exception:
+        except (*store_errors(), yaml.YAMLError):
             return None
 
 
@@ -79,7 +80,7 @@ def load_predictions(uri: str, run_id: str) -> dict[str, tuple[np.ndarray, np.nd
     with tempfile.TemporaryDirectory(prefix="dynconv_report_") as tmp:
         try:
             local = client(uri).download_artifacts(run_id, "predictions", tmp)
-        except Exception as exc:
+        except store_errors() as exc:
             raise DynconvError(f"evaluation run {run_id} has no predictions artifact ({exc})") from None
         for path in sorted(Path(local).glob("predictions_*.npz")):
             with np.load(path) as z:

@@ -43,6 +43,15 @@ RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a failed call to the tracking store raises: MLflow's own errors (unknown run, missing
+    artifact, refused value) and I/O errors (files, sockets, HTTP: `requests`' errors are OSErrors).
+    A function so that `mlflow` is imported only once an error is being handled."""
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError)
+
+
 def client(tracking_uri: str):
     """An MlflowClient bound to `tracking_uri` (import deferred: mlflow is slow to import)."""
     from mlflow.tracking import MlflowClient
@@ -103,7 +112,7 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         return c.create_experiment(
             name, artifact_location=artifact_root(tracking_uri, name), tags=EXPERIMENT_TAGS
         )
-    except Exception:  # created concurrently by another process
+    except store_errors():  # created concurrently by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:
             raise

@@ -25,11 +25,11 @@ def cluster_capacity() -> dict[str, float]:
     import ray
 
     capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
-    try:  # private API (Ray 2.60); absent or failing on a local cluster: the current resources are all
+    try:  # private API (Ray 2.60; no public one says this); without an autoscaler: the current resources
         from ray._private.state import state
 
         most = state.get_max_resources_from_cluster_config() or {}
-    except Exception:
+    except (ImportError, AttributeError, RuntimeError, ValueError):  # moved in another Ray, or unreadable
         most = {}
     for name, amount in most.items():
         capacity[name] = max(capacity.get(name, 0.0), float(amount))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
@@ -56,16 +57,11 @@ def ray_init_kwargs(verbose: bool) -> dict[str, Any]:
     return {"logging_level": "ERROR", "log_to_driver": False}
 
 
-def ray_logs_dir(address: str | None) -> str:
-    """Where this Ray's logs are: the local session's `logs/`, or the head node's for a cluster."""
-    try:
-        from ray._private import worker
-
-        node = worker._global_node
-        if node is not None and address in (None, "local"):
-            return node.get_logs_dir_path()
-    except Exception:  # private API: fall back to Ray's documented default location
-        pass
+def ray_logs_dir(session_dir: str | None) -> str:
+    """Where this Ray's logs are: the local session's `logs/` (its session directory, as `ray.init`
+    returned it), or Ray's documented default location on the head node."""
+    if session_dir:
+        return str(Path(session_dir) / "logs")
     return "/tmp/ray/session_latest/logs (on the head node)"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from dynconv import tracking
-from dynconv.errors import DynconvError
+from dynconv.errors import DynconvError, one_line
 from dynconv.names import one_study_run
 from dynconv.spec import JobSpec
 from dynconv.spec_checks import spec_diff
@@ -55,9 +55,9 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
         try:
             path = tracking.client(uri).download_artifacts(run_id, "spec.yaml", tmp)
             logged = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({first})") from None
+        except (*tracking.store_errors(), yaml.YAMLError) as exc:
+            reason = one_line(exc)
+            raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({reason})") from None
     changed = spec_diff(logged, spec.to_json_dict())
     if changed:
         raise DynconvError(

@@ -60,8 +60,8 @@ class _StudyRun:
     timings: dict[str, float]  # becomes StudyResult.timings (the same dict)
 
 
-def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> None:
-    """Connect to `address` (a cluster) or start a local Ray.
+def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
+    """Connect to `address` (a cluster) or start a local Ray; returns where its logs are.
 
     The one place a study sets Ray's own settings that are read from the environment: Tune saves its
     experiment state every `TUNE_GLOBAL_CHECKPOINT_S` ("auto": 10 s or more; a SIGKILLed driver loses
@@ -73,13 +73,14 @@ def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> None
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
     if ray.is_initialized():
-        return
+        return ray_logs_dir(None)
     poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(spec.failure.report_poll_s))
-    ray.init(
+    context = ray.init(
         address=address,
         runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll}},
         **ray_init_kwargs(verbose),
     )
+    return ray_logs_dir(context.address_info.get("session_dir") if address in (None, "local") else None)
 
 
 def _build_tuner(
@@ -192,7 +193,7 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
     """Start (or join) Ray, refuse a study the cluster cannot place (closing the parent run FAILED) and
     print the plan. Returns how many trials run at once."""
     t0 = time.perf_counter()
-    _init_ray(run.spec, address, verbose)
+    logs = _init_ray(run.spec, address, verbose)
     run.timings["ray_start_seconds"] = time.perf_counter() - t0
 
     import ray
@@ -205,7 +206,7 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
 
     concurrent = max_concurrent_trials(run.spec, ray.cluster_resources(), gpu_resource)
     where = {"ray": address or "local", "run": run.parent, "uri": run.uri, "tune_path": run.tune_path}
-    where["logs"] = ray_logs_dir(address)
+    where["logs"] = logs
     resources = describe_trial_resources(run.spec, concurrent, gpu_resource)
     print(format_plan(run.spec, run.data, resources, ray.cluster_resources(), where), flush=True)
     return concurrent

@@ -6,7 +6,8 @@ A `search.metric`, a weight in a weighted `search.metric` or a `search.objective
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 EPOCH_METRICS: tuple[str, ...] = (
     "epoch",
@@ -23,6 +24,18 @@ EPOCH_METRICS: tuple[str, ...] = (
 WORST_SUBSET_METRIC = "val_acc_worst"  # the minimum of val_acc_<SUBSET> over train.val_subsets
 SUBSETS_EPOCH_METRIC = "val_subsets_epoch"  # the epoch the val_acc_<SUBSET> values were measured at
 OBJECTIVE_METRIC = "objective"  # the weighted mix when search.metric is a {metric: weight} mapping
+DIVERGENCE_METRICS = ("train_loss", "val_loss")
+"""A trial whose epoch reports either of these as NaN or infinite has diverged: its weights are garbage,
+whatever its accuracy says, so it is stopped, never ranked and never evaluated."""
+
+
+def diverged(metrics: Mapping[str, object]) -> str | None:
+    """The first loss in `metrics` that is not finite (`"train_loss"`, ...), or None when both are."""
+    for name in DIVERGENCE_METRICS:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return name
+    return None
 
 
 def subset_metric(subset: str) -> str:

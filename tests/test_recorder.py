@@ -235,3 +235,41 @@ def test_the_searcher_knows_stopped_trials_and_keeps_them_across_a_resume(tmp_pa
     assert [t.state for t in resumed.optuna_study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert resumed.suggest("next")["lr"] > 0
     assert len(resumed.optuna_study.trials) == 3
+
+
+def test_a_diverged_trial_is_stopped_closed_failed_and_pruned(study, capsys) -> None:
+    """A NaN loss ends the trial: Tune's stopper stops it, its run is FAILED with outcome `diverged`,
+    the console says so in one line, and Optuna hears PRUNED (a NaN value would leave it running)."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from dynconv.tune.callbacks import ConsoleReporter
+    from dynconv.tune.search import stop_diverged
+    from dynconv.tune.searcher import EpochOptunaSearch
+
+    trial = _trial("nan", study.tmp / "nan")
+    rec, console = study.recorder, ConsoleReporter(EPOCHS, "val_acc", "max", ["lr"])
+    searcher = EpochOptunaSearch(sampler=optuna.samplers.RandomSampler(seed=0), epochs=EPOCHS)
+    searcher.set_search_properties("val_acc", "max", {"lr": tune.loguniform(0.01, 0.2)})
+    searcher.suggest("nan")
+    rec.on_trial_start(0, [], trial)
+    ok = _result(trial, 1)
+    assert not stop_diverged("nan", ok)
+    searcher.on_trial_result("nan", ok)
+    bad = {**_result(trial, 2), "train_loss": float("nan"), "val_loss": float("inf")}
+    trial.last_result = bad
+    assert stop_diverged("nan", bad)
+    rec.on_trial_result(0, [], trial, bad)
+    console.on_trial_result(0, [], trial, bad)
+    rec.on_trial_complete(0, [], trial)
+    console.on_trial_complete(0, [], trial)
+    searcher.on_trial_complete("nan", bad)
+    assert rec.writer.flush(30)
+
+    run = _runs(study)["nan"]
+    assert (run.info.status, run.data.tags["dynconv.outcome"]) == ("FAILED", "diverged")
+    assert run.data.tags["dynconv.epochs_done"] == "2"
+    assert "DIVERGED at epoch 2: train_loss nan; not ranked, not evaluated" in capsys.readouterr().out
+    (told,) = searcher.optuna_study.trials
+    assert told.state == TrialState.PRUNED

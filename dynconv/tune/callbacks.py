@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+from dynconv.metrics import diverged
 
 
 class ConsoleReporter(Callback):
@@ -48,18 +51,18 @@ class ConsoleReporter(Callback):
         value = result.get(self.metric)
         if value is None or "epoch" not in result:
             return
-        if self._better(float(value)):
+        if math.isfinite(value) and self._better(float(value)):
             self.best = (float(value), trial.trial_id)
         speed = result.get("train_images_per_second")
         rate = f"  {speed:6.0f} img/s" if speed else ""
-        best_value, best_trial = self.best
+        best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
         last = int(result["epoch"]) >= self.epochs
         if last:
             self.announced.add(trial.trial_id)
         self._print(
             trial,
             f"epoch {int(result['epoch'])}/{self.epochs}  {self.metric} {value:.4f}{rate}"
-            f"   best so far {best_value:.4f} ({best_trial}){'   finished' if last else ''}",
+            f"   best so far {best}{'   finished' if last else ''}",
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -67,7 +70,10 @@ class ConsoleReporter(Callback):
         done = int(last.get("epoch", 0))
         value = last.get(self.metric)
         tail = f", last {self.metric} {value:.4f}" if value is not None else ""
-        if done >= self.epochs:
+        loss = diverged(last)
+        if loss is not None:
+            self._print(trial, f"DIVERGED at epoch {done}: {loss} {last[loss]}; not ranked, not evaluated")
+        elif done >= self.epochs:
             if trial.trial_id not in self.announced:  # else its last epoch line said so
                 self._print(trial, f"finished   {done} epochs{tail}")
         else:

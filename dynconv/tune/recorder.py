@@ -7,8 +7,9 @@ workers only report to Tune, and this callback, in the driver,
 - logs each reported result at step = epoch,
 - logs the final checkpoint and closes the run with the trial's outcome: FINISHED when it ran all its
   epochs (`dynconv.outcome=finished`) or when the scheduler stopped it early (`stopped_early`: ASHA
-  stopping a trial is the search working, not a failure), FAILED when it failed for good, KILLED when
-  the study was interrupted (`interrupted`) or when it belongs to no trial of the resumed study.
+  stopping a trial is the search working, not a failure), FAILED when it failed for good (`failed`)
+  or its loss stopped being finite (`diverged`), KILLED when the study was interrupted
+  (`interrupted`) or when it belongs to no trial of the resumed study (`orphaned`).
 
 Writes go through a `QueuedWriter`: Tune's event loop never waits for MLflow, and a write that meets
 an unreachable store waits in memory until the store answers. At the end of the study the recorder
@@ -33,6 +34,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from dynconv import tracking
+from dynconv.metrics import diverged
 from dynconv.spec import JobSpec
 from dynconv.tracking.writer import QueuedWriter
 from dynconv.train.ray_session import CHECKPOINT_FILE, read_state
@@ -43,7 +45,7 @@ FLUSH_TIMEOUT_S = 300.0
 """How long the end of a study waits for MLflow to take the writes still queued (an outage)."""
 TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "should_checkpoint"})
 """Keys Tune adds to every result; everything else numeric is a metric the trial reported."""
-OUTCOME_TAG = "dynconv.outcome"  # finished | stopped_early | failed | interrupted | orphaned
+OUTCOME_TAG = "dynconv.outcome"  # finished | stopped_early | failed | diverged | interrupted | orphaned
 EPOCHS_TAG = "dynconv.epochs_done"
 
 
@@ -202,6 +204,8 @@ class TrialRecorder(Callback):
             self._submit(tid, "checkpoint", tracking.log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
         if failed:
             status, outcome = "FAILED", "failed"
+        elif diverged(last):
+            status, outcome = "FAILED", "diverged"
         else:
             status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
         self._submit(tid, "close", _end, status, {OUTCOME_TAG: outcome, EPOCHS_TAG: done})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynconv.metrics import diverged
 from dynconv.spec import JobSpec, ParamSpec
 
 
@@ -60,6 +61,12 @@ def build_searcher(spec: JobSpec):
         metric, mode = list(objectives), list(objectives.values())
         return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, metric=metric, mode=mode)
     return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs)
+
+
+def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
+    """Tune's stopper (`RunConfig(stop=...)`): stop a trial at the first epoch whose loss is not finite
+    (`dynconv.metrics.diverged`); the recorder, the console and the searcher then call it diverged."""
+    return diverged(result) is not None
 
 
 def tune_metric_mode(spec: JobSpec) -> tuple[str | None, str | None]:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from dynconv.metrics import diverged
 
 
 class EpochOptunaSearch(OptunaSearch):
@@ -17,7 +20,9 @@ class EpochOptunaSearch(OptunaSearch):
       and Optuna ignores a step reported twice).
     - A trial the scheduler stopped before its last epoch is told to Optuna as PRUNED (at its last
       reported value), not COMPLETE as if its partial value were final: TPE then ranks it below the
-      trials that ran all epochs, as the study's own ranking does.
+      trials that ran all epochs, as the study's own ranking does. So is a trial that diverged
+      (`dynconv.metrics.diverged`), whatever epoch it reached: its values are not to be trusted, and
+      a NaN told as a value would leave the Optuna trial running forever.
 
     Its state (the Optuna study with every trial told so far) is saved and restored by Tune with the
     experiment, so a resumed study suggests from the whole history.
@@ -35,7 +40,7 @@ class EpochOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             return  # Optuna takes no intermediate values of several objectives
-        if self.metric in result and "epoch" in result:
+        if self.metric in result and "epoch" in result and math.isfinite(result[self.metric]):
             self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -44,7 +49,7 @@ class EpochOptunaSearch(OptunaSearch):
             and result is not None
             and not isinstance(self.metric, list)
             and result.get(self.metric) is not None
-            and int(result.get("epoch", 0)) < self.epochs
+            and (int(result.get("epoch", 0)) < self.epochs or diverged(result) is not None)
         )
         if not stopped or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)

@@ -32,6 +32,7 @@ from dynconv.tune.search import (
     build_searcher,
     max_concurrent_trials,
     param_space,
+    stop_diverged,
     tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
@@ -111,6 +112,7 @@ def _build_tuner(
             failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             callbacks=callbacks,
+            stop=stop_diverged,
             verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
         ),
     )

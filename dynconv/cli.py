@@ -9,9 +9,14 @@ too, plus the path of a log file holding the full traceback (exit code 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from dynconv import cli_args as arg
 from dynconv.crash_log import write_crash_log
@@ -50,12 +55,48 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote synthetic dataset to {out}")
 
 
+class _ClosedStdoutStops(io.TextIOBase):
+    """stdout for a study: once its reader goes away (`dynconv tune SPEC | head`), writes go nowhere
+    and the study is stopped the way Ctrl-C stops it (SIGINT: Tune saves its state, every run is closed
+    KILLED, the resume hint goes to stderr), instead of crashing on BrokenPipeError mid-study."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed_reader = False
+
+    def write(self, text: str) -> int:
+        if not self._closed_reader:
+            try:
+                self._stream.write(text)
+                return len(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self._closed_reader = True
+        with contextlib.suppress(OSError):  # Python's exit would flush the dead pipe once more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        signal.raise_signal(signal.SIGINT)
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from dynconv.spec import load_spec
     from dynconv.tune.study import run_study
 
     spec = load_spec(Path(args.spec).expanduser(), overrides=args.set, num_samples=args.num_samples)
-    result = run_study(spec, address=args.address, resume=args.resume, verbose=args.verbose)
+    stdout, sys.stdout = sys.stdout, _ClosedStdoutStops(sys.stdout)
+    try:
+        result = run_study(spec, address=args.address, resume=args.resume, verbose=args.verbose)
+    finally:
+        sys.stdout = stdout
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 

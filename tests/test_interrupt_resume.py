@@ -252,3 +252,28 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
     for pid in leftover:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_closed_stdout_stops_the_study_like_ctrl_c(slower_dataset: Path, tmp_path: Path) -> None:
+    """`dynconv tune SPEC | head`: once the reader is gone the study stops as on Ctrl-C (exit 130, every
+    run closed KILLED, the resume hint on stderr), not in a BrokenPipeError crash with runs left RUNNING."""
+    spec = _spec(tmp_path, slower_dataset)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynconv", "tune", str(spec)],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in proc.stdout:  # like `head`: read until the first epoch, then go away
+        seen.append(line)
+        if "epoch 1/" in line:
+            break
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=180) == 130, "".join(seen) + err
+    assert "Study interrupted. Continue it with: dynconv tune <spec> --resume" in err, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    exp = tracking.client(uri).get_experiment_by_name("tiny").experiment_id
+    assert [r.info.status for r in tracking.find_runs(uri, exp, role="study")] == ["KILLED"]
+    assert {r.info.status for r in _trial_runs(uri)} <= {"FINISHED", "KILLED"}

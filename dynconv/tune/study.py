@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -294,7 +295,10 @@ def _close_interrupted(result: StudyResult) -> None:
     how to continue it."""
     tracking.end_run(result.tracking_uri, result.parent_run_id, "KILLED")
     tune_path = result.tune_path
-    print(f"\nStudy interrupted. Continue it with: dynconv tune <spec> --resume  (Tune state: {tune_path})")
+    print(
+        f"\nStudy interrupted. Continue it with: dynconv tune <spec> --resume  (Tune state: {tune_path})",
+        file=sys.stderr,
+    )
 
 
 def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) -> None:

@@ -216,6 +216,15 @@ def test_select_trials_follows_the_ranking_with_true_ranks(capsys) -> None:
     assert capsys.readouterr().out == (
         "trial nock (rank 1) has no checkpoint/state.pt artifact; evaluating rank 2 (trial f2) instead\n"
     )
+    everything = select_trials(trials, Ranking("val_loss", "min"), 10, "s")
+    assert [(rank, x.name) for rank, x in everything] == [(1, "f1"), (2, "f2"), (4, "k")]
+    assert capsys.readouterr().out == (
+        "trial nock (rank 3) has no checkpoint/state.pt artifact; evaluating rank 4 (trial k) instead\n"
+    )
+    finished = [trials[1], trials[2], trials[4]]  # the trial without a checkpoint ranks last here
+    assert [x.name for _, x in select_trials(finished, Ranking("val_loss", "min"), 10, "s")] == ["f1", "f2"]
+    out = capsys.readouterr().out
+    assert out == "trial nock (rank 3) has no checkpoint/state.pt artifact; not evaluated\n"
     lowest = select_trials(trials, Ranking("val_loss", "min"), 1, "s")
     assert [(rank, x.name) for rank, x in lowest] == [(1, "f1")]
     with pytest.raises(DynconvError, match=r"no finished trial with a checkpoint .*1 failed"):

@@ -75,6 +75,8 @@ def select_trials(
         raise DynconvError(
             f"study {study!r} has no finished trial with a checkpoint ({_outcomes(trials, ranking)})"
         )
+    for p_rank, p_trial, p_why in passed:  # no evaluable trial ranks below these
+        print(f"trial {p_trial.name} (rank {p_rank}) {p_why}; not evaluated", flush=True)
     return chosen
 
 
@@ -98,7 +100,7 @@ def _chosen_trials(
     if only_run_id is None:
         if top_k is None:
             top_k = max(1, len(ranking.front(trials)))
-        return list(select_trials(trials, ranking, top_k, study))
+        return list(select_trials(trials, ranking, top_k, study))  # list[tuple[int, ...]] widened
     chosen = [t for t in trials if t.run_id == only_run_id]
     if not chosen or not chosen[0].has_checkpoint:
         raise DynconvError(f"trial run {only_run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact")

@@ -155,7 +155,7 @@ def run_one(spec_path: Path, arm: str, seed: int, samples: int, overrides: list[
     run = Run(arm, seed, samples, wall, epoch_events(result.tracking_uri, result.trials))
     best = result.best
     if best is not None:
-        run.best_params = {**best.params, "val_acc": best.best_val_acc}
+        run.best_params = {**best.params, "val_acc": best.value}  # the last val_acc (ranked metric)
     for t in result.trials:
         run.trials_by_status[t.status] = run.trials_by_status.get(t.status, 0) + 1
     counted = sum(t.epochs for t in result.trials)
@@ -262,7 +262,7 @@ def summarise(runs: list[Run], seeds: list[int]) -> tuple[str, list[str]]:
             + [_fmt(p.get("val_acc"))]
         )
     params_table = markdown_table(
-        ["arm", "seed", *_keys(runs), "best val acc"], params_rows, align="ll" + "r" * (len(_keys(runs)) + 1)
+        ["arm", "seed", *_keys(runs), "last val acc"], params_rows, align="ll" + "r" * (len(_keys(runs)) + 1)
     )
 
     goals = []

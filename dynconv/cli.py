@@ -196,7 +196,8 @@ def _add_tracking_parsers(sub) -> None:
         "--top-k",
         type=arg.int_range(1, 1000),
         default=None,
-        help="the N best by val_acc (default: the best, or the Pareto set)",
+        help="the first N of the study's ranking, its search metric and mode (default: the best, "
+        "or the Pareto set)",
     )
     p.add_argument("--subsets", type=arg.subset_list, default="RGB,RG,RB,GB,R,G,B")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -5,8 +5,10 @@ with the trial's searched values already applied (model and its arguments, every
 data settings, seed); it is checked against the parameters the trial logged. No YAML file and no Ray:
 the run trains in this process through `LocalSession`, is evaluated over the channel subsets with the
 same code as `dynconv evaluate`, and lands in MLflow as a new run (`dynconv.role=rerun`,
-`dynconv.rerun_of=<original run id>`) in the original's experiment, nested under the same study.
-Finally the original and the rerun are printed side by side.
+`dynconv.rerun_of=<original run id>`) in the original's experiment, nested under the same study; that
+run is FINISHED only once trained, checkpointed and evaluated (KILLED when interrupted, FAILED on an
+error). Finally the original and the rerun are printed side by side (the original's newest complete
+evaluation). A study stands for its best trial by `dynconv.tune.ranking`, as in `dynconv evaluate`.
 
 Imports `dynconv.tracking` (never `mlflow` directly), `dynconv.evaluation` and the Ray-free training
 loop; never Ray.
@@ -26,9 +28,10 @@ from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
-from dynconv.evaluation.study import select_trials
+from dynconv.evaluation.study import list_ranked_trials, select_trials
 from dynconv.evaluation.tables import print_evaluation
 from dynconv.tracking.evaluations import log_evaluation
+from dynconv.tune.ranking import Ranking
 
 
 @dataclass
@@ -44,8 +47,9 @@ class RerunResult:
 
 
 def resolve_trial(uri: str, run: str) -> Any:
-    """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial,
-    an evaluation run id -> the trial it evaluated."""
+    """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial
+    with a checkpoint by the study's ranking (as `dynconv evaluate` picks it), an evaluation run id ->
+    the trial it evaluated."""
     if tracking.RUN_ID_PATTERN.match(run):
         found = None
         with contextlib.suppress(DynconvError):
@@ -58,7 +62,8 @@ def resolve_trial(uri: str, run: str) -> Any:
                 return tracking.get_run(uri, found.data.tags.get(tracking.TAG_SOURCE_RUN, ""))
     parent = tracking.find_study_run(uri, run)
     study = parent.data.tags.get(tracking.TAG_STUDY, run)
-    best = select_trials(tracking.list_trials(uri, parent), 1, study)[0]
+    ranking = Ranking.for_spec(tracking.load_study_spec(uri, parent))
+    [(_, best)] = select_trials(list_ranked_trials(uri, parent, ranking), ranking, 1, study)
     return tracking.get_run(uri, best.run_id)
 
 
@@ -168,7 +173,7 @@ def _open_rerun_run(uri: str, original, spec, dev) -> str:
 
 
 def _train(uri: str, run_id: str, spec, data, dev):
-    """Train in this process, logging each epoch's metrics; the run is closed KILLED/FAILED on error."""
+    """Train in this process, logging each epoch's metrics."""
     from dynconv.train.loop import fit
     from dynconv.train.session import LocalSession
 
@@ -176,14 +181,7 @@ def _train(uri: str, run_id: str, spec, data, dev):
         tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
 
     session = LocalSession(device=dev, on_report=on_report)
-    try:
-        fit(spec, session, data)
-    except KeyboardInterrupt:
-        tracking.end_run(uri, run_id, "KILLED")
-        raise
-    except Exception:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise
+    fit(spec, session, data)
     return session
 
 
@@ -233,19 +231,20 @@ def rerun(
     data = prepare_for_spec(spec, progress=False)
 
     run_id = _open_rerun_run(uri, original, spec, dev)
-    print(
-        f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
-        f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
-        "configuration rebuilt from the run's checkpoint",
-        file=out,
-    )
-    for note in notes:
-        print(f"note: {note}", file=out)
-    session = _train(uri, run_id, spec, data, dev)
-    ev = None
-    if session.last_state is not None:
-        title = f"rerun of {original.info.run_name}"
-        ev = _evaluate_rerun(uri, run_id, session.last_state, spec, data, dev, names, speed, title, out)
-    tracking.end_run(uri, run_id, "FINISHED")
+    with tracking.closed_on_error(uri, run_id):  # FINISHED only once trained, checkpointed, evaluated
+        print(
+            f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
+            f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
+            "configuration rebuilt from the run's checkpoint",
+            file=out,
+        )
+        for note in notes:
+            print(f"note: {note}", file=out)
+        session = _train(uri, run_id, spec, data, dev)
+        ev = None
+        if session.last_state is not None:
+            title = f"rerun of {original.info.run_name}"
+            ev = _evaluate_rerun(uri, run_id, session.last_state, spec, data, dev, names, speed, title, out)
+        tracking.end_run(uri, run_id, "FINISHED")
     print("\nOriginal vs rerun\n" + format_side_by_side(uri, original, run_id, ev), file=out)
     return RerunResult(run_id, oid, spec, session.history, ev, notes)

@@ -230,7 +230,8 @@ class SearchSpec(_Strict):
     @property
     def tune_metric(self) -> str:
         """The one metric ranked on: `objective` for a weighted mix, else `metric`; the first objective
-        of a multi-objective search (used for `--top-k`, `best` and the parent's `best_val_acc`)."""
+        of a multi-objective search (what `dynconv.tune.ranking` ranks on: the table, `best`, `--top-k`
+        and the parent's `best_<metric>`)."""
         if self.objectives is not None:
             return next(iter(self.objectives))
         return "objective" if isinstance(self.metric, dict) else self.metric

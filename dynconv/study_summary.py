@@ -13,13 +13,16 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.spec import JobSpec
+from dynconv.tune.ranking import Ranking
 
 NOTE_TAG = "mlflow.note.content"
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> str:
-    """Markdown: what the study is, how its trials ended, the best trial and its subset accuracies."""
+    """Markdown: what the study is, how its trials ended, the best trial (by the study's ranking, as in
+    the console table and the parent run's tags) and its subset accuracies."""
+    ranking = Ranking.for_spec(spec)
     space = ", ".join(
         f"{k} ({p.type} {p.values if p.type == 'choice' else f'{p.low:g}..{p.high:g}'})"
         for k, p in spec.search.space.items()
@@ -32,7 +35,7 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
     lines = [
         f"**Study `{spec.study}`**: {spec.search.algorithm.upper()} search over {space} for "
         f"`{spec.model.name}` {spec.model.args or ''}, {spec.train.epochs} epochs per trial, {sched} "
-        f"on `{spec.search.metric}` ({spec.search.mode}).",
+        f"on {ranking.describe()}.",
         "",
         f"**{len(result.trials)} trials** ({ended}).",
     ]
@@ -43,8 +46,8 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
         )
         lines += [
             "",
-            f"**Best trial** `{best.trial_id}` (run `{best.run_id}`): best {spec.search.metric} "
-            f"{best.best_val_acc:.4f} after {best.epochs} epochs; {params}.",
+            f"**Best trial** `{best.trial_id}` (run `{best.run_id}`): last {ranking.metric} "
+            f"{best.value:.4f} after {best.epochs} epochs; {params}.",
         ]
     if evaluations:
         run_id, ev = evaluations[0]
@@ -75,15 +78,17 @@ def trial_curves(uri: str, result: Any, metric: str) -> dict[str, list[tuple[int
 
 
 def importances(spec: JobSpec, result: Any) -> dict[str, float] | None:
-    """`optuna.importance.get_param_importances` over the trials that reported the metric (None if < 4).
+    """`optuna.importance.get_param_importances` over the ranked trials (None if fewer than 4).
 
-    Each trial enters with its best value, as OptunaSearch told Optuna its last one: ASHA-stopped
-    trials count with their partial budget, which is what the search itself saw.
+    Each trial enters with the value the ranking uses, its LAST value of the ranked metric, which is
+    what OptunaSearch told Optuna: ASHA-stopped trials count with their partial budget, as the search
+    itself saw them. The direction is the ranking's mode.
     """
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    scored = [t for t in result.trials if t.best_val_acc is not None]
+    ranking = Ranking.for_spec(spec)
+    scored = ranking.rank(result.trials)
     if len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
     dists = {
@@ -93,9 +98,9 @@ def importances(spec: JobSpec, result: Any) -> dict[str, float] | None:
         for k, p in spec.search.space.items()
     }
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if spec.search.mode == "max" else "minimize")
+    study = optuna.create_study(direction="maximize" if ranking.mode == "max" else "minimize")
     for t in scored:
-        study.add_trial(optuna.trial.create_trial(params=t.params, distributions=dists, value=t.best_val_acc))
+        study.add_trial(optuna.trial.create_trial(params=t.params, distributions=dists, value=t.value))
     return dict(optuna.importance.get_param_importances(study))
 
 
@@ -105,7 +110,7 @@ def write_study_summary(spec: JobSpec, result: Any, evaluations: list[tuple[str,
 
     uri, parent = result.tracking_uri, result.parent_run_id
     tracking.set_tags(uri, parent, {NOTE_TAG: study_note(spec, result, evaluations)})
-    metric = spec.search.metric
+    metric = Ranking.for_spec(spec).metric  # the reported metric ranked on (`objective` for weights)
     best = result.best.trial_id if result.best else None
     with tempfile.TemporaryDirectory(prefix="dynconv_study_") as tmp:
         curves = trial_curves(uri, result, metric)

@@ -25,6 +25,7 @@ RAY_FREE = (
     "metrics.py",
     "train/subset_val.py",
     "tune/pareto.py",
+    "tune/ranking.py",
     "train/loop.py",
     "train/session.py",
     "train/optim.py",

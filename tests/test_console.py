@@ -116,5 +116,5 @@ def test_cli_console_is_quiet(tiny_dataset: Path, tmp_path: Path) -> None:
     assert (
         sum(("finished" in ln or "stopped by the scheduler" in ln) for ln in lines if "] trial " in ln) == 2
     )
-    assert any(ln.startswith("trial ") and "best val acc" in ln for ln in lines), "the summary table"
+    assert any(ln.startswith("trial ") and "last val_acc" in ln for ln in lines), "the summary table"
     assert len(lines) < 40

@@ -25,6 +25,7 @@ from dynconv.evaluation.results import DYNAMIC_NOTE, PLAIN_NOTE, SpeedConfig
 from dynconv.evaluation.study import evaluate_study_cli, select_trials
 from dynconv.spec import JobSpec
 from dynconv.tracking import TrialInfo
+from dynconv.tune.ranking import Ranking
 from tests import mlflow_layout
 
 FAST = SpeedConfig(warmup=1, latency_iters=2, throughput_batch=8, throughput_iters=1)
@@ -200,20 +201,35 @@ def test_predict_feeds_models_as_documented(dynamic: bool) -> None:
         assert (x[:, 1] == 0).all() and (x[:, 0] != 0).all()
 
 
-def test_select_trials_prefers_finished_then_val_acc() -> None:
-    def t(name: str, status: str, acc: float | None, ckpt: bool = True) -> TrialInfo:
-        return TrialInfo(name, name, status, acc, ckpt, {}, {})
+def test_select_trials_follows_the_ranking_with_true_ranks(capsys) -> None:
+    def t(name: str, status: str, value: float | None, ckpt: bool = True) -> TrialInfo:
+        return TrialInfo(name, name, name, status, value, {}, None, ckpt, {}, {})
 
     trials = [
-        t("k", "KILLED", 0.9),
+        t("k", "KILLED", 0.9),  # stopped early: after every trial that ran all epochs
         t("f1", "FINISHED", 0.6),
         t("f2", "FINISHED", 0.7),
-        t("x", "FAILED", 0.99),
+        t("x", "FAILED", 0.99),  # never ranked
+        t("nock", "FINISHED", 0.95, ckpt=False),  # rank 1, but nothing to evaluate
     ]
-    trials.append(t("nock", "FINISHED", 0.95, ckpt=False))
-    assert [x.name for x in select_trials(trials, 3, "s")] == ["f2", "f1", "k"]
+    chosen = select_trials(trials, Ranking("val_acc", "max"), 3, "s")
+    assert [(rank, x.name) for rank, x in chosen] == [(2, "f2"), (3, "f1"), (4, "k")]
+    assert capsys.readouterr().out == (
+        "trial nock (rank 1) has no checkpoint/state.pt artifact; evaluating rank 2 (trial f2) instead\n"
+    )
+    everything = select_trials(trials, Ranking("val_loss", "min"), 10, "s")
+    assert [(rank, x.name) for rank, x in everything] == [(1, "f1"), (2, "f2"), (4, "k")]
+    assert capsys.readouterr().out == (
+        "trial nock (rank 3) has no checkpoint/state.pt artifact; evaluating rank 4 (trial k) instead\n"
+    )
+    finished = [trials[1], trials[2], trials[4]]  # the trial without a checkpoint ranks last here
+    assert [x.name for _, x in select_trials(finished, Ranking("val_loss", "min"), 10, "s")] == ["f1", "f2"]
+    out = capsys.readouterr().out
+    assert out == "trial nock (rank 3) has no checkpoint/state.pt artifact; not evaluated\n"
+    lowest = select_trials(trials, Ranking("val_loss", "min"), 1, "s")
+    assert [(rank, x.name) for rank, x in lowest] == [(1, "f1")]
     with pytest.raises(DynconvError, match=r"no finished trial with a checkpoint .*1 failed"):
-        select_trials([trials[3]], 1, "s")
+        select_trials([trials[3]], Ranking("val_acc", "max"), 1, "s")
 
 
 # ------------------------------------------------------------------------------- end to end

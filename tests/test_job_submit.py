@@ -86,7 +86,7 @@ def test_ray_job_submit_runs_the_quickstart_spec_to_the_end(head, tiny_dataset: 
         time.sleep(5)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout
-    assert "best val acc" in job.stdout and "Browse it with: dynconv ui" in job.stdout
+    assert "last val_acc" in job.stdout and "Browse it with: dynconv ui" in job.stdout
 
     c = tracking.client(uri)
     exp = c.get_experiment_by_name("quickstart")

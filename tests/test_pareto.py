@@ -8,7 +8,7 @@ import math
 import pytest
 
 from dynconv.spec import parse_spec
-from dynconv.tune.pareto import dominates, pareto_front, pareto_run_ids
+from dynconv.tune.pareto import dominates, pareto_front
 
 MAX2 = ["max", "max"]
 
@@ -31,16 +31,6 @@ def test_missing_or_nan_values_are_never_on_the_front() -> None:
     assert pareto_front([], MAX2) == []
     with pytest.raises(ValueError, match="max' or 'min"):
         pareto_front([(1, 2)], ["max", "up"])
-
-
-def test_pareto_run_ids_reads_the_parent_tag() -> None:
-    class Run:
-        def __init__(self, tags):
-            self.data = type("D", (), {"tags": tags})()
-
-    assert pareto_run_ids(Run({})) is None
-    assert pareto_run_ids(Run({"dynconv.pareto_run_ids": "a,b"})) == ["a", "b"]
-    assert pareto_run_ids(Run({"dynconv.pareto_run_ids": ""})) == []
 
 
 SPEC = {

@@ -9,7 +9,9 @@ import pytest
 from dynconv import tracking
 from dynconv.spec import JobSpec
 from dynconv.study_summary import NOTE_TAG, importances, write_study_summary
+from dynconv.tune.ranking import Ranking
 from dynconv.tune.study import StudyResult, TrialSummary
+from dynconv.tune.study_result import apply_ranking
 
 SPACE = {
     "lr": {"type": "loguniform", "low": 0.01, "high": 0.2},
@@ -46,6 +48,7 @@ def _study(tmp_path: Path, n: int) -> tuple[JobSpec, StudyResult]:
             tracking.log_metrics(uri, run_id, {"val_acc": acc * e / epochs}, step=e)
         status = "FINISHED" if epochs == 3 else "STOPPED"
         trials.append(TrialSummary(f"t{i}", {"lr": lr, "augment_strength": aug}, acc, epochs, status, run_id))
+    apply_ranking(trials, Ranking.for_spec(spec))
     return spec, StudyResult("imp", "imp-1", parent, exp, uri, "", False, trials)
 
 
@@ -66,7 +69,9 @@ def test_study_run_gets_description_curves_and_importances(tmp_path: Path) -> No
     run = c.get_run(result.parent_run_id)
     note = run.data.tags[NOTE_TAG]
     assert "Study `imp`" in note and "**5 trials** (2 finished, 3 stopped)" in note
-    assert "Best trial** `t4`" in note and "val_acc 0.7000" in note
+    # t4 scored highest but was stopped after 1 epoch: the ranking puts completed trials first (t3)
+    assert "Best trial** `t3`" in note and "last val_acc 0.6000" in note
+    assert "on val_acc (max)." in note
     files = {a.path for a in c.list_artifacts(result.parent_run_id, "study")}
     assert files == {"study/learning_curves.png", "study/param_importances.png"}
     assert run.data.metrics["importance.lr"] > run.data.metrics["importance.augment_strength"]

@@ -1,10 +1,16 @@
 """Study-level evaluation: pick a study's trials, load their checkpoints, evaluate, record, print.
 
-Which trials: the trial runs of the study with a `checkpoint/state.pt` artifact and status FINISHED
-or KILLED (stopped early by ASHA: it finished what it was allowed to run), FINISHED ones first, each
-group ordered by the trial's best `val_acc` over its epochs. FAILED and still-RUNNING trials are never
-evaluated. The checkpoint is the trial's *last* epoch (what Tune kept), so its epoch and validation
-accuracy are printed next to the best one.
+Which trials: the study's trial runs ranked by `dynconv.tune.ranking` for the study's spec (read from
+its parent run), the same rule as the console table and the parent's `dynconv.best_*` tags: the last
+logged value of the ranked metric, trials that ran all epochs before ones stopped early, FAILED and
+unscored trials never. The first `top_k` of them that can be evaluated (a `checkpoint/state.pt`
+artifact, a FINISHED or KILLED run) are; a ranked trial passed over is named in one line, and every
+evaluation run carries its trial's TRUE rank in `dynconv.rank`. The checkpoint is the trial's *last*
+epoch (what Tune kept, and what the ranking scores), so its epoch and validation accuracy are printed
+next to the best one.
+
+An evaluation run is FINISHED once its metrics, tables, predictions and plots are all logged; one
+interrupted (Ctrl-C, SIGINT) or broken mid-way is closed KILLED or FAILED before the error propagates.
 
 The thin layer on top of `dynconv.evaluation.model` (which knows nothing of MLflow) and
 `dynconv.tracking` (which holds every MLflow call). Imports no Ray.
@@ -24,52 +30,91 @@ from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.tracking import TrialInfo
 from dynconv.tracking.evaluations import log_study_plots, record_evaluation
-from dynconv.tune.pareto import pareto_run_ids
+from dynconv.tune.ranking import Ranking
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
 
 
-def select_trials(trials: Sequence[TrialInfo], top_k: int, study: str) -> list[TrialInfo]:
-    """The `top_k` trials to evaluate (see the module doc for the order); a one-line error when none."""
+def list_ranked_trials(uri: str, parent_run, ranking: Ranking) -> list[TrialInfo]:
+    """The study's trial runs, with what `ranking` reads of each (the last values of its metrics)."""
+    return tracking.list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
+
+
+def _not_evaluable(trial: TrialInfo) -> str | None:
+    """Why a ranked trial cannot be evaluated (no checkpoint, a run still open), or None."""
+    if not trial.has_checkpoint:
+        return f"has no {tracking.CHECKPOINT_ARTIFACT} artifact"
+    if trial.status not in EVALUABLE_STATUSES:
+        return f"is {trial.status.lower()}"
+    return None
+
+
+def select_trials(
+    trials: Sequence[TrialInfo], ranking: Ranking, top_k: int, study: str
+) -> list[tuple[int, TrialInfo]]:
+    """The first `top_k` trials of `ranking.rank(trials)` that can be evaluated, each with its true rank
+    (1 = the study's best). A ranked trial passed over is named in one printed line, with the rank
+    evaluated in its place; a one-line error when no trial can be evaluated."""
     if top_k < 1:
         raise DynconvError(f"--top-k must be at least 1, got {top_k}")
-    usable = [t for t in trials if t.has_checkpoint and t.status in EVALUABLE_STATUSES]
-    if not usable:
-        counts: dict[str, int] = {}
-        for t in trials:
-            key = t.status.lower() + ("" if t.has_checkpoint else " without checkpoint")
-            counts[key] = counts.get(key, 0) + 1
-        seen = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no trial runs at all"
-        raise DynconvError(f"study {study!r} has no finished trial with a checkpoint ({seen})")
-    usable.sort(
-        key=lambda t: (t.status == "FINISHED", t.best_val_acc if t.best_val_acc is not None else -1.0),
-        reverse=True,
-    )
-    return usable[:top_k]
-
-
-def _chosen_trials(
-    trials: list[TrialInfo], top_k: int | None, study: str, only_run_id: str | None, parent_run
-):
-    """The trials to evaluate: `only_run_id` when given (it must have a checkpoint), else the `top_k`
-    best by val_acc; `top_k=None`: the whole Pareto set of a multi-objective study, else the best."""
-    if only_run_id is None:
-        pareto = pareto_run_ids(parent_run) if top_k is None else None
-        if pareto is None:
-            return select_trials(trials, top_k or 1, study)
-        pool = [t for t in trials if t.run_id in pareto]
-        return select_trials(pool, max(1, len(pool)), study)
-    chosen = [t for t in trials if t.run_id == only_run_id]
-    if not chosen or not chosen[0].has_checkpoint:
-        raise DynconvError(f"trial run {only_run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact")
+    chosen: list[tuple[int, TrialInfo]] = []
+    passed: list[tuple[int, TrialInfo, str]] = []
+    for rank, trial in enumerate(ranking.rank(trials), start=1):
+        if len(chosen) == top_k:
+            break
+        why = _not_evaluable(trial)
+        if why is not None:
+            passed.append((rank, trial, why))
+            continue
+        for p_rank, p_trial, p_why in passed:
+            instead = f"evaluating rank {rank} (trial {trial.name}) instead"
+            print(f"trial {p_trial.name} (rank {p_rank}) {p_why}; {instead}", flush=True)
+        passed = []
+        chosen.append((rank, trial))
+    if not chosen:
+        raise DynconvError(
+            f"study {study!r} has no finished trial with a checkpoint ({_outcomes(trials, ranking)})"
+        )
+    for p_rank, p_trial, p_why in passed:  # no evaluable trial ranks below these
+        print(f"trial {p_trial.name} (rank {p_rank}) {p_why}; not evaluated", flush=True)
     return chosen
 
 
-def _header(study: str, rank: int, trial: TrialInfo, state: dict, ev: Evaluation, run_id: str) -> str:
+def _outcomes(trials: Sequence[TrialInfo], ranking: Ranking) -> str:
+    """How the study's trials ended, counted (for the error when none can be evaluated)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        key = t.status.lower() + ("" if t.has_checkpoint else " without checkpoint")
+        if t.status != "FAILED" and not ranking.rankable(t):
+            key += f" without a {ranking.metric} value"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no trial runs at all"
+
+
+def _chosen_trials(
+    trials: list[TrialInfo], ranking: Ranking, top_k: int | None, study: str, only_run_id: str | None
+) -> list[tuple[int | None, TrialInfo]]:
+    """The trials to evaluate with their ranks: `only_run_id` when given (it must have a checkpoint; no
+    rank), else the first `top_k` of the ranking; `top_k=None`: as many as the Pareto set of a
+    multi-objective study holds (the Pareto trials rank first), else the best."""
+    if only_run_id is None:
+        if top_k is None:
+            top_k = max(1, len(ranking.front(trials)))
+        return list(select_trials(trials, ranking, top_k, study))  # list[tuple[int, ...]] widened
+    chosen = [t for t in trials if t.run_id == only_run_id]
+    if not chosen or not chosen[0].has_checkpoint:
+        raise DynconvError(f"trial run {only_run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact")
+    return [(None, chosen[0])]
+
+
+def _header(
+    study: str, rank: int | None, ranking: Ranking, trial: TrialInfo, state: dict, ev: Evaluation, run_id: str
+) -> str:
     """The lines printed above a trial's subset table."""
     val_at_ckpt = (state.get("metrics") or {}).get("val_acc")
+    place = "chosen by run id" if rank is None else f"rank {rank} on {ranking.describe()}"
     return (
-        f"Study {study!r}, rank {rank}: trial {trial.name} (run {trial.run_id}, {trial.status.lower()}), "
+        f"Study {study!r}, {place}: trial {trial.name} (run {trial.run_id}, {trial.status.lower()}), "
         f"model {ev.model_name} {ev.model_args}\n"
         f"checkpoint epoch {state.get('epoch')}, val acc there {format_number(val_at_ckpt, '.4f')}, "
         f"best val acc {format_number(trial.best_val_acc, '.4f')}; {ev.split} split, "
@@ -91,9 +136,10 @@ def evaluate_trials(
     only_run_id: str | None = None,
     data=None,
 ) -> list[tuple[str, Evaluation]]:
-    """Evaluate the study's best trial(s), logging one child run each; returns [(run id, Evaluation)].
+    """Evaluate the study's best trial(s) by its ranking, logging one child run each (FINISHED once
+    complete); returns [(run id, Evaluation)].
 
-    `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.pareto`), else the best.
+    `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.ranking`), else the best.
     """
     from dynconv.data.channels import SUBSET_NAMES, parse_subsets
     from dynconv.datasets import prepare_for_spec
@@ -102,15 +148,16 @@ def evaluate_trials(
     names = parse_subsets(list(subsets) if subsets is not None else list(SUBSET_NAMES))
     tracking.quiet_artifact_downloads()
     study = parent_run.data.tags.get(tracking.TAG_STUDY, spec.study)
-    trials = tracking.list_trials(uri, parent_run)
-    chosen = _chosen_trials(trials, top_k, study, only_run_id, parent_run)
+    ranking = Ranking.for_spec(spec)
+    trials = list_ranked_trials(uri, parent_run, ranking)
+    chosen = _chosen_trials(trials, ranking, top_k, study, only_run_id)
     dev = default_device(device)
-    states = [(t, tracking.load_checkpoint(uri, t.run_id)) for t in chosen]  # fail before any work
+    states = [(r, t, tracking.load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
     data = data if data is not None else prepare_for_spec(spec, progress=False)
 
     parent_id = parent_run.info.run_id
     done: list[tuple[str, Evaluation]] = []
-    for rank, (trial, state) in enumerate(states, start=1):
+    for rank, trial, state in states:
         if int(state["num_classes"]) != data.num_classes:
             raise DynconvError(
                 f"checkpoint of run {trial.run_id} has {state['num_classes']} classes, "
@@ -125,16 +172,17 @@ def evaluate_trials(
             study,
             ev,
             source_run_id=trial.run_id,
-            rank=str(rank) if only_run_id is None else "manual",
+            rank="manual" if rank is None else str(rank),
             run_name=f"eval-{trial.name}",
             params={"checkpoint_epoch": state.get("epoch")},
             title=f"{study}: {ev.model_name} (trial {trial.name})",
         )
-        if rank == 1 and only_run_id is None:
-            log_study_plots(uri, run_id, trials)
-            tracking.set_tags(uri, parent_id, {tracking.TAG_EVALUATION_RUN: run_id})
-        tracking.end_run(uri, run_id, "FINISHED")
-        print_evaluation(ev, _header(study, rank, trial, state, ev, run_id))
+        with tracking.closed_on_error(uri, run_id):
+            if rank is not None and not done:  # the best evaluated trial
+                log_study_plots(uri, run_id, ranking.rank(trials), trials, ranking.metric)
+                tracking.set_tags(uri, parent_id, {tracking.TAG_EVALUATION_RUN: run_id})
+            tracking.end_run(uri, run_id, "FINISHED")
+        print_evaluation(ev, _header(study, rank, ranking, trial, state, ev, run_id))
         done.append((run_id, ev))
     return done
 
@@ -182,8 +230,8 @@ def evaluate_study_cli(
 ) -> list[tuple[str, Evaluation]]:
     """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id.
 
-    No `top_k`: the best trial, or the whole Pareto set of a multi-objective study; `top_k=N`: the N
-    best by val_acc (RGB) in either kind of study.
+    No `top_k`: the best trial, or the whole Pareto set of a multi-objective study; `top_k=N`: the first
+    N of the study's ranking (`dynconv.tune.ranking`, for the spec on its parent run) in either kind.
     """
     from dynconv.data.channels import parse_subsets
 

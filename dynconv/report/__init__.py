@@ -1,8 +1,9 @@
 """`dynconv report`: the seed's Tables 1-3 rebuilt from MLflow alone, with intervals and paired tests.
 
-Inputs: the evaluation runs (`dynconv.role=evaluation`, rank 1 = the study's best trial) of every study
-in the chosen experiments, their study's `spec.yaml` (which model, which stem) and their artifacts
-(`evaluation.json`, `predictions/predictions_<S>.npz`). No YAML file and no checkpoint is read.
+Inputs: per study in the chosen experiments, its best complete evaluation run (`dynconv.role=evaluation`,
+FINISHED, the lowest `dynconv.rank`: the study's best trial with a checkpoint; the newest of equals),
+its study's `spec.yaml` (which model, which stem) and its artifacts (`evaluation.json`,
+`predictions/predictions_<S>.npz`). No YAML file and no checkpoint is read.
 
 Which study fills which column: by the study spec's `model.name` and `model.args.stem` (default
 "imagenet"), the most recently started study of each kind (never the best on the test set: choosing

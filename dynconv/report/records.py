@@ -1,4 +1,11 @@
-"""The report's input: every rank-1 evaluation run with its study's spec, read through `dynconv.tracking`.
+"""The report's input: per study, its best complete evaluation run with the study's spec, read through
+`dynconv.tracking`.
+
+Which evaluation stands for a study (its parent run): among its FINISHED evaluation runs (an interrupted
+or failed one is KILLED or FAILED and holds only part of its metrics), the one of the best rank (the
+`dynconv.rank` tag: the evaluated trial's place in the study's ranking, 1 unless the best trial had no
+checkpoint; "manual" evaluations of a trial chosen by run id never stand for a study); among those, the
+newest. Evaluating a study twice therefore counts it once.
 
 No YAML file and no checkpoint is read: the study's `spec.yaml` artifact (which model, which stem), the
 evaluated trial's `train.channel_drop` param, and the evaluation run's `evaluation.json` and
@@ -134,20 +141,40 @@ def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, An
     )
 
 
+def _rank(run: Any) -> int | None:
+    """The evaluated trial's rank in its study (runs from before the tag existed were rank 1); None for
+    a manual evaluation."""
+    rank = run.data.tags.get(tracking.TAG_RANK, "1")
+    return int(rank) if rank.isdigit() else None
+
+
+def best_evaluations(runs: Sequence[Any]) -> list[Any]:
+    """Per study (parent run), the evaluation run of the best rank, the newest of them (`runs` come
+    newest first); manual evaluations left out. The runs must already be the complete (FINISHED) ones."""
+    chosen: dict[str, tuple[int, Any]] = {}
+    for run in runs:
+        rank = _rank(run)
+        study = run.data.tags.get(tracking.TAG_PARENT) or run.info.run_id
+        if rank is not None and (study not in chosen or rank < chosen[study][0]):
+            chosen[study] = (rank, run)
+    return [run for _, run in chosen.values()]
+
+
 def load_records(uri: str, experiments: Sequence[str] | None = None) -> list[EvalRecord]:
-    """Every rank-1 evaluation run in the experiments (default: all), newest study first."""
+    """Per study in the experiments (default: all), its best complete evaluation (see the module doc),
+    newest study first."""
     exps = tracking.experiments(uri, experiments)
     if not exps:
         return []
     names = {e.experiment_id: e.name for e in exps}
-    runs = tracking.search_runs(uri, "tags.`dynconv.role` = 'evaluation'", list(names))
+    runs = tracking.search_runs(
+        uri, "tags.`dynconv.role` = 'evaluation' and attributes.status = 'FINISHED'", list(names)
+    )
     parents: dict[str, Any] = {}
     specs: dict[str, Any] = {}
     records = []
-    for run in runs:
+    for run in best_evaluations(runs):
         tags = run.data.tags
-        if tags.get(tracking.TAG_RANK, "1") != "1":
-            continue
         parent_id = tags.get(tracking.TAG_PARENT, "")
         if parent_id not in parents:
             parents[parent_id] = tracking.try_get_run(uri, parent_id)

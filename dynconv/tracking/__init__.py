@@ -4,7 +4,8 @@ Nothing outside `dynconv/tracking/` imports `mlflow`; callers write `tracking.fi
 `tracking.log_metrics(...)`. Modules:
 
 - `layout`: tag and artifact names, the tracking store (URI, checks, experiments), `client`, and writing
-  the runs (parent and child runs, params, metrics, tags, artifacts, run status; `find_runs` by tag).
+  the runs (parent and child runs, params, metrics, tags, artifacts, run status, `closed_on_error`;
+  `find_runs` by tag).
 - `find`: runs by id or filter; a study's parent run and its trials (`TrialInfo`); metric histories.
 - `artifacts`: a trial's checkpoint, a study's spec, YAML/JSON files, per-image predictions.
 - `evaluations`: an evaluation's run, metrics, tables and plots (import it explicitly:
@@ -48,6 +49,7 @@ from dynconv.tracking.layout import (
     check_storage_path,
     check_tracking_store,
     client,
+    closed_on_error,
     create_child_run,
     end_run,
     ensure_child_run,
@@ -87,6 +89,7 @@ __all__ = [
     "check_storage_path",
     "check_tracking_store",
     "client",
+    "closed_on_error",
     "create_child_run",
     "download_yaml",
     "end_run",

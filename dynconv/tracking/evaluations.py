@@ -5,8 +5,10 @@ MLflow layout of an evaluation run (`dynconv.role=evaluation`, a child of the st
 `flops_<S>`, `latency_ms_<S>`, `throughput_<S>`, `params`; artifacts `subsets.csv`, `subsets.md`,
 `subsets.json` (MLflow table), `evaluation.json`, `predictions/predictions_<S>.npz` (per-image labels,
 predictions, top-5 hits and the test-set id, so `dynconv report` can pair models image by image),
-and `plots/` (accuracy by subset with CIs, confusion matrices; on the best trial's run also learning
-curves of the top trials and lr / augment strength against validation accuracy for all trials).
+and `plots/` (accuracy by subset with CIs, confusion matrices; on the best evaluated trial's run also
+learning curves of the top-ranked trials and lr / augment strength against validation accuracy for all
+trials). An evaluation run is FINISHED only once all of that is logged; one cut short is closed KILLED
+(interrupted) or FAILED (error), and readers skip it.
 
 Imports `dynconv.tracking.*`, the result types and table files of `dynconv.evaluation` (which know
 nothing of MLflow) and `dynconv.plots`; never `dynconv.evaluation.study` (that imports this module).
@@ -33,6 +35,7 @@ from dynconv.tracking.layout import (
     TAG_STUDY,
     TAG_TEST_SET,
     client,
+    closed_on_error,
     create_child_run,
     log_artifact,
     log_metrics,
@@ -73,15 +76,18 @@ def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [clean(r[k]) for r in rows] for k in keys}
 
 
-def log_study_plots(uri: str, run_id: str, trials: Sequence[TrialInfo], top: int = 5) -> None:
-    """Learning curves of the `top` trials and lr / strength vs best val_acc of all trials."""
+def log_study_plots(
+    uri: str, run_id: str, ranked: Sequence[TrialInfo], trials: Sequence[TrialInfo], metric: str, top: int = 5
+) -> None:
+    """Learning curves of the `top` first of `ranked` (the study's ranking, best first; labelled with
+    their last value of the ranked `metric`) and lr / strength vs best val_acc of all `trials`."""
     from dynconv import plots
 
-    ranked = sorted((t for t in trials if t.best_val_acc is not None), key=lambda t: -t.best_val_acc)
     with tempfile.TemporaryDirectory(prefix="dynconv_plots_") as tmp:
         out = Path(tmp)
         plots.learning_curves(
-            {f"{t.name} ({t.best_val_acc:.3f})": t.curves for t in ranked[:top]}, out / "learning_curves.png"
+            {f"{t.name} ({metric} {t.value:.3f})": t.curves for t in ranked[:top]},
+            out / "learning_curves.png",
         )
         points = [
             {
@@ -109,7 +115,8 @@ def record_evaluation(
     params: dict[str, Any] | None = None,
     title: str = "",
 ) -> str:
-    """A new evaluation child run of the study holding `ev` (left RUNNING: the caller ends it)."""
+    """A new evaluation child run of the study holding `ev`, left RUNNING: the caller logs what else it
+    claims and closes it FINISHED. Interrupted while logging, it is closed KILLED (FAILED on an error)."""
     run_id = create_child_run(
         uri,
         experiment_id,
@@ -125,8 +132,9 @@ def record_evaluation(
             TAG_TEST_SET: ev.test_set_id,
         },
     )
-    log_params(uri, run_id, {**evaluation_params(ev), **(params or {})})
-    log_evaluation(uri, run_id, ev, title)
+    with closed_on_error(uri, run_id):
+        log_params(uri, run_id, {**evaluation_params(ev), **(params or {})})
+        log_evaluation(uri, run_id, ev, title)
     return run_id
 
 

@@ -20,6 +20,7 @@ from dynconv.tracking.layout import (
     TAG_ROLE,
     TAG_SOURCE_RUN,
     TAG_STUDY,
+    TAG_TRIAL_ID,
     client,
 )
 
@@ -75,15 +76,24 @@ def find_study_run(uri: str, study: str):
 
 @dataclass
 class TrialInfo:
-    """A trial run as the evaluation sees it."""
+    """A trial run as the evaluation sees it; `dynconv.tune.ranking` ranks it (trial_id, status,
+    completed, value, objectives) exactly as it ranks the study's summary rows."""
 
     run_id: str
     name: str
-    status: str
-    best_val_acc: float | None
+    trial_id: str  # Tune's trial id (the `dynconv.trial_id` tag; the run id when untagged)
+    status: str  # FINISHED: ran all epochs; KILLED: stopped early (or interrupted); FAILED; RUNNING
+    value: float | None  # the last logged value of the ranked metric
+    objectives: dict[str, float | None]  # the last logged values of the objectives (multi-objective)
+    best_val_acc: float | None  # the best RGB val_acc over its epochs (plots and the printed header)
     has_checkpoint: bool
     params: dict[str, str]
     curves: dict[str, list[tuple[int, float]]]
+
+    @property
+    def completed(self) -> bool:
+        """Whether the trial ran all its epochs (its run was closed FINISHED)."""
+        return self.status == "FINISHED"
 
     def param(self, key: str) -> float | None:
         """A searched value (`lr`) or its resolved train field (`train.lr`), as a float."""
@@ -96,8 +106,9 @@ class TrialInfo:
         return None
 
 
-def list_trials(uri: str, parent_run) -> list[TrialInfo]:
-    """Every trial run of a study with its status, best val_acc, curves and whether it has a checkpoint."""
+def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = ()) -> list[TrialInfo]:
+    """Every trial run of a study with its status, the last logged value of the ranked `metric` and of
+    each of `objectives`, its best val_acc, curves and whether it has a checkpoint."""
     c = client(uri)
     parent_id = parent_run.info.run_id
     runs = search_runs(
@@ -117,11 +128,15 @@ def list_trials(uri: str, parent_run) -> list[TrialInfo]:
             has_ckpt = any(a.path == CHECKPOINT_ARTIFACT for a in c.list_artifacts(rid, "checkpoint"))
         except Exception:
             has_ckpt = False
+        last = run.data.metrics  # MLflow's latest value of each metric: the one at the last epoch
         trials.append(
             TrialInfo(
                 run_id=rid,
                 name=run.info.run_name or rid[:8],
+                trial_id=run.data.tags.get(TAG_TRIAL_ID, rid),
                 status=run.info.status,
+                value=last.get(metric),
+                objectives={m: last.get(m) for m in objectives},
                 best_val_acc=max(accs) if accs else None,
                 has_checkpoint=has_ckpt,
                 params=dict(run.data.params),
@@ -160,10 +175,12 @@ def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
 
 
 def latest_evaluation_metrics(uri: str, run) -> dict[str, float]:
-    """Metrics of the newest evaluation of trial `run` (empty when it was never evaluated)."""
+    """Metrics of the newest complete (FINISHED) evaluation of trial `run` (empty when it has none: an
+    interrupted or failed evaluation run holds only part of its metrics)."""
     runs = search_runs(
         uri,
-        f"tags.`dynconv.role` = 'evaluation' and tags.`{TAG_SOURCE_RUN}` = '{run.info.run_id}'",
+        f"tags.`dynconv.role` = 'evaluation' and tags.`{TAG_SOURCE_RUN}` = '{run.info.run_id}' "
+        "and attributes.status = 'FINISHED'",
         [run.info.experiment_id],
     )
     return dict(runs[0].data.metrics) if runs else {}

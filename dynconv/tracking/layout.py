@@ -12,11 +12,14 @@ Imports nothing from dynconv but `errors` and `spec` (lazily); `mlflow` is impor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ TAG_RUN_NAME = "mlflow.runName"
 TAG_SOURCE_RUN = "dynconv.source_run_id"  # evaluation -> the trial it evaluated
 TAG_MODEL = "dynconv.model"
 TAG_DYNAMIC = "dynconv.dynamic"
-TAG_RANK = "dynconv.rank"  # evaluation: 1 = the study's best trial, "manual" = chosen by run id
+TAG_RANK = "dynconv.rank"  # evaluation: the trial's rank in its study (1 = best), "manual" = chosen by id
 TAG_TEST_SET = "dynconv.test_set"
 TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
@@ -229,6 +232,32 @@ def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Mark a run FINISHED, FAILED or KILLED."""
     tracking_retry.call(client(tracking_uri).set_terminated, run_id, status=status)
+
+
+@contextlib.contextmanager
+def closed_on_error(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """Run the block; when it raises, close run `run_id` KILLED (KeyboardInterrupt: Ctrl-C, SIGINT) or
+    FAILED (anything else) before the exception propagates unchanged.
+
+    A run is FINISHED only by its caller, once everything it claims is logged; one cut short mid-way
+    must not stay RUNNING, nor look complete. Closing it is best effort: if MLflow refuses, one stderr
+    line says so and the original exception still propagates.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        _close_after_error(tracking_uri, run_id, "KILLED")
+        raise
+    except BaseException:
+        _close_after_error(tracking_uri, run_id, "FAILED")
+        raise
+
+
+def _close_after_error(tracking_uri: str, run_id: str, status: str) -> None:
+    try:
+        end_run(tracking_uri, run_id, status)
+    except Exception as exc:  # the error being raised matters more; this one is only reported
+        print(f"dynconv: could not close run {run_id} {status}: {exc}", file=sys.stderr)
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:

@@ -1,8 +1,9 @@
 """The study's MLflow parent run: open a new one (named, tagged with its Tune path, spec.yaml logged) or
-find the one `--resume` continues, refusing a spec that changed since the study started.
+find the one `--resume` continues, refusing a spec that changed since the study started; at the end,
+record its best trial (`record_best_trial`).
 
-Used by the study driver (`dynconv.tune.study`) before Ray starts. Talks to MLflow only through
-`dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
+Used by the study driver (`dynconv.tune.study`) before Ray starts and after the fit. Talks to MLflow
+only through `dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from dynconv.errors import DynconvError, one_line
 from dynconv.names import one_study_run
 from dynconv.spec import JobSpec
 from dynconv.spec_checks import spec_diff
+from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
+
+TAG_BEST_TRIAL = "dynconv.best_trial_id"  # parent run: the Tune id of the study's rank-1 trial
+TAG_BEST_RUN = "dynconv.best_run_id"  # parent run: that trial's MLflow run id
+TAG_RANKED_ON = "dynconv.ranked_on"  # parent run: what the trials were ranked on, `val_loss (min)`
 
 
 def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | str) -> tuple[str, str, str]:
@@ -81,3 +87,15 @@ def resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool 
             f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
         )
     return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
+
+
+def record_best_trial(uri: str, parent: str, best: Any, ranking: Ranking) -> None:
+    """Log the rank-1 trial `best` (a `TrialSummary`) on the study run `parent`: its last value of the
+    ranked metric as `best_<metric>` (`best_val_acc`, `best_val_loss`, ...), its trial and run ids and
+    what it was ranked on as tags, so the parent run names the same trial the table and evaluation do."""
+    tracking.log_metrics(uri, parent, {ranking.best_metric: best.value})
+    tracking.set_tags(
+        uri,
+        parent,
+        {TAG_BEST_TRIAL: best.trial_id, TAG_BEST_RUN: best.run_id, TAG_RANKED_ON: ranking.describe()},
+    )

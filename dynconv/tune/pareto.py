@@ -41,10 +41,3 @@ def pareto_front(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
 TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # parent run: comma-separated Tune trial ids on the front
 TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # parent run: their MLflow run ids, in the same order
 
-
-def pareto_run_ids(parent_run) -> list[str] | None:
-    """The Pareto trials' run ids recorded on a study's parent run; None for a single-objective study."""
-    raw = parent_run.data.tags.get(TAG_PARETO_RUN_IDS)
-    if raw is None:
-        return None
-    return [r for r in raw.split(",") if r]

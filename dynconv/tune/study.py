@@ -25,8 +25,9 @@ from dynconv.spec import JobSpec
 from dynconv.store_access import check_uri_scheme
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
-from dynconv.tune.parent_run import open_parent_run, resume_run
+from dynconv.tune.parent_run import open_parent_run, record_best_trial, resume_run
 from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS
+from dynconv.tune.ranking import Ranking
 from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
 from dynconv.tune.search import (
     build_scheduler,
@@ -302,16 +303,13 @@ def _close_interrupted(result: StudyResult) -> None:
 
 
 def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) -> None:
-    """A study that ran to its end: record the best trial (and the Pareto set), evaluate when asked,
-    describe the study on its parent run, log the timings, close the run (FAILED when no trial scored)
-    and say where to browse it."""
+    """A study that ran to its end: record the best trial by the study's ranking (and the Pareto set),
+    evaluate when asked, describe the study on its parent run, log the timings, close the run (FAILED
+    when no trial scored) and say where to browse it."""
     spec, uri, parent = run.spec, run.uri, run.parent
     best = result.best
     if best is not None:
-        tracking.log_metrics(uri, parent, {"best_val_acc": best.best_val_acc})
-        tracking.set_tags(
-            uri, parent, {"dynconv.best_trial_id": best.trial_id, "dynconv.best_run_id": best.run_id}
-        )
+        record_best_trial(uri, parent, best, Ranking.for_spec(spec))
     if spec.search.multi_objective:
         _record_pareto(result, spec)
     evaluations: list = []
@@ -333,7 +331,8 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) ->
 
 
 def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
-    """Tag the parent run with the Pareto trials (Tune ids and MLflow run ids) and print them."""
+    """Tag the parent run with the Pareto trials (Tune ids and MLflow run ids, in rank order) and print
+    them."""
     front = result.pareto
     tracking.set_tags(
         result.tracking_uri,

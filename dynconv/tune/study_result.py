@@ -11,20 +11,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynconv.spec import JobSpec
+from dynconv.tune.ranking import Ranking
 
 
 @dataclass
 class TrialSummary:
-    """One row of the end-of-study table."""
+    """One row of the end-of-study table; ranked by `dynconv.tune.ranking` (it is a `RankedTrial`)."""
 
     trial_id: str
     params: dict[str, Any]
-    best_val_acc: float | None
+    value: float | None  # the LAST reported value of the ranked metric (None: never reported)
     epochs: int
-    status: str
+    status: str  # FINISHED (all epochs), STOPPED (by the scheduler), UNFINISHED (interrupted), FAILED
     run_id: str | None
     objectives: dict[str, float | None] = field(default_factory=dict)  # multi-objective: last reported
     pareto: bool = False
+    rank: int | None = None  # 1 = best (`apply_ranking`); None: not ranked (failed, never scored)
+
+    @property
+    def completed(self) -> bool:
+        """Whether the trial ran all its epochs."""
+        return self.status == "FINISHED"
 
 
 @dataclass
@@ -42,36 +49,57 @@ class StudyResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def ranked(self) -> list[TrialSummary]:
+        """The ranked trials, best first (their `rank`, see `apply_ranking`; unranked ones left out)."""
+        return sorted((t for t in self.trials if t.rank is not None), key=lambda t: t.rank or 0)
+
+    @property
     def best(self) -> TrialSummary | None:
-        """The trial best on the ranked metric; in a multi-objective study, the Pareto trial best on
-        the first objective."""
-        pool = self.pareto or self.trials
-        scored = [t for t in pool if t.best_val_acc is not None]
-        return max(scored, key=lambda t: t.best_val_acc) if scored else None
+        """The first of `ranked` (in a multi-objective study, the first Pareto trial by the tie rule)."""
+        ranked = self.ranked
+        return ranked[0] if ranked else None
 
     @property
     def pareto(self) -> list[TrialSummary]:
-        """The Pareto set of a multi-objective study (empty for a single objective)."""
-        return [t for t in self.trials if t.pareto]
+        """The Pareto set of a multi-objective study in rank order (empty for a single objective)."""
+        return [t for t in self.ranked if t.pareto]
+
+
+def apply_ranking(trials: list[TrialSummary], ranking: Ranking) -> None:
+    """Set each trial's `rank` (1 = best, by `ranking`; None when it is not ranked) and, in a
+    multi-objective study, its `pareto` mark."""
+    ranked = ranking.rank(trials)
+    front = {id(t) for t in ranking.front(ranked)}
+    order = {id(t): i for i, t in enumerate(ranked, start=1)}
+    for t in trials:
+        t.rank = order.get(id(t))
+        t.pareto = id(t) in front
 
 
 def format_summary(result: StudyResult, spec: JobSpec) -> str:
-    """The end-of-study table: trial, searched values, best val acc, epochs, outcome, MLflow run."""
+    """The end-of-study table, best trial first (`result.ranked`; unranked trials last, by id): trial,
+    searched values, last value of the ranked metric (of each objective, with a Pareto mark, in a
+    multi-objective study), epochs, outcome, MLflow run."""
+    ranking = Ranking.for_spec(spec)
     keys = list(spec.search.space)
-    objectives = list(spec.search.objectives or {})  # multi-objective: last values and a Pareto mark
+    objectives = [m for m, _ in ranking.objectives]  # multi-objective: last values and a Pareto mark
+    ranked = [f"last {ranking.metric}"] if not objectives else []
     extra = [*(f"last {m}" for m in objectives), "pareto"] if objectives else []
-    head = ["trial", *keys, "best val acc", *extra, "epochs", "outcome", "mlflow run"]
+    head = ["trial", *keys, *ranked, *extra, "epochs", "outcome", "mlflow run"]
+    order = result.ranked
+    seen = {id(t) for t in order}
+    order += sorted((t for t in result.trials if id(t) not in seen), key=lambda t: t.trial_id)
     body = []
-    for t in sorted(result.trials, key=lambda t: -(t.best_val_acc or -1)):
+    for t in order:
         vals = [
             f"{t.params.get(k):.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k))
             for k in keys
         ]
-        acc = "-" if t.best_val_acc is None else f"{t.best_val_acc:.4f}"
+        value = [_fmt(t.value)] if not objectives else []
         last = [_fmt(t.objectives.get(m)) for m in objectives] + (
             ["*" if t.pareto else ""] if objectives else []
         )
-        body.append([t.trial_id, *vals, acc, *last, str(t.epochs), t.status, t.run_id or "-"])
+        body.append([t.trial_id, *vals, *value, *last, str(t.epochs), t.status, t.run_id or "-"])
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -79,5 +107,5 @@ def format_summary(result: StudyResult, spec: JobSpec) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    """A last objective value for the table: 4 decimals, or "-" when the trial never reported it."""
+    """A last value for the table: 4 decimals, or "-" when the trial never reported it."""
     return "-" if value is None else f"{value:.4f}"

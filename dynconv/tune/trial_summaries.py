@@ -1,5 +1,6 @@
-"""`summarise_trials`: Tune's ResultGrid of a study as one `TrialSummary` per trial (best ranked metric,
-epochs, outcome, the trial's MLflow run), with the Pareto set marked in a multi-objective study.
+"""`summarise_trials`: Tune's ResultGrid of a study as one `TrialSummary` per trial (last value of the
+ranked metric, epochs, outcome, the trial's MLflow run), with the Pareto set marked in a multi-objective
+study (`dynconv.tune.ranking`, the same rule every other "best trial" follows).
 
 Used by the study driver (`dynconv.tune.study`) after the fit. Reads the grid by attribute and MLflow
 only through `dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
@@ -12,27 +13,27 @@ from typing import Any
 
 from dynconv import tracking
 from dynconv.spec import JobSpec
-from dynconv.tune.pareto import pareto_front
-from dynconv.tune.study_result import TrialSummary
+from dynconv.tune.ranking import Ranking
+from dynconv.tune.study_result import TrialSummary, apply_ranking
 
 
 def summarise_trials(
     grid: Any, spec: JobSpec, uri: str, experiment_id: str, parent: str
 ) -> list[TrialSummary]:
-    """One TrialSummary per trial of `grid` (best ranked metric, epochs, outcome, MLflow run id); in a
-    multi-objective study, the Pareto trials marked."""
+    """One TrialSummary per trial of `grid` (last value of the ranked metric, epochs, outcome, MLflow
+    run id), ranked (`rank`), and in a multi-objective study the Pareto trials marked."""
     runs = {
         r.data.tags.get(tracking.TAG_TRIAL_ID): r.info.run_id
         for r in tracking.find_runs(uri, experiment_id, role="trial")
         if r.data.tags.get(tracking.TAG_PARENT) == parent
     }
+    ranking = Ranking.for_spec(spec)
     rows = []
     for result in grid:
         df = result.metrics_dataframe
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
-        ranked = spec.search.tune_metric
-        best = float(df[ranked].max()) if df is not None and ranked in df else None
+        value = _last_values(df, [ranking.metric])[ranking.metric]
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
         if result.error is not None:
             status = "FAILED"
@@ -41,15 +42,9 @@ def summarise_trials(
         else:
             status = "STOPPED" if metrics.get("done") else "UNFINISHED"
         params = {k: result.config.get(k) for k in spec.search.space}
-        objectives = _last_values(df, list(spec.search.objectives or {}))
-        rows.append(TrialSummary(trial_id, params, best, epochs, status, runs.get(trial_id), objectives))
-    if spec.search.objectives is not None:
-        modes = list(spec.search.objectives.values())
-        points = [
-            None if r.status == "FAILED" else [r.objectives[m] for m in spec.search.objectives] for r in rows
-        ]
-        for i in pareto_front(points, modes):
-            rows[i].pareto = True
+        objectives = _last_values(df, [m for m, _ in ranking.objectives])
+        rows.append(TrialSummary(trial_id, params, value, epochs, status, runs.get(trial_id), objectives))
+    apply_ranking(rows, ranking)
     return rows
 
 

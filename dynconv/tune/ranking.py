@@ -1,0 +1,131 @@
+"""One ranking of a study's trials, so that every place that names "the best trial" names the same one.
+
+The console table, `StudyResult.best`, the parent run's `best_<metric>` metric and `dynconv.best_*` tags,
+the study description, the importances, the end-of-study evaluation, `dynconv evaluate [--top-k]`,
+`dynconv rerun STUDY` and (through the evaluations' `dynconv.rank` tags) `dynconv report` all rank with
+`Ranking.for_spec(spec).rank(trials)`.
+
+What is ranked: each trial's LAST reported value of the ranked metric (`search.metric`, or `objective`
+for a weighted `{metric: weight}` mix, see `dynconv.metrics`) in `search.mode`. The last value is what
+the evaluated final checkpoint scores and what OptunaSearch told Optuna; the best epoch's value is
+neither.
+
+The rule:
+
+1. FAILED trials and trials without a finite value are never ranked (a multi-objective trial needs a
+   finite last value of every objective).
+2. Trials that ran all their epochs come before trials that stopped early (ASHA stopped those for being
+   worse at a rung, on a smaller budget).
+3. Within each group, by the ranked value in its mode (`max`: higher first, `min`: lower first).
+4. Ties by trial id, so the order is the same on every call.
+
+Multi-objective (`search.objectives`): the Pareto trials (`dynconv.tune.pareto`, over the ranked trials'
+last objective values) come first, then the others; within each of those, rule 2, then the objectives
+compared one after the other, each in its own mode (first objective first: the tie rule), then rule 4.
+
+Pure: imports no Ray, Optuna, MLflow nor `dynconv.tracking`; ranks any object that has the attributes of
+`RankedTrial` (`dynconv.tune.study_result.TrialSummary` from Tune's results, `dynconv.tracking.TrialInfo`
+from MLflow's trial runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from dynconv.tune.pareto import pareto_front
+
+
+class RankedTrial(Protocol):
+    """What the ranking reads of a trial."""
+
+    @property
+    def trial_id(self) -> str: ...  # Tune's trial id: the tie-break
+
+    @property
+    def status(self) -> str: ...  # "FAILED" is never ranked
+
+    @property
+    def completed(self) -> bool: ...  # ran all its epochs (False: stopped early)
+
+    @property
+    def value(self) -> float | None: ...  # last reported value of the ranked metric
+
+    @property
+    def objectives(self) -> Mapping[str, float | None]: ...  # last values of the objectives (multi)
+
+
+T = TypeVar("T", bound=RankedTrial)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a study ranks its trials: the ranked metric and its mode; `objectives` ((metric, mode) in the
+    spec's order) for a multi-objective study, whose ranked metric is the first objective."""
+
+    metric: str
+    mode: str
+    objectives: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        modes = [self.mode, *(m for _, m in self.objectives)]
+        if any(m not in ("max", "min") for m in modes):
+            raise ValueError(f"modes must be 'max' or 'min', got {modes}")
+
+    @classmethod
+    def for_spec(cls, spec: Any) -> Ranking:
+        """The ranking of the study `spec` describes (`search.tune_metric`, `tune_mode`, `objectives`)."""
+        search = spec.search
+        return cls(search.tune_metric, search.tune_mode, tuple((search.objectives or {}).items()))
+
+    @property
+    def best_metric(self) -> str:
+        """The parent run's metric holding the best trial's value: `best_val_acc`, `best_val_loss`, ..."""
+        return f"best_{self.metric}"
+
+    def describe(self) -> str:
+        """What the trials are ranked on, in words: `val_loss (min)`, or for a multi-objective study
+        `Pareto set on val_loss (min), val_acc (max)` (the tie rule follows the objectives' order)."""
+        if self.objectives:
+            return "Pareto set on " + ", ".join(f"{m} ({mode})" for m, mode in self.objectives)
+        return f"{self.metric} ({self.mode})"
+
+    def rankable(self, trial: RankedTrial) -> bool:
+        """Whether `trial` takes part in the ranking (rule 1 of the module doc)."""
+        if trial.status == "FAILED":
+            return False
+        if self.objectives:
+            return all(_finite(trial.objectives.get(m)) for m, _ in self.objectives)
+        return _finite(trial.value)
+
+    def rank(self, trials: Iterable[T]) -> list[T]:
+        """The rankable trials of `trials`, best first (the rule of the module doc)."""
+        pool = [t for t in trials if self.rankable(t)]
+        front = {id(pool[i]) for i in self._front_indices(pool)}
+        return sorted(pool, key=lambda t: (id(t) not in front, not t.completed, *self._key(t), t.trial_id))
+
+    def front(self, trials: Iterable[T]) -> list[T]:
+        """The Pareto set of a multi-objective study, in rank order ([] for a single objective)."""
+        ranked = self.rank(trials)
+        return [ranked[i] for i in self._front_indices(ranked)]
+
+    def _front_indices(self, pool: list[T]) -> list[int]:
+        if not self.objectives:
+            return []
+        points = [[float(t.objectives[m]) for m, _ in self.objectives] for t in pool]  # type: ignore[arg-type]
+        return pareto_front(points, [mode for _, mode in self.objectives])
+
+    def _key(self, trial: RankedTrial) -> tuple[float, ...]:
+        """The values compared, each signed so that smaller sorts first (better)."""
+        pairs = (
+            [(trial.objectives[m], mode) for m, mode in self.objectives]
+            if self.objectives
+            else [(trial.value, self.mode)]
+        )
+        return tuple(-float(v) if mode == "max" else float(v) for v, mode in pairs)  # type: ignore[arg-type]

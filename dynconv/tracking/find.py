@@ -17,6 +17,7 @@ from dynconv.names import one_study_run
 from dynconv.tracking.layout import (
     CHECKPOINT_ARTIFACT,
     RUN_ID_PATTERN,
+    TAG_OUTCOME,
     TAG_ROLE,
     TAG_SOURCE_RUN,
     TAG_STUDY,
@@ -82,18 +83,14 @@ class TrialInfo:
     run_id: str
     name: str
     trial_id: str  # Tune's trial id (the `dynconv.trial_id` tag; the run id when untagged)
-    status: str  # FINISHED: ran all epochs; KILLED: stopped early (or interrupted); FAILED; RUNNING
+    status: str  # FINISHED (ran all epochs, or stopped early by the scheduler), FAILED, KILLED, RUNNING
+    completed: bool  # ran all its epochs (outcome `finished`)
     value: float | None  # the last logged value of the ranked metric
     objectives: dict[str, float | None]  # the last logged values of the objectives (multi-objective)
     best_val_acc: float | None  # the best RGB val_acc over its epochs (plots and the printed header)
     has_checkpoint: bool
     params: dict[str, str]
     curves: dict[str, list[tuple[int, float]]]
-
-    @property
-    def completed(self) -> bool:
-        """Whether the trial ran all its epochs (its run was closed FINISHED)."""
-        return self.status == "FINISHED"
 
     def param(self, key: str) -> float | None:
         """A searched value (`lr`) or its resolved train field (`train.lr`), as a float."""
@@ -118,7 +115,9 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
     )
     trials = []
     for run in runs:
-        rid = run.info.run_id
+        rid, outcome = run.info.run_id, run.data.tags.get(TAG_OUTCOME)
+        if outcome == "orphaned":  # a trial a killed driver lost; Tune ran it again under another id
+            continue
         curves = {
             key: [(m.step, m.value) for m in c.get_metric_history(rid, key)]
             for key in ("val_acc", "train_loss")
@@ -135,6 +134,8 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
                 name=run.info.run_name or rid[:8],
                 trial_id=run.data.tags.get(TAG_TRIAL_ID, rid),
                 status=run.info.status,
+                # stores written before the outcome tag closed stopped trials KILLED
+                completed=outcome == "finished" if outcome else run.info.status == "FINISHED",
                 value=last.get(metric),
                 objectives={m: last.get(m) for m in objectives},
                 best_val_acc=max(accs) if accs else None,

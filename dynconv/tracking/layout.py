@@ -39,6 +39,9 @@ TAG_RANK = "dynconv.rank"  # evaluation: the trial's rank in its study (1 = best
 TAG_TEST_SET = "dynconv.test_set"
 TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
+# trial: finished | stopped_early | failed | diverged | interrupted | orphaned
+TAG_OUTCOME = "dynconv.outcome"
+TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 SPEC_ARTIFACT = "spec.yaml"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")

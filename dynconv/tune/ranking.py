@@ -12,8 +12,9 @@ neither.
 
 The rule:
 
-1. FAILED trials and trials without a finite value are never ranked (a multi-objective trial needs a
-   finite last value of every objective).
+1. FAILED and DIVERGED trials (a loss that stopped being finite, `dynconv.metrics.diverged`) and
+   trials without a finite value are never ranked (a multi-objective trial needs a finite last value
+   of every objective).
 2. Trials that ran all their epochs come before trials that stopped early (ASHA stopped those for being
    worse at a rung, on a smaller budget).
 3. Within each group, by the ranked value in its mode (`max`: higher first, `min`: lower first).
@@ -37,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 from dynconv.tune.pareto import pareto_front
 
+UNRANKED_STATUSES = ("FAILED", "DIVERGED")
+"""A failed trial has no result; a diverged one has garbage weights, whatever its accuracy says."""
 
 class RankedTrial(Protocol):
     """What the ranking reads of a trial."""
@@ -45,7 +48,7 @@ class RankedTrial(Protocol):
     def trial_id(self) -> str: ...  # Tune's trial id: the tie-break
 
     @property
-    def status(self) -> str: ...  # "FAILED" is never ranked
+    def status(self) -> str: ...  # UNRANKED_STATUSES are never ranked
 
     @property
     def completed(self) -> bool: ...  # ran all its epochs (False: stopped early)
@@ -98,7 +101,7 @@ class Ranking:
 
     def rankable(self, trial: RankedTrial) -> bool:
         """Whether `trial` takes part in the ranking (rule 1 of the module doc)."""
-        if trial.status == "FAILED":
+        if trial.status in UNRANKED_STATUSES:
             return False
         if self.objectives:
             return all(_finite(trial.objectives.get(m)) for m, _ in self.objectives)

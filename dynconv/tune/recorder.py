@@ -45,8 +45,6 @@ FLUSH_TIMEOUT_S = 300.0
 """How long the end of a study waits for MLflow to take the writes still queued (an outage)."""
 TUNE_KEYS = frozenset({*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "should_checkpoint"})
 """Keys Tune adds to every result; everything else numeric is a metric the trial reported."""
-OUTCOME_TAG = "dynconv.outcome"  # finished | stopped_early | failed | diverged | interrupted | orphaned
-EPOCHS_TAG = "dynconv.epochs_done"
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -144,7 +142,7 @@ class TrialRecorder(Callback):
             tid = trial.trial_id
             if tid in self._known and tid not in self._closed:
                 self._closed.add(tid)
-                self._submit(tid, "close", _end, "KILLED", {OUTCOME_TAG: "interrupted"})
+                self._submit(tid, "close", _end, "KILLED", {tracking.TAG_OUTCOME: "interrupted"})
         print(self.flush(), flush=True)
 
     # -- writing -------------------------------------------------------------------------------
@@ -208,7 +206,8 @@ class TrialRecorder(Callback):
             status, outcome = "FAILED", "diverged"
         else:
             status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
-        self._submit(tid, "close", _end, status, {OUTCOME_TAG: outcome, EPOCHS_TAG: done})
+        tags = {tracking.TAG_OUTCOME: outcome, tracking.TAG_EPOCHS_DONE: done}
+        self._submit(tid, "close", _end, status, tags)
 
     def flush(self) -> str:
         """Wait (bounded) for every queued write; the summary line of what MLflow is missing."""
@@ -232,7 +231,7 @@ class TrialRecorder(Callback):
             trial = known.get(tid)
             if trial is None:  # Tune lost this trial and will suggest it again under a new id
                 if run.info.status == "RUNNING":
-                    tracking.set_tags(self.uri, run_id, {OUTCOME_TAG: "orphaned"})
+                    tracking.set_tags(self.uri, run_id, {tracking.TAG_OUTCOME: "orphaned"})
                     tracking.end_run(self.uri, run_id, "KILLED")
                     print(f"MLflow run {run_id}: a trial lost by a killed driver, closed KILLED", flush=True)
                 continue

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv import tracking
+from dynconv.metrics import diverged
 from dynconv.spec import JobSpec
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import TrialSummary, apply_ranking
@@ -37,6 +38,8 @@ def summarise_trials(
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
         if result.error is not None:
             status = "FAILED"
+        elif diverged(metrics) is not None:
+            status = "DIVERGED"
         elif epochs >= spec.train.epochs:
             status = "FINISHED"
         else:

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 # Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
 # MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
@@ -28,8 +28,28 @@ SAFE_EXPERIMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9 _.,:+=@-]{0,199}$"
 _SUPPLIED = {"self", "num_classes", "layers"}
 
 
+# Every float a spec holds must be finite, as in the section models (`allow_inf_nan=False` there).
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
 def _strict(annotation: Any, metadata: list[Any] | None = None) -> TypeAdapter:
-    return TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation)
+    return TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation, config=_FINITE)
+
+
+def first_non_finite(value: Any, where: str) -> str | None:
+    """`where` extended to the first inf or nan inside `value` (nested lists and dicts), or None.
+
+    For values typed `Any` (`model.args`, the values of a searched choice), which pydantic's
+    `allow_inf_nan=False` does not reach.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = first_non_finite(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _first_error(err: ValidationError) -> str:
@@ -75,6 +95,9 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
             _strict(accepted[key]).validate_python(value, strict=True)
         except ValidationError as err:
             raise ValueError(f"{key}={value!r}: {_first_error(err)}") from None
+        found = first_non_finite(value, key)
+        if found is not None:
+            raise ValueError(f"{found}: Input should be a finite number")
     import torch
 
     from dynconv.models.registry import create_model
@@ -91,7 +114,8 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
 
 
 def check_searched_field(key: str, field: Any, param: Any) -> None:
-    """A searched `train.<key>` range or choice must lie within the field's bounds and be of its type."""
+    """A searched `train.<key>` range or choice must lie within the field's bounds and be of its type
+    (finite, as every float of a spec), so the bounds written on the field hold for searched values too."""
     adapter = _strict(field.annotation, list(field.metadata))
     is_int = field.annotation in (int, "int")
     if param.type != "choice":

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,11 +30,15 @@ from dynconv.spec_checks import (
     SAFE_EXPERIMENT_PATTERN,
     check_model_args,
     check_searched_field,
+    first_non_finite,
 )
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, sections are frozen, and no float may be inf or nan: `.inf`, `.nan` and
+    `1e309` (which YAML reads as inf) are typos or attacks, never settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -89,17 +94,28 @@ class ScheduleSpec(_Strict):
     """
 
     name: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, le=10_000, description="at most train.epochs' bound")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
 class TrainSpec(_Strict):
-    """Per-trial training settings. `lr` and `augment_strength` are the defaults the search overrides."""
+    """Per-trial training settings. A field the search space names is set by the search: writing it here
+    too is an error (`dynconv.spec.load_spec`), except `epochs` and `batch_size`, which every spec must
+    write. The upper bounds catch values that can only be typos (`epochs: 1000000000`, `lr: 1e308`); a
+    searched range or choice must lie within them as well (`dynconv.spec_checks.check_searched_field`).
+    """
 
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="per worker")
+    epochs: int = Field(ge=1, le=10_000, description="more than 10000 epochs is surely a typo")
+    batch_size: int = Field(
+        ge=1, le=65_536, description="per worker; more than 65536 images per step is surely a typo"
+    )
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="peak learning rate; SGD and AdamW diverge far below 10, so a larger one is a typo",
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -154,10 +170,13 @@ class ParamSpec(_Strict):
         if self.type == "choice":
             if not self.values:
                 raise ValueError("choice needs a non-empty 'values' list")
+            found = first_non_finite(self.values, "values")
+            if found is not None:  # `values` is typed Any: allow_inf_nan does not reach it
+                raise ValueError(f"{found}: Input should be a finite number")
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs 'low' and 'high'")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+        if self.low >= self.high:  # both finite: allow_inf_nan=False
             raise ValueError(f"empty or inverted range: low={self.low} must be < high={self.high}")
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError(f"loguniform needs low > 0, got {self.low}")
@@ -177,10 +196,11 @@ class SearchSpec(_Strict):
     tpe_startup_trials: int = Field(
         10, ge=1, description="random trials before TPE models the results (Optuna's default is 10)"
     )
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(4, ge=1, le=100_000, description="trials; at most 100000, as --num-samples")
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0
-    metric: str | dict[str, float] = Field(
+    # The weights may be inf or nan here only so that `_weights` reports them with the metric's name.
+    metric: str | dict[str, Annotated[float, AllowInfNan(True)]] = Field(
         "val_acc",
         description="a reported metric, or {metric: weight}: trials then report the weighted sum "
         "as `objective` and the search ranks on it",

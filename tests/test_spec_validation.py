@@ -84,6 +84,54 @@ BAD_INPUTS = {
     "experiment with a slash": ({"mlflow": {"experiment": "a/b"}}, "mlflow.experiment: 'a/b' is not a safe"),
     "experiment with a control char": ({"mlflow": {"experiment": "a\tb"}}, "is not a safe name"),
     "overlong study name": ({"study": "s" * 101}, "at most 100 characters"),
+    # issue 23: every float finite, and bounds where a value can only be a typo
+    "lr of 1e308": ({"train__lr": 1e308}, "train.lr: Input should be less than or equal to 10"),
+    "lr of .inf": ({"train__lr": float("inf")}, "train.lr: Input should be a finite number"),
+    "lr of .nan": ({"train__lr": float("nan")}, "train.lr: Input should be a finite number"),
+    "warm-up of .inf": (
+        {"train__schedule": {"warmup_epochs": float("inf")}},
+        "warmup_epochs: Input should be a",
+    ),
+    "a billion epochs": (
+        {"train__epochs": 10**9},
+        "train.epochs: Input should be less than or equal to 10000",
+    ),
+    "huge batch": (
+        {"train__batch_size": 10**6},
+        "train.batch_size: Input should be less than or equal to 65536",
+    ),
+    "too many trials": (
+        {"search__num_samples": 10**7},
+        "search.num_samples: Input should be less than or equal",
+    ),
+    ".inf in a choice": (
+        {"search__space__weight_decay": {"type": "choice", "values": [0.1, float("inf")]}},
+        "search.space.weight_decay: values[1]: Input should be a finite number",
+    ),
+    ".nan as a range bound": (
+        {"search__space__lr": {"type": "loguniform", "low": float("nan"), "high": 0.1}},
+        "search.space.lr.low: Input should be a finite number",
+    ),
+    ".inf as a range bound": (
+        {"search__space__lr": {"type": "loguniform", "low": 0.01, "high": float("inf")}},
+        "search.space.lr.high: Input should be a finite number",
+    ),
+    "searched lr beyond its bound": (
+        {"search__space__lr": {"type": "loguniform", "low": 0.01, "high": 100}},
+        "search.space: lr.high=100.0 is not a valid train.lr: Input should be less than or equal to 10",
+    ),
+    "searched epochs beyond their bound": (
+        {"search__space__epochs": {"type": "choice", "values": [2, 10**6]}},
+        "epochs.values[1]=1000000 is not a valid train.epochs: Input should be less than or equal to 10000",
+    ),
+    "model arg of .nan": (
+        {"model": {"name": "simple_cnn", "args": {"dropout": float("nan")}}},
+        "model.args: dropout=nan: Input should be a finite number",
+    ),
+    "worker resource of .nan": (
+        {"resources__worker_resources": {"A100": float("nan")}},
+        "resources.worker_resources.A100: Input should be a finite number",
+    ),
 }
 
 

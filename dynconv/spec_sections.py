@@ -31,6 +31,7 @@ from dynconv.spec_checks import (
     check_model_args,
     check_searched_field,
     first_non_finite,
+    short_repr,
 )
 
 
@@ -53,7 +54,7 @@ class ModelSpec(_Strict):
         from dynconv.models import list_models
 
         if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+            raise ValueError(f"unknown model {short_repr(name)}; registered: {', '.join(list_models())}")
         return name
 
     @field_validator("args")
@@ -145,7 +146,9 @@ class TrainSpec(_Strict):
     def _known_val_subsets(cls, subsets: list[str]) -> list[str]:
         bad = [s for s in subsets if s not in SUBSET_NAMES]
         if bad or not subsets or len(set(subsets)) != len(subsets):
-            raise ValueError(f"bad subset list {subsets}; valid subsets: {', '.join(SUBSET_NAMES)}")
+            raise ValueError(
+                f"bad subset list {short_repr(subsets)}; valid subsets: {', '.join(SUBSET_NAMES)}"
+            )
         return subsets
 
     @model_validator(mode="after")
@@ -220,7 +223,7 @@ class SearchSpec(_Strict):
                 raise ValueError("a weighted metric needs at least one {metric: weight}")
             bad = {k: w for k, w in metric.items() if not math.isfinite(w) or w == 0}
             if bad:
-                raise ValueError(f"weights must be finite and non-zero, got {bad}")
+                raise ValueError(f"weights must be finite and non-zero, got {short_repr(bad)}")
         return metric
 
     @model_validator(mode="before")
@@ -280,10 +283,10 @@ class SearchSpec(_Strict):
             if key in CHOICE_SEARCH_KEYS:
                 allowed = CHOICE_SEARCH_KEYS[key]
                 if param.type != "choice" or not set(param.values or []) <= set(allowed):
-                    raise ValueError(f"{key!r} is searched as a choice among {', '.join(allowed)}")
+                    raise ValueError(f"{short_repr(key)} is searched as a choice among {', '.join(allowed)}")
             elif key not in searchable:
                 known = sorted(searchable | set(CHOICE_SEARCH_KEYS))
-                raise ValueError(f"{key!r} is not a numeric train field; searchable: {known}")
+                raise ValueError(f"{short_repr(key)} is not a numeric train field; searchable: {known}")
             else:
                 check_searched_field(key, TrainSpec.model_fields[key], param)
         return space
@@ -388,7 +391,9 @@ class EvaluateSpec(_Strict):
     def _known_subsets(cls, subsets: list[str]) -> list[str]:
         bad = [s for s in subsets if s not in SUBSET_NAMES]
         if bad or not subsets:
-            raise ValueError(f"unknown subset(s) {bad or subsets}; valid: {', '.join(SUBSET_NAMES)}")
+            raise ValueError(
+                f"unknown subset(s) {short_repr(bad or subsets)}; valid: {', '.join(SUBSET_NAMES)}"
+            )
         return subsets
 
 
@@ -396,7 +401,7 @@ def _safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
     """Names that become directories (Tune storage, MLflow artifact root) must not escape them."""
     if not re.fullmatch(pattern, name):
         raise ValueError(
-            f"{name!r} is not a safe name: use {allowed}, starting with a letter or digit, "
+            f"{short_repr(name)} is not a safe name: use {allowed}, starting with a letter or digit, "
             f"no '..', no '/', no control characters, at most {max_len} characters"
         )
     return name

@@ -199,7 +199,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def _refuse_searched_values(spec: JobSpec) -> None:
+def _refuse_searched_values(spec: JobSpec, source: str) -> None:
     """Refuse a `train.*` value the spec sets while the search space searches it: the search would
     silently replace it. "Set" is what pydantic records as given (`model_fields_set`), not a comparison
     with the default, so `train.lr: 0.05` (the default) beside `search.space.lr` is refused too.
@@ -218,8 +218,9 @@ def _refuse_searched_values(spec: JobSpec) -> None:
             key, value = f"train.{name}", getattr(train, name)
         if given:
             raise SpecError(
-                f"{key}={short_repr(value)} is set but search.space.{name} searches it, so the value would "
-                f"be ignored; remove one (to fix it, search one value: {{type: choice, values: [{value}]}})"
+                f"{source}: {key}={short_repr(value)} is set but search.space.{name} searches it, so the "
+                f"value would be ignored; remove one (to fix it, search one value: "
+                f"{{type: choice, values: [{value}]}})"
             )
 
 
@@ -331,8 +332,5 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
     if num_samples is not None:
         _set_dotted(data, "search.num_samples", num_samples)
     spec = parse_spec(data, source=str(path))
-    try:
-        _refuse_searched_values(spec)
-    except SpecError as err:
-        raise SpecError(f"{path}: {err}") from None
+    _refuse_searched_values(spec, source=str(path))
     return spec

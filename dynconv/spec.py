@@ -2,7 +2,9 @@
 
 Every layer (study driver, trial driver, training workers, evaluation, rerun) receives this object or
 its JSON form; there are no hidden defaults deeper down. Unknown keys, wrong types, empty or inverted
-ranges and unknown model names are reported as one line naming the file and the key, before Ray starts.
+ranges, non-finite numbers, unknown model names, repeated YAML keys, YAML aliases and a `train.*` value
+the search would override are reported as one line naming the file and the key, before Ray starts;
+quoted values are shortened (`dynconv.spec_checks.short_repr`).
 
 This module holds `JobSpec` (the whole study, the checks that span its sections, the derived values),
 `SpecError` and the loading: YAML, `--set` overrides, one-line error messages. The sections themselves
@@ -21,7 +23,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dynconv.errors import DynconvError
-from dynconv.spec_checks import SAFE_NAME_PATTERN, check_metrics
+from dynconv.spec_checks import SAFE_NAME_PATTERN, check_metrics, short_repr, shorten
 from dynconv.spec_sections import (
     CHOICE_SEARCH_KEYS,
     REQUIRED_SEARCH_KEYS,
@@ -185,14 +187,41 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _format_validation_error(source: str, err: ValidationError) -> str:
+    """One line: `SOURCE: KEY: message; KEY: message`. Keys come from the spec (an unknown key may be
+    huge), so each part of a key is shortened like a quoted value."""
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(shorten(str(p)) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{key}: {msg}")
     return f"{source}: " + "; ".join(parts)
+
+
+def _refuse_searched_values(spec: JobSpec, source: str) -> None:
+    """Refuse a `train.*` value the spec sets while the search space searches it: the search would
+    silently replace it. "Set" is what pydantic records as given (`model_fields_set`), not a comparison
+    with the default, so `train.lr: 0.05` (the default) beside `search.space.lr` is refused too.
+
+    Applied to what a user wrote (`load_spec`: the YAML file and `--set`), never in `parse_spec`: a
+    spec dumped to JSON (trial specs, checkpoints, the study's spec artifact) carries every field.
+    `train.epochs` and `train.batch_size` are required, so writing them is no error even when searched.
+    """
+    train = spec.train
+    for name in spec.search.space:
+        if name == "schedule":  # the search sets train.schedule.name and keeps the warm-up
+            given = "schedule" in train.model_fields_set and "name" in train.schedule.model_fields_set
+            key, value = "train.schedule.name", train.schedule.name
+        else:
+            given = name in train.model_fields_set and not TrainSpec.model_fields[name].is_required()
+            key, value = f"train.{name}", getattr(train, name)
+        if given:
+            raise SpecError(
+                f"{source}: {key}={short_repr(value)} is set but search.space.{name} searches it, so the "
+                f"value would be ignored; remove one (to fix it, search one value: "
+                f"{{type: choice, values: [{value}]}})"
+            )
 
 
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> JobSpec:
@@ -203,30 +232,105 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> JobSpec:
         raise SpecError(_format_validation_error(source, err)) from None
 
 
+class _RefusedYAML(yaml.MarkedYAMLError):
+    """Valid YAML that a spec may not contain: a repeated key, an alias (see `_SpecLoader`)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader refusing aliases (`*name`).
+
+    A spec is a short hand-written file: an anchor saves nothing that writing the value out would not,
+    while aliases are how a kilobyte of YAML becomes gigabytes (a "billion laughs" document: nine levels
+    of ten aliases each are 10^9 values) in everything that walks the value: the repr in an error
+    message, the JSON sent to workers, the MLflow params. Capping their number would not bound that
+    growth (90 aliases suffice), so a spec may hold none; the first one is refused with its line.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _RefusedYAML(
+                f"alias *{shorten(str(event.anchor))}: a spec may not use YAML aliases (one alias can "
+                "expand a small file into gigabytes); write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str) -> None:
+    """A key repeated in one mapping is an error naming it and both lines: YAML's loaders keep the last
+    one silently (a second `study:` line renamed the study). Walks the composed nodes, so the dotted
+    key is known; without aliases the nodes form a tree and the walk is linear."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            _refuse_duplicate_keys(value_node, path)  # pydantic refuses such keys; `<<:` merges
+            continue
+        dotted = shorten(f"{path}.{key_node.value}" if path else key_node.value)
+        if key_node.value in first_line:
+            raise _RefusedYAML(
+                f"duplicate key {dotted} (first on line {first_line[key_node.value]}); YAML would keep "
+                "only the last one",
+                key_node.start_mark,
+            )
+        first_line[key_node.value] = key_node.start_mark.line + 1
+        _refuse_duplicate_keys(value_node, dotted)
+
+
+def _load_yaml(text: str) -> Any:
+    """`text` parsed as one YAML document like `yaml.safe_load`, refusing aliases and repeated keys."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int | None = None) -> JobSpec:
-    """Read a YAML job spec, apply `--set key=value` overrides, validate."""
+    """Read a YAML job spec, apply `--set key=value` overrides, validate, and refuse a `train.*` value
+    the search would override (`_refuse_searched_values`)."""
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         raise SpecError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read ({err.strerror or err})") from None
+    except _RefusedYAML as err:
+        raise SpecError(f"{path}: line {err.problem_mark.line + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec must be a mapping of sections")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise SpecError(f"--set {item!r}: expected KEY=VALUE")
+            raise SpecError(f"--set {short_repr(item)}: expected KEY=VALUE")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
+        except _RefusedYAML as err:
+            raise SpecError(f"--set {short_repr(item)}: {err.problem}") from None
         except yaml.YAMLError as err:
             why = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise SpecError(f"--set {item!r}: the value is not valid YAML ({why})") from None
+            raise SpecError(f"--set {short_repr(item)}: the value is not valid YAML ({why})") from None
         _set_dotted(data, key.strip(), value)
     if num_samples is not None:
         _set_dotted(data, "search.num_samples", num_samples)
-    return parse_spec(data, source=str(path))
+    spec = parse_spec(data, source=str(path))
+    _refuse_searched_values(spec, source=str(path))
+    return spec

@@ -13,11 +13,12 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import reprlib
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 # Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
 # MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
@@ -28,8 +29,48 @@ SAFE_EXPERIMENT_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9 _.,:+=@-]{0,199}$"
 _SUPPLIED = {"self", "num_classes", "layers"}
 
 
+# How much of a value an error message quotes: enough to recognise it, never the whole of a huge one.
+QUOTE_LIMIT = 80
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` cut to at most `limit` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_repr(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` for an error message, at most `limit` characters.
+
+    Built with `reprlib` (a few items per container, a few levels deep, long strings cut), so even a
+    value of millions of items costs only those few items, then cut to `limit`.
+    """
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    return shorten(r.repr(value), limit)
+
+
+# Every float a spec holds must be finite, as in the section models (`allow_inf_nan=False` there).
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
 def _strict(annotation: Any, metadata: list[Any] | None = None) -> TypeAdapter:
-    return TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation)
+    return TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation, config=_FINITE)
+
+
+def first_non_finite(value: Any, where: str) -> str | None:
+    """`where` extended to the first inf or nan inside `value` (nested lists and dicts), or None.
+
+    For values typed `Any` (`model.args`, the values of a searched choice), which pydantic's
+    `allow_inf_nan=False` does not reach.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = first_non_finite(item, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _first_error(err: ValidationError) -> str:
@@ -70,11 +111,16 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"unknown argument {key!r} for {name}; {hint}accepted: {', '.join(accepted)}")
+            raise ValueError(
+                f"unknown argument {short_repr(key)} for {name}; {hint}accepted: {', '.join(accepted)}"
+            )
         try:
             _strict(accepted[key]).validate_python(value, strict=True)
         except ValidationError as err:
-            raise ValueError(f"{key}={value!r}: {_first_error(err)}") from None
+            raise ValueError(f"{key}={short_repr(value)}: {_first_error(err)}") from None
+        found = first_non_finite(value, key)
+        if found is not None:
+            raise ValueError(f"{found}: Input should be a finite number")
     import torch
 
     from dynconv.models.registry import create_model
@@ -84,14 +130,16 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
             create_model(name, num_classes=10, **args)
     except (TypeError, ValueError, RuntimeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{name} refuses these args: {msg.removeprefix(f'model {name!r}: ')}") from None
+        msg = shorten(msg.removeprefix(f"model {name!r}: "), 2 * QUOTE_LIMIT)
+        raise ValueError(f"{name} refuses these args: {msg}") from None
 
 
 # ------------------------------------------------------------------------------ search space
 
 
 def check_searched_field(key: str, field: Any, param: Any) -> None:
-    """A searched `train.<key>` range or choice must lie within the field's bounds and be of its type."""
+    """A searched `train.<key>` range or choice must lie within the field's bounds and be of its type
+    (finite, as every float of a spec), so the bounds written on the field hold for searched values too."""
     adapter = _strict(field.annotation, list(field.metadata))
     is_int = field.annotation in (int, "int")
     if param.type != "choice":
@@ -107,7 +155,7 @@ def check_searched_field(key: str, field: Any, param: Any) -> None:
             adapter.validate_python(value, strict=True)
         except ValidationError as err:
             msg = _first_error(err)
-            raise ValueError(f"{key}.{where}={value!r} is not a valid train.{key}: {msg}") from None
+            raise ValueError(f"{key}.{where}={short_repr(value)} is not a valid train.{key}: {msg}") from None
 
 
 def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> None:
@@ -118,7 +166,8 @@ def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> Non
             close = difflib.get_close_matches(metric, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"{where}: {metric!r} is not a metric trials report{hint}; choose one of {', '.join(known)}"
+                f"{where}: {short_repr(metric)} is not a metric trials report{hint}; "
+                f"choose one of {', '.join(known)}"
             )
 
 

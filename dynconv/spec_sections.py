@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,11 +30,16 @@ from dynconv.spec_checks import (
     SAFE_EXPERIMENT_PATTERN,
     check_model_args,
     check_searched_field,
+    first_non_finite,
+    short_repr,
 )
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, sections are frozen, and no float may be inf or nan: `.inf`, `.nan` and
+    `1e309` (which YAML reads as inf) are typos or attacks, never settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -48,7 +54,7 @@ class ModelSpec(_Strict):
         from dynconv.models import list_models
 
         if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+            raise ValueError(f"unknown model {short_repr(name)}; registered: {', '.join(list_models())}")
         return name
 
     @field_validator("args")
@@ -89,17 +95,28 @@ class ScheduleSpec(_Strict):
     """
 
     name: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, le=10_000, description="at most train.epochs' bound")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
 class TrainSpec(_Strict):
-    """Per-trial training settings. `lr` and `augment_strength` are the defaults the search overrides."""
+    """Per-trial training settings. A field the search space names is set by the search: writing it here
+    too is an error (`dynconv.spec.load_spec`), except `epochs` and `batch_size`, which every spec must
+    write. The upper bounds catch values that can only be typos (`epochs: 1000000000`, `lr: 1e308`); a
+    searched range or choice must lie within them as well (`dynconv.spec_checks.check_searched_field`).
+    """
 
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="per worker")
+    epochs: int = Field(ge=1, le=10_000, description="more than 10000 epochs is surely a typo")
+    batch_size: int = Field(
+        ge=1, le=65_536, description="per worker; more than 65536 images per step is surely a typo"
+    )
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="peak learning rate; SGD and AdamW diverge far below 10, so a larger one is a typo",
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -129,7 +146,9 @@ class TrainSpec(_Strict):
     def _known_val_subsets(cls, subsets: list[str]) -> list[str]:
         bad = [s for s in subsets if s not in SUBSET_NAMES]
         if bad or not subsets or len(set(subsets)) != len(subsets):
-            raise ValueError(f"bad subset list {subsets}; valid subsets: {', '.join(SUBSET_NAMES)}")
+            raise ValueError(
+                f"bad subset list {short_repr(subsets)}; valid subsets: {', '.join(SUBSET_NAMES)}"
+            )
         return subsets
 
     @model_validator(mode="after")
@@ -154,10 +173,13 @@ class ParamSpec(_Strict):
         if self.type == "choice":
             if not self.values:
                 raise ValueError("choice needs a non-empty 'values' list")
+            found = first_non_finite(self.values, "values")
+            if found is not None:  # `values` is typed Any: allow_inf_nan does not reach it
+                raise ValueError(f"{found}: Input should be a finite number")
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"{self.type} needs 'low' and 'high'")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+        if self.low >= self.high:  # both finite: allow_inf_nan=False
             raise ValueError(f"empty or inverted range: low={self.low} must be < high={self.high}")
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError(f"loguniform needs low > 0, got {self.low}")
@@ -177,10 +199,11 @@ class SearchSpec(_Strict):
     tpe_startup_trials: int = Field(
         10, ge=1, description="random trials before TPE models the results (Optuna's default is 10)"
     )
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(4, ge=1, le=100_000, description="trials; at most 100000, as --num-samples")
     max_concurrent: int | None = Field(None, ge=1)
     seed: int = 0
-    metric: str | dict[str, float] = Field(
+    # The weights may be inf or nan here only so that `_weights` reports them with the metric's name.
+    metric: str | dict[str, Annotated[float, AllowInfNan(True)]] = Field(
         "val_acc",
         description="a reported metric, or {metric: weight}: trials then report the weighted sum "
         "as `objective` and the search ranks on it",
@@ -200,7 +223,7 @@ class SearchSpec(_Strict):
                 raise ValueError("a weighted metric needs at least one {metric: weight}")
             bad = {k: w for k, w in metric.items() if not math.isfinite(w) or w == 0}
             if bad:
-                raise ValueError(f"weights must be finite and non-zero, got {bad}")
+                raise ValueError(f"weights must be finite and non-zero, got {short_repr(bad)}")
         return metric
 
     @model_validator(mode="before")
@@ -261,10 +284,10 @@ class SearchSpec(_Strict):
             if key in CHOICE_SEARCH_KEYS:
                 allowed = CHOICE_SEARCH_KEYS[key]
                 if param.type != "choice" or not set(param.values or []) <= set(allowed):
-                    raise ValueError(f"{key!r} is searched as a choice among {', '.join(allowed)}")
+                    raise ValueError(f"{short_repr(key)} is searched as a choice among {', '.join(allowed)}")
             elif key not in searchable:
                 known = sorted(searchable | set(CHOICE_SEARCH_KEYS))
-                raise ValueError(f"{key!r} is not a numeric train field; searchable: {known}")
+                raise ValueError(f"{short_repr(key)} is not a numeric train field; searchable: {known}")
             else:
                 check_searched_field(key, TrainSpec.model_fields[key], param)
         return space
@@ -369,7 +392,9 @@ class EvaluateSpec(_Strict):
     def _known_subsets(cls, subsets: list[str]) -> list[str]:
         bad = [s for s in subsets if s not in SUBSET_NAMES]
         if bad or not subsets:
-            raise ValueError(f"unknown subset(s) {bad or subsets}; valid: {', '.join(SUBSET_NAMES)}")
+            raise ValueError(
+                f"unknown subset(s) {short_repr(bad or subsets)}; valid: {', '.join(SUBSET_NAMES)}"
+            )
         return subsets
 
 
@@ -377,7 +402,7 @@ def _safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
     """Names that become directories (Tune storage, MLflow artifact root) must not escape them."""
     if not re.fullmatch(pattern, name):
         raise ValueError(
-            f"{name!r} is not a safe name: use {allowed}, starting with a letter or digit, "
+            f"{short_repr(name)} is not a safe name: use {allowed}, starting with a letter or digit, "
             f"no '..', no '/', no control characters, at most {max_len} characters"
         )
     return name

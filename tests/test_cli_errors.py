@@ -47,6 +47,29 @@ def test_set_with_broken_yaml_value(spec_file, capsys) -> None:
     _one_line(capsys, code, "--set 'train.lr=[0.1': the value is not valid YAML")
 
 
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["train.lr=.inf"], "tiny.yaml: train.lr: Input should be a finite number"),
+        (["train.epochs=1000000000"], "tiny.yaml: train.epochs: Input should be less than or equal to 10000"),
+        (["train.lr=0.01"], "tiny.yaml: train.lr=0.01 is set but search.space.lr searches it"),
+    ],
+    ids=["non-finite", "beyond a bound", "searched and set"],
+)
+def test_bad_spec_values_fail_before_the_cache_is_built(spec_file, tmp_path, capsys, sets, expected) -> None:
+    code = cli.main(["tune", str(spec_file), *(a for s in sets for a in ("--set", s))])
+    _one_line(capsys, code, expected)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_repeated_key_in_a_spec_file(spec_file, capsys) -> None:
+    text = spec_file.read_text()
+    spec_file.write_text(text + "study: renamed\n")
+    line = len(text.splitlines()) + 1
+    code = cli.main(["tune", str(spec_file)])
+    _one_line(capsys, code, f"tiny.yaml: line {line}: duplicate key study (first on line ")
+
+
 def test_unknown_tracking_scheme_fails_before_the_cache_is_built(spec_file, tmp_path, capsys) -> None:
     code = cli.main(["tune", str(spec_file), "--set", "mlflow.tracking_uri=bogus://x"])
     _one_line(capsys, code, "unknown scheme 'bogus'")

@@ -19,10 +19,12 @@ from tests.conftest import TINY_SPEC
 
 
 def _spec(tmp_path: Path, study: str, image_size: int, classes: int) -> JobSpec:
-    """A tiny spec; every study shares one cache_dir and one synthetic dir (as cluster specs do)."""
+    """A tiny spec; every study shares one cache_dir and one synthetic dir (as cluster specs do). Batches
+    of 8 on 2 workers, so the 21 training images of 3 classes × 10 hold a full batch per worker."""
     data = {
         **TINY_SPEC,
         "study": study,
+        "train": {**TINY_SPEC["train"], "batch_size": 8},
         "data": {
             "image_size": image_size,
             "cache_dir": str(tmp_path / "shared_cache"),

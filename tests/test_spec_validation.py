@@ -84,6 +84,54 @@ BAD_INPUTS = {
     "experiment with a slash": ({"mlflow": {"experiment": "a/b"}}, "mlflow.experiment: 'a/b' is not a safe"),
     "experiment with a control char": ({"mlflow": {"experiment": "a\tb"}}, "is not a safe name"),
     "overlong study name": ({"study": "s" * 101}, "at most 100 characters"),
+    # issue 23: every float finite, and bounds where a value can only be a typo
+    "lr of 1e308": ({"train__lr": 1e308}, "train.lr: Input should be less than or equal to 10"),
+    "lr of .inf": ({"train__lr": float("inf")}, "train.lr: Input should be a finite number"),
+    "lr of .nan": ({"train__lr": float("nan")}, "train.lr: Input should be a finite number"),
+    "warm-up of .inf": (
+        {"train__schedule": {"warmup_epochs": float("inf")}},
+        "warmup_epochs: Input should be a",
+    ),
+    "a billion epochs": (
+        {"train__epochs": 10**9},
+        "train.epochs: Input should be less than or equal to 10000",
+    ),
+    "huge batch": (
+        {"train__batch_size": 10**6},
+        "train.batch_size: Input should be less than or equal to 65536",
+    ),
+    "too many trials": (
+        {"search__num_samples": 10**7},
+        "search.num_samples: Input should be less than or equal",
+    ),
+    ".inf in a choice": (
+        {"search__space__weight_decay": {"type": "choice", "values": [0.1, float("inf")]}},
+        "search.space.weight_decay: values[1]: Input should be a finite number",
+    ),
+    ".nan as a range bound": (
+        {"search__space__lr": {"type": "loguniform", "low": float("nan"), "high": 0.1}},
+        "search.space.lr.low: Input should be a finite number",
+    ),
+    ".inf as a range bound": (
+        {"search__space__lr": {"type": "loguniform", "low": 0.01, "high": float("inf")}},
+        "search.space.lr.high: Input should be a finite number",
+    ),
+    "searched lr beyond its bound": (
+        {"search__space__lr": {"type": "loguniform", "low": 0.01, "high": 100}},
+        "search.space: lr.high=100.0 is not a valid train.lr: Input should be less than or equal to 10",
+    ),
+    "searched epochs beyond their bound": (
+        {"search__space__epochs": {"type": "choice", "values": [2, 10**6]}},
+        "epochs.values[1]=1000000 is not a valid train.epochs: Input should be less than or equal to 10000",
+    ),
+    "model arg of .nan": (
+        {"model": {"name": "simple_cnn", "args": {"dropout": float("nan")}}},
+        "model.args: dropout=nan: Input should be a finite number",
+    ),
+    "worker resource of .nan": (
+        {"resources__worker_resources": {"A100": float("nan")}},
+        "resources.worker_resources.A100: Input should be a finite number",
+    ),
 }
 
 
@@ -198,3 +246,115 @@ def test_resume_with_a_changed_spec_refuses_in_one_line(tmp_path: Path) -> None:
     assert tracking.client(uri).get_run(parent).info.status == "KILLED"  # untouched by the refusal
     more = JobSpec.model_validate({**data, "search": {**data["search"], "num_samples": 6}}).resolved()
     assert open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes
+
+
+# ----------------------------------------------------------- values the spec would silently ignore
+
+
+def _load(tmp_path: Path, data: dict[str, Any] | str, overrides: list[str] | None = None) -> JobSpec:
+    path = tmp_path / "job.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path, overrides)
+
+
+def _load_error(tmp_path: Path, data: dict[str, Any] | str, overrides: list[str] | None = None) -> str:
+    with pytest.raises(SpecError) as err:
+        _load(tmp_path, data, overrides)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+SEARCHED = {"type": "choice", "values": ["cosine", "onecycle"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "needle"),
+    [
+        (_spec(train__lr=0.01), None, "train.lr=0.01 is set but search.space.lr searches it"),
+        (_spec(train__lr=0.05), None, "train.lr=0.05 is set but search.space.lr"),  # the default, written
+        (_spec(), ["train.lr=0.01"], "train.lr=0.01 is set but search.space.lr searches it"),
+        (_spec(), ["train.augment_strength=0.2"], "train.augment_strength=0.2 is set but search.space"),
+        (
+            _spec(search__space__schedule=SEARCHED, train__schedule="onecycle"),
+            None,
+            "train.schedule.name='onecycle' is set but search.space.schedule searches it",
+        ),
+        (
+            _spec(search__space__momentum={"type": "uniform", "low": 0.5, "high": 0.9}),
+            ["train.momentum=0.9"],
+            "train.momentum=0.9 is set but search.space.momentum searches it, so the value would be "
+            "ignored; remove one (to fix it, search one value: {type: choice, values: [0.9]})",
+        ),
+    ],
+    ids=["lr in the file", "lr at its default", "lr by --set", "strength by --set", "schedule", "momentum"],
+)
+def test_a_searched_field_that_is_also_set_is_refused(tmp_path: Path, data, overrides, needle) -> None:
+    message = _load_error(tmp_path, data, overrides)
+    assert message.startswith(f"{tmp_path / 'job.yaml'}: ") and needle in message
+
+
+def test_searched_fields_that_are_not_set_load_and_survive_their_json_form(tmp_path: Path) -> None:
+    """Required fields may be searched (their written value is the only way to validate), the warm-up
+    of a searched schedule stays settable, and the dumped forms (trial spec, checkpoint, artifact),
+    which carry every field, still validate through `parse_spec`."""
+    data = _spec(
+        search__space__schedule=SEARCHED,
+        search__space__batch_size={"type": "choice", "values": [8, 16]},
+        train__schedule={"warmup_epochs": 0.5},
+    )
+    spec = _load(tmp_path, data)
+    trial = spec.with_params({"lr": 0.02, "augment_strength": 0.1, "schedule": "onecycle", "batch_size": 8})
+    assert (trial.train.lr, trial.train.schedule.name, trial.train.batch_size) == (0.02, "onecycle", 8)
+    assert parse_spec(trial.to_json_dict()) == trial and parse_spec(spec.resolved().to_json_dict())
+
+
+# ------------------------------------------------------------------ YAML: repeated keys, aliases
+
+
+def test_a_repeated_key_is_refused_with_both_lines(tmp_path: Path) -> None:
+    text = yaml.safe_dump(_spec(), sort_keys=False)
+    second = _load_error(tmp_path, text + "study: renamed\n")  # used to rename the study silently
+    assert second.endswith(
+        f": line {len(text.splitlines()) + 1}: duplicate key study (first on line 1); "
+        "YAML would keep only the last one"
+    )
+    nested = text.replace("  epochs: 2\n", "  epochs: 2\n  epochs: 3\n")
+    line = nested.splitlines().index("  epochs: 3") + 1
+    assert f"line {line}: duplicate key train.epochs (first on line {line - 1})" in _load_error(
+        tmp_path, nested
+    )
+    override = _load_error(tmp_path, _spec(), ["model.args={stem: small, stem: seed}"])
+    assert (
+        override == "--set 'model.args={stem: small, stem: seed}': duplicate key stem (first on line 1); "
+        "YAML would keep only the last one"
+    )
+
+
+def test_an_alias_bomb_is_refused_at_its_first_alias(tmp_path: Path) -> None:
+    """Nine levels of nine aliases: 9^9 values once expanded, which the error message used to print."""
+    levels = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    text = yaml.safe_dump(_spec(), sort_keys=False).replace("  args:\n", "  args:\n    width: *l8\n")
+    message = _load_error(tmp_path, "\n".join(levels) + "\n" + text)
+    assert message.endswith(
+        ": line 2: alias *l0: a spec may not use YAML aliases (one alias can expand a "
+        "small file into gigabytes); write the value out"
+    )
+    assert "may not use YAML aliases" in _load_error(tmp_path, _spec(), ["model.args={a: &x 1, b: *x}"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"model__name": "x" * 100_000}, "model.name: unknown model 'xxx"),
+        ({"train__" + "y" * 100_000: 1}, "train.yyy"),
+        ({"model__args": {"z" * 100_000: 1}}, "model.args: unknown argument 'zzz"),
+        ({"model__args": {"width": ["a" * 1000] * 100}}, "model.args: width=['aaa"),
+        ({"study": "s" * 100_000}, "study: 'sss"),
+    ],
+    ids=["model name", "unknown key", "unknown model arg", "model arg value", "study name"],
+)
+def test_quoted_values_are_shortened(tmp_path: Path, changes, needle) -> None:
+    message = _error(_spec(**changes), tmp_path)
+    assert needle in message and len(message) < len(str(tmp_path)) + 400

@@ -39,9 +39,9 @@ class Case:
 
 def _setup(tmp: Path) -> dict[str, str]:
     """Dataset, spec, stores and odd files the cases point at."""
-    from dynconv import tracking
     from dynconv.data.synth import write_synthetic
     from dynconv.spec import parse_spec
+    from dynconv.tracking.layout import ensure_experiment
     from dynconv.tune.parent_run import open_parent_run
     from tests.conftest import tiny_spec_dict
 
@@ -53,7 +53,7 @@ def _setup(tmp: Path) -> dict[str, str]:
     (tmp / "existing.md").write_text("keep")
     spec = parse_spec(spec_dict).resolved()
     uri = spec.tracking_uri()
-    exp = tracking.ensure_experiment(uri, spec.experiment)
+    exp = ensure_experiment(uri, spec.experiment)
     for _ in range(2):  # two fresh studies of one name, as after two `dynconv tune tiny.yaml`
         _, _, tune_path = open_parent_run(spec, uri, exp, resume=False)
         Path(tune_path).mkdir(parents=True)

@@ -184,7 +184,7 @@ def study_e2e(args: argparse.Namespace, device: torch.device, workdir: Path) -> 
     }
     t0 = time.perf_counter()
     if not missing:
-        from dynconv import tracking
+        from dynconv.tracking.store import client
         from dynconv.tune.study import run_study
 
         result = run_study(spec, address="local")
@@ -199,15 +199,15 @@ def study_e2e(args: argparse.Namespace, device: torch.device, workdir: Path) -> 
         if trial is None or trial.run_id is None:
             out["status"] += "; no trial result"
             return out
-        client = tracking.client(result.tracking_uri)
+        c = client(result.tracking_uri)
         hist = sorted(
-            client.get_metric_history(trial.run_id, "train_images_per_second"), key=lambda m: m.step
+            c.get_metric_history(trial.run_id, "train_images_per_second"), key=lambda m: m.step
         )
         out["img_s"] = hist[-1].value if hist else None
         out["val_acc"] = trial.value  # last value of the ranked metric (val_acc here)
         out["trial_status"] = trial.status
         return out
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.loop import fit
     from dynconv.train.session import LocalSession
 

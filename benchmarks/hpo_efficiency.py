@@ -110,15 +110,15 @@ def asha_expected_epochs(epochs: int, grace: int, reduction: float) -> float:
 
 def epoch_events(tracking_uri: str, trials: list) -> list[tuple[int, str, int, float]]:
     """Every trained epoch of every trial, from the trials' MLflow `val_acc` histories, by time logged."""
-    from dynconv import tracking
+    from dynconv.tracking.store import client
 
-    client = tracking.client(tracking_uri)
+    c = client(tracking_uri)
     events = []
     for trial in trials:
         if trial.run_id is None:
             print(f"warning: trial {trial.trial_id} has no MLflow run; its epochs are not counted")
             continue
-        for m in client.get_metric_history(trial.run_id, "val_acc"):
+        for m in c.get_metric_history(trial.run_id, "val_acc"):
             events.append((int(m.timestamp), trial.run_id, int(m.step), float(m.value)))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     return events

@@ -244,7 +244,7 @@ def dynconv_rate(spec, cache_dir: Path, storage: Path) -> dict[str, float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from dynconv.data.cache import PreparedData
+    from dynconv.data.cache_files import PreparedData
     from dynconv.train.ray_session import train_worker
 
     r = spec.resources

@@ -120,25 +120,26 @@ def trial_clock(workdir: Path) -> dict[str, dict[str, float]]:
 
 def study_phases(tracking_uri: str, clock: dict[str, dict[str, float]]) -> dict[str, Any]:
     """The newest study run's timings and its trials' start-up phases and epoch times, from MLflow."""
-    from dynconv import tracking
+    from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, find_runs
+    from dynconv.tracking.store import client
 
-    client = tracking.client(tracking_uri)
-    exp = client.get_experiment_by_name("quickstart")
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name("quickstart")
     if exp is None:
         raise SystemExit(f"no 'quickstart' experiment in {tracking_uri}")
-    parent = tracking.find_runs(tracking_uri, exp.experiment_id, role="study")[0]
+    parent = find_runs(tracking_uri, exp.experiment_id, role="study")[0]
     out: dict[str, Any] = dict(parent.data.metrics)
     pid = parent.info.run_id
     trials = [
         r
-        for r in tracking.find_runs(tracking_uri, exp.experiment_id, role="trial")
-        if r.data.tags.get(tracking.TAG_PARENT) == pid
+        for r in find_runs(tracking_uri, exp.experiment_id, role="trial")
+        if r.data.tags.get(TAG_PARENT) == pid
     ]
     starts: list[dict[str, float]] = []
     epochs, epoch_seconds = 0, 0.0
     for r in trials:
-        history = sorted(client.get_metric_history(r.info.run_id, "epoch_seconds"), key=lambda m: m.timestamp)
-        times = clock.get(r.data.tags.get(tracking.TAG_TRIAL_ID, ""), {})
+        history = sorted(c.get_metric_history(r.info.run_id, "epoch_seconds"), key=lambda m: m.timestamp)
+        times = clock.get(r.data.tags.get(TAG_TRIAL_ID, ""), {})
         if not history or "scheduled" not in times:
             continue
         epochs += len(history)

@@ -24,13 +24,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.study import list_ranked_trials, select_trials
 from dynconv.evaluation.tables import print_evaluation
+from dynconv.spec import resolve_tracking_uri
+from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_evaluation
+from dynconv.tracking.find import find_study_run, get_run, latest_evaluation_metrics, metric_history
+from dynconv.tracking.layout import (
+    RUN_ID_PATTERN,
+    TAG_DYNAMIC,
+    TAG_MODEL,
+    TAG_PARENT,
+    TAG_RERUN_OF,
+    TAG_ROLE,
+    TAG_SOURCE_RUN,
+    TAG_STUDY,
+    closed_on_error,
+    create_child_run,
+    end_run,
+    log_artifact,
+    log_metrics,
+    log_params,
+    run_params,
+    set_tags,
+)
 from dynconv.tune.ranking import Ranking
 
 
@@ -50,21 +70,21 @@ def resolve_trial(uri: str, run: str) -> Any:
     """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial
     with a checkpoint by the study's ranking (as `dynconv evaluate` picks it), an evaluation run id ->
     the trial it evaluated."""
-    if tracking.RUN_ID_PATTERN.match(run):
+    if RUN_ID_PATTERN.match(run):
         found = None
         with contextlib.suppress(DynconvError):
-            found = tracking.get_run(uri, run)
+            found = get_run(uri, run)
         if found is not None:
-            role = found.data.tags.get(tracking.TAG_ROLE)
+            role = found.data.tags.get(TAG_ROLE)
             if role in ("trial", "rerun"):
                 return found
             if role == "evaluation":
-                return tracking.get_run(uri, found.data.tags.get(tracking.TAG_SOURCE_RUN, ""))
-    parent = tracking.find_study_run(uri, run)
-    study = parent.data.tags.get(tracking.TAG_STUDY, run)
-    ranking = Ranking.for_spec(tracking.load_study_spec(uri, parent))
+                return get_run(uri, found.data.tags.get(TAG_SOURCE_RUN, ""))
+    parent = find_study_run(uri, run)
+    study = parent.data.tags.get(TAG_STUDY, run)
+    ranking = Ranking.for_spec(load_study_spec(uri, parent))
     [(_, best)] = select_trials(list_ranked_trials(uri, parent, ranking), ranking, 1, study)
-    return tracking.get_run(uri, best.run_id)
+    return get_run(uri, best.run_id)
 
 
 def spec_from_checkpoint(state: dict[str, Any], run_id: str):
@@ -99,7 +119,7 @@ def with_epochs(spec, epochs: int | None) -> tuple[Any, list[str]]:
 def spec_params(spec) -> dict[str, Any]:
     """The params a trial run logs for its spec (same keys, so the UI can compare them column by column)."""
     searched = {k: getattr(spec.train, k) for k in spec.search.space}
-    return tracking.run_params(spec, searched)
+    return run_params(spec, searched)
 
 
 def check_against_logged(spec, logged: dict[str, str]) -> list[str]:
@@ -129,15 +149,15 @@ def setting_notes(spec, device) -> list[str]:
 
 def format_side_by_side(uri: str, original, rerun_id: str, ev: Evaluation | None) -> str:
     """Validation accuracy per epoch and test accuracy per subset, original next to rerun."""
-    orig = tracking.metric_history(uri, original.info.run_id, "val_acc")
-    new = tracking.metric_history(uri, rerun_id, "val_acc")
+    orig = metric_history(uri, original.info.run_id, "val_acc")
+    new = metric_history(uri, rerun_id, "val_acc")
     lines = ["epoch  original val_acc  rerun val_acc  difference"]
     for epoch in sorted(set(orig) | set(new)):
         a, b = orig.get(epoch), new.get(epoch)
         diff = f"{b - a:+.4f}" if a is not None and b is not None else "-"
         lines.append(f"{epoch:>5}  {_f(a):>16}  {_f(b):>13}  {diff:>10}")
     if ev is not None:
-        o_metrics = tracking.latest_evaluation_metrics(uri, original)
+        o_metrics = latest_evaluation_metrics(uri, original)
         lines.append("")
         lines.append("subset  original test acc  rerun test acc  [95% CI]")
         for r in ev.results:
@@ -160,15 +180,15 @@ def _open_rerun_run(uri: str, original, spec, dev) -> str:
     """A new `dynconv.role=rerun` run beside the original (nested under its study when it has one)."""
     oid = original.info.run_id
     tags = {
-        tracking.TAG_ROLE: "rerun",
-        tracking.TAG_RERUN_OF: oid,
-        tracking.TAG_STUDY: original.data.tags.get(tracking.TAG_STUDY, spec.study),
-        tracking.TAG_MODEL: spec.model.name,
+        TAG_ROLE: "rerun",
+        TAG_RERUN_OF: oid,
+        TAG_STUDY: original.data.tags.get(TAG_STUDY, spec.study),
+        TAG_MODEL: spec.model.name,
     }
-    parent = original.data.tags.get(tracking.TAG_PARENT)
+    parent = original.data.tags.get(TAG_PARENT)
     name = f"rerun-{original.info.run_name or oid[:8]}"
-    run_id = tracking.create_child_run(uri, original.info.experiment_id, parent, name, tags)
-    tracking.log_params(uri, run_id, {**spec_params(spec), "rerun_of": oid, "device": str(dev)})
+    run_id = create_child_run(uri, original.info.experiment_id, parent, name, tags)
+    log_params(uri, run_id, {**spec_params(spec), "rerun_of": oid, "device": str(dev)})
     return run_id
 
 
@@ -178,7 +198,7 @@ def _train(uri: str, run_id: str, spec, data, dev):
     from dynconv.train.session import LocalSession
 
     def on_report(metrics: dict[str, float], _state: dict[str, Any]) -> None:
-        tracking.log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
+        log_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
 
     session = LocalSession(device=dev, on_report=on_report)
     fit(spec, session, data)
@@ -192,10 +212,10 @@ def _evaluate_rerun(uri: str, run_id: str, final, spec, data, dev, names, speed,
     with tempfile.TemporaryDirectory(prefix="dynconv_rerun_") as tmp:
         path = Path(tmp) / "state.pt"
         torch.save(final, path)
-        tracking.log_artifact(uri, run_id, path, "checkpoint")
+        log_artifact(uri, run_id, path, "checkpoint")
     model = model_from_checkpoint(final, run_id)
     ev = evaluate_model(model, data, names or spec.evaluate.subsets, spec.evaluate.split, dev, speed=speed)
-    tracking.set_tags(uri, run_id, {tracking.TAG_DYNAMIC: str(ev.dynamic).lower()})
+    set_tags(uri, run_id, {TAG_DYNAMIC: str(ev.dynamic).lower()})
     log_evaluation(uri, run_id, ev, title)
     print_evaluation(ev, f"Rerun {run_id}: {spec.evaluate.split} split", file=out)
     return ev
@@ -213,15 +233,15 @@ def rerun(
 ) -> RerunResult:
     """Retrain the configuration of `run` (a trial run id, or a study whose best trial is taken) locally."""
     from dynconv.data.channels import parse_subsets
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.session import default_device
 
     out = file or sys.stdout
     names = parse_subsets(list(subsets)) if subsets is not None else None  # bad names fail before training
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     original = resolve_trial(uri, run)
     oid = original.info.run_id
-    state = tracking.load_checkpoint(uri, oid)
+    state = load_checkpoint(uri, oid)
     spec, notes = with_epochs(spec_from_checkpoint(state, oid), epochs)
     diffs = check_against_logged(spec, dict(original.data.params))
     if diffs:
@@ -231,7 +251,7 @@ def rerun(
     data = prepare_for_spec(spec, progress=False)
 
     run_id = _open_rerun_run(uri, original, spec, dev)
-    with tracking.closed_on_error(uri, run_id):  # FINISHED only once trained, checkpointed, evaluated
+    with closed_on_error(uri, run_id):  # FINISHED only once trained, checkpointed, evaluated
         print(
             f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
             f"{spec.model.args}, {spec.train.epochs} epochs on {dev}; "
@@ -245,6 +265,6 @@ def rerun(
         if session.last_state is not None:
             title = f"rerun of {original.info.run_name}"
             ev = _evaluate_rerun(uri, run_id, session.last_state, spec, data, dev, names, speed, title, out)
-        tracking.end_run(uri, run_id, "FINISHED")
+        end_run(uri, run_id, "FINISHED")
     print("\nOriginal vs rerun\n" + format_side_by_side(uri, original, run_id, ev), file=out)
     return RerunResult(run_id, oid, spec, session.history, ev, notes)

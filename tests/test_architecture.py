@@ -1,7 +1,9 @@
 """The layering of docs/architecture.md, checked on the source (ast, no imports; costs milliseconds).
 
-MLflow is imported only inside `dynconv/tracking/`; the Ray-free layers (basics, spec, training loop,
-evaluation of a model) import nothing from Ray, Optuna or MLflow, lazily or not.
+Every module imports only from its own layer and the layers before it (`LAYERS`, the table of
+docs/architecture.md); MLflow is imported only inside `dynconv/tracking/`; the Ray-free layers (basics,
+spec, training loop, evaluation of a model) import nothing from Ray, Optuna or MLflow, lazily or not;
+`dynconv/` holds at most six modules besides its packages; no module imports another's `_private` names.
 """
 
 from __future__ import annotations
@@ -10,19 +12,27 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dynconv"
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("basics", ("errors", "stats", "plots", "environment", "layers", "models", "data")),
+    ("spec and FLOPs", ("spec", "flops")),
+    ("training", ("train",)),
+    ("evaluation of a model", ("evaluation",)),
+    ("tracking", ("tracking",)),
+    ("orchestration", ("evaluation.study", "train.ray_session", "tune", "report", "rerun")),
+    ("edge", ("cli", "__main__")),
+)
+"""Lowest first; a module belongs to the layer of its longest matching prefix (`evaluation.study` is
+orchestration, the rest of `evaluation` is the evaluation of a model)."""
 RAY_FREE = (
     "errors.py",
     "stats.py",
     "plots.py",
+    "environment.py",
     "layers",
     "models",
     "data",
-    "spec.py",
-    "spec_sections.py",
-    "spec_checks.py",
+    "spec",
     "flops.py",
-    "datasets.py",
-    "metrics.py",
     "train/subset_val.py",
     "tune/pareto.py",
     "tune/ranking.py",
@@ -68,3 +78,66 @@ def test_models_data_and_evaluation_know_nothing_of_ray_or_mlflow() -> None:
         str(p.relative_to(PACKAGE)): sorted(imported_roots(p) & {"ray", "optuna", "mlflow"}) for p in files
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _layer(module: str) -> int:
+    """Index in LAYERS of a dotted module name below `dynconv` (`tune.study`)."""
+    best = max(
+        ((i, len(prefix)) for i, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+         if module == prefix or module.startswith(prefix + ".")),
+        key=lambda hit: hit[1],
+        default=None,
+    )  # fmt: skip
+    assert best is not None, f"dynconv.{module} is in no layer of LAYERS"
+    return best[0]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _dynconv_imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every `dynconv` import in `path`, lazy ones included."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dynconv":
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names if a.name.split(".")[0] == "dynconv"]
+    return out
+
+
+def test_every_module_imports_only_its_own_layer_and_the_ones_before_it() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        own = _module_name(path)
+        if not own:
+            continue
+        for module, names in _dynconv_imports(path):
+            base = module.removeprefix("dynconv").lstrip(".")
+            targets = [f"{base}.{n}".lstrip(".") for n in names] if names else [base]
+            for target in targets:
+                try:
+                    layer = _layer(target)
+                except AssertionError:  # a name defined in a module, not a submodule
+                    layer = _layer(target.rsplit(".", 1)[0])
+                if layer > _layer(own):
+                    offenders.append(f"{own} ({LAYERS[_layer(own)][0]}) -> {target} ({LAYERS[layer][0]})")
+    assert offenders == []
+
+
+def test_the_package_top_holds_concepts_not_loose_modules() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(loose) <= 6, loose
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    offenders = [
+        f"{_module_name(path)}: from {module} import {name}"
+        for path in PACKAGE.rglob("*.py")
+        for module, names in _dynconv_imports(path)
+        for name in names
+        if name.startswith("_")
+    ]
+    assert offenders == []

@@ -147,15 +147,16 @@ def test_symlink_out_of_the_root_is_refused(tmp_path) -> None:
 
 
 def test_no_temp_directory_outlives_a_study_run(tmp_path, tiny_dataset, monkeypatch) -> None:
-    from dynconv import tracking
     from dynconv.spec import parse_spec
+    from dynconv.tracking.layout import ensure_experiment
+    from dynconv.tracking.store import client
     from dynconv.tune.parent_run import open_parent_run
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     spec = parse_spec(tiny_spec_dict(tmp_path, tiny_dataset)).resolved()
     uri = spec.tracking_uri()
-    exp = tracking.ensure_experiment(uri, spec.experiment)
+    exp = ensure_experiment(uri, spec.experiment)
     parent, _, _ = open_parent_run(spec, uri, exp, resume=False)
-    assert [a.path for a in tracking.client(uri).list_artifacts(parent)] == ["spec.yaml"]
+    assert [a.path for a in client(uri).list_artifacts(parent)] == ["spec.yaml"]
     assert list((tmp_path / "tmp").glob("dynconv_spec_*")) == []

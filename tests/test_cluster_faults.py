@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from dynconv import tracking
 from dynconv.spec import parse_spec
+from dynconv.tracking.layout import find_runs
+from dynconv.tracking.store import client
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.ray
@@ -103,12 +104,12 @@ def _study_in_thread(spec: Any) -> tuple[threading.Thread, dict]:
 
 def _wait_for_epoch(uri: str, epoch: int, thread: threading.Thread, timeout_s: float = 240) -> str:
     """Run id of the first trial run that has logged `epoch`."""
-    c = tracking.client(uri)
+    c = client(uri)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert thread.is_alive(), "the study ended before the fault could be injected"
         exp = c.get_experiment_by_name("tiny")
-        for run in [] if exp is None else tracking.find_runs(uri, exp.experiment_id, role="trial"):
+        for run in [] if exp is None else find_runs(uri, exp.experiment_id, role="trial"):
             if any(m.step >= epoch for m in c.get_metric_history(run.info.run_id, "epoch")):
                 return run.info.run_id
         time.sleep(0.5)
@@ -117,8 +118,8 @@ def _wait_for_epoch(uri: str, epoch: int, thread: threading.Thread, timeout_s: f
 
 def _assert_recovered(result: Any, uri: str, run_id: str, seconds: float) -> None:
     """One MLflow run, all epochs present, at most one epoch trained twice."""
-    c = tracking.client(uri)
-    runs = tracking.find_runs(uri, result.experiment_id, role="trial")
+    c = client(uri)
+    runs = find_runs(uri, result.experiment_id, role="trial")
     assert [r.info.run_id for r in runs] == [run_id], "the restarted trial continued its own run"
     assert c.get_run(run_id).info.status == "FINISHED"
     epochs = [m.step for m in c.get_metric_history(run_id, "epoch")]
@@ -143,7 +144,7 @@ def test_ddp_workers_of_a_trial_land_on_different_nodes(cluster, dataset: Path, 
     for nodes in groups.values():
         assert len(nodes) == 2 and head not in nodes, "two DDP workers on two GPU nodes"
 
-    runs = tracking.find_runs(result.tracking_uri, result.experiment_id, role="trial")
+    runs = find_runs(result.tracking_uri, result.experiment_id, role="trial")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert all(t.epochs == EPOCHS for t in result.trials)
 

@@ -16,7 +16,9 @@ from PIL import Image
 
 from dynconv.cli import main
 from dynconv.data import cache
-from dynconv.data.cache import PreparedData, decode_image, prepare
+from dynconv.data.cache import prepare
+from dynconv.data.cache_files import PreparedData
+from dynconv.data.decode import decode_image
 from dynconv.data.sources import DataError
 from dynconv.data.synth import write_synthetic
 

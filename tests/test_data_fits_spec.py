@@ -17,9 +17,9 @@ from dynconv.data.cache import prepare
 from dynconv.data.loader import ShardedBatches
 from dynconv.data.sources import DataError
 from dynconv.data.synth import write_synthetic
-from dynconv.datasets import prepare_for_spec
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec, parse_spec
+from dynconv.spec.data import prepare_for_spec
 from tests.conftest import tiny_spec_dict
 
 SEARCHED_SPACE = {

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from dynconv.cli import main
-from dynconv.data.cache import decode_image, prepare
+from dynconv.data.cache import prepare
+from dynconv.data.decode import decode_image
 from dynconv.data.sources import DataError
 
 

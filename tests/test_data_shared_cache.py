@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dynconv.data.cache import PreparedData, prepare
+from dynconv.data.cache import prepare
+from dynconv.data.cache_files import PreparedData
 from dynconv.data.loader import ShardedBatches
 from dynconv.data.sources import DataError
 from dynconv.data.synth import write_synthetic
-from dynconv.datasets import prepare_for_spec
 from dynconv.spec import JobSpec
+from dynconv.spec.data import prepare_for_spec
 from dynconv.train.ray_session import train_worker
 from tests.conftest import TINY_SPEC
 

@@ -17,14 +17,26 @@ import yaml
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
-from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.evaluation.model import evaluate_model
 from dynconv.evaluation.predict import model_inputs, predict
 from dynconv.evaluation.results import DYNAMIC_NOTE, PLAIN_NOTE, SpeedConfig
 from dynconv.evaluation.study import evaluate_study_cli, select_trials
 from dynconv.spec import JobSpec
-from dynconv.tracking import TrialInfo
+from dynconv.tracking.find import TrialInfo
+from dynconv.tracking.layout import (
+    TAG_STUDY,
+    end_run,
+    ensure_child_run,
+    ensure_experiment,
+    log_artifact,
+    log_metrics,
+    log_params,
+    run_params,
+    set_tags,
+    start_study_run,
+)
+from dynconv.tracking.store import client
 from dynconv.tune.ranking import Ranking
 from tests import mlflow_layout
 
@@ -71,14 +83,14 @@ def open_study(uri: str, spec: JobSpec) -> tuple[str, str]:
     """(experiment_id, parent_run_id): the parent run `dynconv tune` opens, with its spec.yaml."""
     from dynconv.tune.search import describe_space
 
-    exp = tracking.ensure_experiment(uri, spec.experiment)
+    exp = ensure_experiment(uri, spec.experiment)
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": 2}
-    parent = tracking.start_study_run(uri, exp, spec.study, params)
-    tracking.set_tags(uri, parent, {"dynconv.run_name": f"{spec.study}-20240101-000000"})
+    parent = start_study_run(uri, exp, spec.study, params)
+    set_tags(uri, parent, {"dynconv.run_name": f"{spec.study}-20240101-000000"})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
-        tracking.log_artifact(uri, parent, path)
+        log_artifact(uri, parent, path)
     return exp, parent
 
 
@@ -92,38 +104,38 @@ def train_trial(
     status: str = "FINISHED",
 ) -> str:
     """Train one trial locally and log it like a Tune trial: params, epoch metrics, checkpoint, outcome."""
-    from dynconv.datasets import prepare_for_spec
     from dynconv.flops import model_facts
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.loop import build_model, fit
     from dynconv.train.session import LocalSession
 
     spec = spec.with_params(params)
-    run_id, _ = tracking.ensure_child_run(
+    run_id, _ = ensure_child_run(
         uri,
         exp,
         parent,
         role="trial",
         key=key,
         run_name=f"trial_{key}",
-        tags={tracking.TAG_STUDY: spec.study},
+        tags={TAG_STUDY: spec.study},
     )
-    tracking.log_params(uri, run_id, tracking.run_params(spec, params))
+    log_params(uri, run_id, run_params(spec, params))
     data = prepare_for_spec(spec, progress=False)
     model = build_model(spec, data.num_classes)
-    tracking.log_metrics(uri, run_id, model_facts(model, spec.data.image_size))
+    log_metrics(uri, run_id, model_facts(model, spec.data.image_size))
     session = LocalSession(
-        device="cpu", on_report=lambda m, _s: tracking.log_metrics(uri, run_id, m, step=int(m["epoch"]))
+        device="cpu", on_report=lambda m, _s: log_metrics(uri, run_id, m, step=int(m["epoch"]))
     )
     fit(spec, session, data)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(session.last_state, Path(tmp) / "state.pt")
-        tracking.log_artifact(uri, run_id, Path(tmp) / "state.pt", "checkpoint")
-    tracking.end_run(uri, run_id, status)
+        log_artifact(uri, run_id, Path(tmp) / "state.pt", "checkpoint")
+    end_run(uri, run_id, status)
     return run_id
 
 
 def artifact_paths(uri: str, run_id: str, path: str | None = None) -> set[str]:
-    c = tracking.client(uri)
+    c = client(uri)
     out = set()
     for a in c.list_artifacts(run_id, path):
         out |= artifact_paths(uri, run_id, a.path) if a.is_dir else {a.path}
@@ -243,7 +255,7 @@ def test_evaluate_logs_child_run_with_metrics_tables_and_plots(store, capsys) ->
     out = capsys.readouterr().out
     assert DYNAMIC_NOTE in out and "accuracy % [95% CI]" in out
 
-    run = tracking.client(uri).get_run(run_id)
+    run = client(uri).get_run(run_id)
     tags, metrics = run.data.tags, run.data.metrics
     assert tags["dynconv.role"] == "evaluation"
     assert tags["mlflow.parentRunId"] == store["parent"]
@@ -267,12 +279,12 @@ def test_evaluate_logs_child_run_with_metrics_tables_and_plots(store, capsys) ->
         "plots/learning_curves.png",
         "plots/search.png",
     } <= files
-    parent = tracking.client(uri).get_run(store["parent"])
+    parent = client(uri).get_run(store["parent"])
     assert parent.data.tags["dynconv.evaluation_run_id"] == run_id
 
     # the logged metrics agree with scikit-learn on the logged per-image predictions
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.client(uri).download_artifacts(run_id, "predictions/predictions_RB.npz", tmp)
+        path = client(uri).download_artifacts(run_id, "predictions/predictions_RB.npz", tmp)
         z = np.load(path)
         p, r, f, _ = precision_recall_fscore_support(
             z["y_true"], z["y_pred"], labels=[0, 1, 2], average="macro", zero_division=0
@@ -284,8 +296,8 @@ def test_evaluate_logs_child_run_with_metrics_tables_and_plots(store, capsys) ->
 
 
 def test_plain_model_is_zero_filled_at_full_cost(store) -> None:
-    from dynconv.datasets import prepare_for_spec
     from dynconv.models import create_model
+    from dynconv.spec.data import prepare_for_spec
 
     data = prepare_for_spec(store["spec"], progress=False)
     model = create_model("simple_cnn", num_classes=3, width=16, growth=8)
@@ -300,7 +312,7 @@ def test_top_k_evaluates_both_trials_in_order(store) -> None:
     done = evaluate_study_cli(
         store["parent"], top_k=2, subsets=["RGB"], tracking_uri=store["uri"], speed=FAST
     )
-    tags = [tracking.client(store["uri"]).get_run(rid).data.tags for rid, _ in done]
+    tags = [client(store["uri"]).get_run(rid).data.tags for rid, _ in done]
     assert [t["dynconv.source_run_id"] for t in tags] == [store["finished"], store["killed"]]
     assert [t["dynconv.rank"] for t in tags] == ["1", "2"]
 
@@ -325,8 +337,8 @@ def test_study_without_finished_trial(store) -> None:
     uri = store["uri"]
     spec = make_spec(store["root"], "empty", "simple_cnn_dynamic")
     exp, parent = open_study(uri, spec)
-    run_id, _ = tracking.ensure_child_run(uri, exp, parent, role="trial", key="z", run_name="trial_z")
-    tracking.end_run(uri, run_id, "FAILED")
+    run_id, _ = ensure_child_run(uri, exp, parent, role="trial", key="z", run_name="trial_z")
+    end_run(uri, run_id, "FAILED")
     with pytest.raises(
         DynconvError, match=r"study 'empty' has no finished trial with a checkpoint \(1 failed"
     ):
@@ -337,12 +349,12 @@ def test_corrupt_checkpoint(store) -> None:
     uri = store["uri"]
     spec = make_spec(store["root"], "broken", "simple_cnn_dynamic")
     exp, parent = open_study(uri, spec)
-    run_id, _ = tracking.ensure_child_run(uri, exp, parent, role="trial", key="c", run_name="trial_c")
-    tracking.log_metrics(uri, run_id, {"val_acc": 0.5}, step=1)
+    run_id, _ = ensure_child_run(uri, exp, parent, role="trial", key="c", run_name="trial_c")
+    log_metrics(uri, run_id, {"val_acc": 0.5}, step=1)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "state.pt").write_bytes(b"not a checkpoint")
-        tracking.log_artifact(uri, run_id, Path(tmp) / "state.pt", "checkpoint")
-    tracking.end_run(uri, run_id, "FINISHED")
+        log_artifact(uri, run_id, Path(tmp) / "state.pt", "checkpoint")
+    end_run(uri, run_id, "FINISHED")
     with pytest.raises(DynconvError, match=f"checkpoint of run {run_id} failed to load"):
         evaluate_study_cli("broken", tracking_uri=uri)
 
@@ -354,7 +366,7 @@ def test_rerun_rebuilds_the_exact_configuration_and_lands_in_mlflow(store, capsy
     from dynconv.rerun import rerun
 
     uri, original = store["uri"], store["finished"]
-    c = tracking.client(uri)
+    c = client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         state = torch.load(c.download_artifacts(original, "checkpoint/state.pt", tmp), weights_only=True)
 
@@ -389,7 +401,7 @@ def test_rerun_of_a_study_with_fewer_epochs(store) -> None:
     assert result.spec.train.epochs == 1 and len(result.history) == 1
     assert result.notes[0] == "epochs overridden: 2 -> 1"
     assert (
-        tracking.client(store["uri"]).get_run(result.run_id).data.tags["dynconv.rerun_of"]
+        client(store["uri"]).get_run(result.run_id).data.tags["dynconv.rerun_of"]
         == store["finished"]
     )
 
@@ -435,7 +447,7 @@ def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     assert evaluate_study(spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent)) == []
     err = capsys.readouterr().err
     assert "evaluation skipped: study 'notrials' has no finished trial" in err
-    tags = tracking.client(uri).get_run(parent).data.tags
+    tags = client(uri).get_run(parent).data.tags
     assert tags["dynconv.evaluation_error"].startswith("study 'notrials'")
 
     good = store["spec"].model_copy(

@@ -64,7 +64,7 @@ def test_gpu_amount_defaults_to_one_and_reaches_the_worker_resources() -> None:
 
 
 def test_ray_train_always_keeps_one_worker_trials_on_a_torch_trainer() -> None:
-    from dynconv.tune.trial import trains_in_trial_actor, trial_resources
+    from dynconv.tune.resources import trains_in_trial_actor, trial_resources
 
     auto = _spec(gpu=True, gpus_per_worker=0.25, workers_per_trial=1, cpus_per_worker=1, driver_cpus=0.25)
     always = _spec(gpu=True, gpus_per_worker=0.25, workers_per_trial=1, ray_train="always")

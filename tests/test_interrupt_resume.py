@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynconv import tracking
+from dynconv.tracking.layout import TAG_TRIAL_ID, TAG_TUNE_PATH, find_runs
+from dynconv.tracking.store import client
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.ray
@@ -64,15 +65,15 @@ def _dynconv(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def _trial_runs(uri: str) -> list:
-    c = tracking.client(uri)
+    c = client(uri)
     exp = c.get_experiment_by_name("tiny")
-    return [] if exp is None else tracking.find_runs(uri, exp.experiment_id, role="trial")
+    return [] if exp is None else find_runs(uri, exp.experiment_id, role="trial")
 
 
 def _wait_until_mid_study(uri: str, proc: subprocess.Popen, timeout_s: float = 240) -> None:
     """Block until one trial has finished and the next has reported at least one epoch."""
     deadline = time.monotonic() + timeout_s
-    c = tracking.client(uri)
+    c = client(uri)
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         runs = _trial_runs(uri)
@@ -111,7 +112,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(
 def _assert_each_trial_once(uri: str, finished_before: set[str]) -> int:
     """After the resume: each trial once in MLflow, FINISHED, with every epoch; a trial finished before
     the interruption not re-run, the resumed one retraining at most one epoch (returned), study FINISHED."""
-    c = tracking.client(uri)
+    c = client(uri)
     runs = _trial_runs(uri)
     assert len(runs) == 2, "every trial appears exactly once in MLflow"
     assert {r.info.status for r in runs} == {"FINISHED"}
@@ -124,7 +125,7 @@ def _assert_each_trial_once(uri: str, finished_before: set[str]) -> int:
         else:
             retrained = len(epochs) - EPOCHS
             assert retrained <= 1, "the resumed trial retrains at most one epoch"
-    study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
+    study_runs = find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["FINISHED"]
     _assert_searcher_kept_its_history(study_runs[0], runs)
     return retrained
@@ -138,7 +139,7 @@ def _assert_searcher_kept_its_history(study_run, trial_runs: list) -> None:
     from dynconv.tune.searcher import EpochOptunaSearch
 
     searcher = EpochOptunaSearch(epochs=EPOCHS)
-    searcher.restore_from_dir(study_run.data.tags[tracking.TAG_TUNE_PATH])
+    searcher.restore_from_dir(study_run.data.tags[TAG_TUNE_PATH])
     trials = searcher.optuna_study.trials
     assert len(trials) == len(trial_runs), "the study ends with exactly num_samples trials"
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -222,7 +223,7 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
     )
     runs = _trial_runs(uri)
     assert "RUNNING" in {r.info.status for r in runs}, "SIGKILL leaves the running trial's run open"
-    study_runs = tracking.find_runs(uri, runs[0].info.experiment_id, role="study")
+    study_runs = find_runs(uri, runs[0].info.experiment_id, role="study")
     assert [r.info.status for r in study_runs] == ["RUNNING"]
 
     t0 = time.monotonic()
@@ -232,10 +233,10 @@ def test_sigkilled_driver_resumes_each_trial_once(slower_dataset: Path, tmp_path
     assert "MLflow runs incomplete: none" in out, out
     print(f"resume finished the study in {time.monotonic() - t0:.1f} s")
 
-    c = tracking.client(uri)
+    c = client(uri)
     runs = _trial_runs(uri)
     seen = "\n".join(
-        f"{r.info.run_id} {r.data.tags.get(tracking.TAG_TRIAL_ID)} {r.info.status} "
+        f"{r.info.run_id} {r.data.tags.get(TAG_TRIAL_ID)} {r.info.status} "
         f"{r.data.tags.get('dynconv.outcome')} {_steps(c, r.info.run_id)}"
         for r in runs
     )
@@ -274,6 +275,6 @@ def test_a_closed_stdout_stops_the_study_like_ctrl_c(slower_dataset: Path, tmp_p
     assert proc.wait(timeout=180) == 130, "".join(seen) + err
     assert "Study interrupted. Continue it with: dynconv tune <spec> --resume" in err, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
-    exp = tracking.client(uri).get_experiment_by_name("tiny").experiment_id
-    assert [r.info.status for r in tracking.find_runs(uri, exp, role="study")] == ["KILLED"]
+    exp = client(uri).get_experiment_by_name("tiny").experiment_id
+    assert [r.info.status for r in find_runs(uri, exp, role="study")] == ["KILLED"]
     assert {r.info.status for r in _trial_runs(uri)} <= {"FINISHED", "KILLED"}

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from dynconv import tracking
+from dynconv.tracking.layout import find_runs
+from dynconv.tracking.store import client
 
 pytestmark = pytest.mark.ray
 
@@ -88,10 +89,10 @@ def test_ray_job_submit_runs_the_quickstart_spec_to_the_end(head, tiny_dataset: 
     assert "succeeded" in job.stdout
     assert "last val_acc" in job.stdout and "Browse it with: dynconv ui" in job.stdout
 
-    c = tracking.client(uri)
+    c = client(uri)
     exp = c.get_experiment_by_name("quickstart")
-    studies = tracking.find_runs(uri, exp.experiment_id, role="study")
+    studies = find_runs(uri, exp.experiment_id, role="study")
     assert [r.info.status for r in studies] == ["FINISHED"]
-    trials = tracking.find_runs(uri, exp.experiment_id, role="trial")
+    trials = find_runs(uri, exp.experiment_id, role="trial")
     assert len(trials) == 2
-    assert len(tracking.find_runs(uri, exp.experiment_id, role="evaluation")) == 1
+    assert len(find_runs(uri, exp.experiment_id, role="evaluation")) == 1

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynconv import tracking
+from dynconv.tracking.layout import find_runs
+from dynconv.tracking.store import client
 from tests.conftest import tiny_spec_dict
 from tests.mlflow_server import MlflowServer
 
@@ -58,8 +59,8 @@ def _spec(tmp_path: Path, dataset: Path, uri: str) -> Path:
 
 
 def _trial_runs(uri: str) -> list:
-    exp = tracking.client(uri).get_experiment_by_name("tiny")
-    return [] if exp is None else tracking.find_runs(uri, exp.experiment_id, role="trial")
+    exp = client(uri).get_experiment_by_name("tiny")
+    return [] if exp is None else find_runs(uri, exp.experiment_id, role="trial")
 
 
 def _reported_since(storage: Path, t_s: float) -> int:
@@ -87,7 +88,7 @@ def test_server_outage_mid_study_loses_no_epoch(dataset: Path, tmp_path: Path) -
     server.start()
     uri = server.url
     storage = tmp_path / "ray_results"
-    c = tracking.client(uri)
+    c = client(uri)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dynconv", "tune", str(_spec(tmp_path, dataset, uri))],

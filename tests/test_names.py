@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from dynconv import cli, tracking
+from dynconv import cli
 from dynconv.errors import DynconvError
-from dynconv.names import one_study_run
+from dynconv.tracking.find import one_study_run
+from dynconv.tracking.layout import ensure_experiment, start_study_run
 from tests.conftest import tiny_spec_dict
 
 
@@ -43,11 +44,11 @@ def twin_store(tmp_path_factory, tiny_dataset) -> dict:
     (tmp / "twin.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data).resolved()
     uri = spec.tracking_uri()
-    exp = tracking.ensure_experiment(uri, spec.experiment)
+    exp = ensure_experiment(uri, spec.experiment)
     opened = [open_parent_run(spec, uri, exp, resume=False) for _ in range(2)]  # within a second
     for _, _, tune_path in opened:
         Path(tune_path).mkdir(parents=True)
-    solo = tracking.start_study_run(uri, exp, "solo", {})
+    solo = start_study_run(uri, exp, "solo", {})
     return {"tmp": tmp, "spec": spec, "uri": uri, "exp": exp, "runs": opened, "solo": solo}
 
 
@@ -58,7 +59,7 @@ def test_two_studies_in_one_second_get_distinct_tune_directories(twin_store) -> 
 
 
 def test_find_study_run_refuses_an_ambiguous_name(twin_store) -> None:
-    from dynconv.tracking import find_study_run
+    from dynconv.tracking.find import find_study_run
 
     uri = twin_store["uri"]
     ids = [r[0] for r in twin_store["runs"]]

@@ -17,8 +17,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dynconv import tracking
 from dynconv.spec import parse_spec
+from dynconv.tracking.find import metric_history
+from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, ensure_experiment, find_runs, start_study_run
+from dynconv.tracking.store import client
 from dynconv.tracking.writer import QueuedWriter
 from dynconv.tune.recorder import TrialRecorder
 from tests.conftest import tiny_spec_dict
@@ -58,18 +60,18 @@ def study(tmp_path: Path, tiny_dataset: Path) -> SimpleNamespace:
     data = tiny_spec_dict(tmp_path, tiny_dataset, train={"epochs": EPOCHS})
     spec = parse_spec(data).resolved()
     uri = spec.tracking_uri()
-    exp = tracking.ensure_experiment(uri, spec.experiment)
-    parent = tracking.start_study_run(uri, exp, spec.study, {})
+    exp = ensure_experiment(uri, spec.experiment)
+    parent = start_study_run(uri, exp, spec.study, {})
     recorder = TrialRecorder(uri, exp, parent, spec, num_classes=3)
     return SimpleNamespace(spec=spec, uri=uri, exp=exp, parent=parent, recorder=recorder, tmp=tmp_path)
 
 
 def _runs(s: SimpleNamespace) -> dict[str, object]:
-    return {r.data.tags[tracking.TAG_TRIAL_ID]: r for r in tracking.find_runs(s.uri, s.exp, role="trial")}
+    return {r.data.tags[TAG_TRIAL_ID]: r for r in find_runs(s.uri, s.exp, role="trial")}
 
 
 def _epochs(s: SimpleNamespace, run) -> list[int]:
-    return sorted(tracking.metric_history(s.uri, run.info.run_id, "epoch"))
+    return sorted(metric_history(s.uri, run.info.run_id, "epoch"))
 
 
 def test_each_event_writes_its_part_and_each_ending_its_outcome(study, capsys) -> None:
@@ -98,15 +100,15 @@ def test_each_event_writes_its_part_and_each_ending_its_outcome(study, capsys) -
         "cut": ("KILLED", "interrupted"),
     }
     run = runs["full"]
-    assert run.data.tags[tracking.TAG_PARENT] == study.parent
+    assert run.data.tags[TAG_PARENT] == study.parent
     assert run.info.run_name == "run_trial_full"
     assert run.data.params["lr"] == "0.05" and run.data.params["train.epochs"] == str(EPOCHS)
     assert run.data.metrics["flops"] > 0 and run.data.metrics["params"] > 0
     assert _epochs(study, run) == [1, 2, 3]
-    assert tracking.metric_history(study.uri, run.info.run_id, "val_acc")[2] == pytest.approx(0.2)
+    assert metric_history(study.uri, run.info.run_id, "val_acc")[2] == pytest.approx(0.2)
     assert "training_iteration" not in run.data.metrics and "timestamp" not in run.data.metrics
     assert run.data.tags["dynconv.epochs_done"] == str(EPOCHS)
-    c = tracking.client(study.uri)
+    c = client(study.uri)
     assert [a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/state.pt"]
 
 
@@ -125,7 +127,7 @@ def test_results_are_logged_at_the_time_they_arrive_whatever_the_store_does(stud
     time.sleep(0.3)
     gate.set()
     assert rec.writer.flush(30)
-    (m,) = tracking.client(study.uri).get_metric_history(_runs(study)["slow"].info.run_id, "epoch")
+    (m,) = client(study.uri).get_metric_history(_runs(study)["slow"].info.run_id, "epoch")
     assert heard <= m.timestamp < heard + 300
 
 
@@ -183,7 +185,7 @@ def test_a_resumed_study_adopts_closes_orphans_and_fills_in_missing_epochs(study
     assert (runs["lost"].info.status, runs["lost"].data.tags["dynconv.outcome"]) == ("KILLED", "orphaned")
     assert runs["ran"].info.status == "FINISHED" and _epochs(study, runs["ran"]) == [1, 2, 3]
     assert runs["ended"].info.status == "FINISHED" and _epochs(study, runs["ended"]) == [1, 2, 3]
-    history = tracking.client(study.uri).get_metric_history(runs["ran"].info.run_id, "epoch")
+    history = client(study.uri).get_metric_history(runs["ran"].info.run_id, "epoch")
     assert len(history) == EPOCHS, "every epoch once"
 
 

@@ -16,12 +16,14 @@ import pytest
 import torch
 from test_evaluate import EXPERIMENT, make_spec, open_study, train_trial
 
-from dynconv import stats, tracking
+from dynconv import stats
 from dynconv.errors import DynconvError
 from dynconv.evaluation.results import Evaluation, SpeedConfig, SubsetResult
 from dynconv.evaluation.study import evaluate_study_cli
-from dynconv.report import same_test_images, write_report
+from dynconv.report.compare import same_test_images
+from dynconv.report.render import write_report
 from dynconv.tracking.evaluations import record_evaluation
+from dynconv.tracking.layout import end_run
 
 FAST = SpeedConfig(warmup=0, latency_iters=1, throughput_batch=4, throughput_iters=1)
 
@@ -60,8 +62,8 @@ def add_fake_study(
     spec = make_spec(root, study, model, args={"stem": stem}, **train)
     exp, parent = open_study(uri, spec)
     run_id = record_evaluation(uri, exp, parent, study, ev, source_run_id="0" * 32)
-    tracking.end_run(uri, run_id, "FINISHED")
-    tracking.end_run(uri, parent, "FINISHED")
+    end_run(uri, run_id, "FINISHED")
+    end_run(uri, parent, "FINISHED")
     return run_id
 
 
@@ -170,7 +172,7 @@ def test_other_test_sets_are_reported_apart_and_never_paired(store, tmp_path) ->
     assert "not run on this test set (study r18small_other" in md
     assert (tmp_path / f"table2_{store['cnn'].test_set_id[:8]}.csv").is_file()
 
-    from dynconv.report import load_records
+    from dynconv.report.records import load_records
 
     recs = {r.study: r for r in load_records(uri, [EXPERIMENT])}
     ok, why = same_test_images(recs["r18small_other"], recs["r18"])

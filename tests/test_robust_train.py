@@ -39,7 +39,7 @@ def _spec(dataset: Path, tmp: Path, model: str, args: dict[str, Any], **train: A
 
 
 def _fit(spec: JobSpec):
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.loop import fit
     from dynconv.train.session import LocalSession
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dynconv.spec import JobSpec, SpecError, absolute_tracking_uri, load_spec
+from dynconv.spec import JobSpec, SpecError, load_spec, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "tune_jobs").glob("*.yaml"))
@@ -130,4 +130,5 @@ def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert spec.tracking_uri() == "http://example.invalid:5000"
     explicit = JobSpec.model_validate(_with(MINIMAL, "mlflow.tracking_uri", "sqlite:///x.db"))
     assert explicit.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/x.db"
-    assert absolute_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri(None) == "http://example.invalid:5000"  # --tracking-uri unset: the env

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from dynconv.errors import DynconvError
-from dynconv.metrics import reported_metrics
 from dynconv.spec import JobSpec, SpecError, load_spec, parse_spec
-from dynconv.spec_checks import spec_diff
+from dynconv.spec.checks import spec_diff
+from dynconv.spec.metrics import reported_metrics
 from dynconv.tune.capacity import ResourcesError, check_resources_fit
 from tests.conftest import TINY_SPEC
 
@@ -226,24 +226,25 @@ def test_spec_diff_names_changed_keys_and_ignores_num_samples() -> None:
 
 
 def test_resume_with_a_changed_spec_refuses_in_one_line(tmp_path: Path) -> None:
-    from dynconv import tracking
+    from dynconv.tracking.layout import end_run, ensure_experiment
+    from dynconv.tracking.store import client
     from dynconv.tune.parent_run import open_parent_run
 
     store = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
     data = _spec(mlflow=store, storage_path=str(tmp_path / "rr"))
     spec = JobSpec.model_validate(data).resolved()
     uri = spec.tracking_uri()
-    exp = tracking.ensure_experiment(uri, spec.experiment)
+    exp = ensure_experiment(uri, spec.experiment)
     parent, _, tune_path = open_parent_run(spec, uri, exp, resume=False)
     Path(tune_path).mkdir(parents=True)  # the Tune state the resume would restore
-    tracking.end_run(uri, parent, "KILLED")
+    end_run(uri, parent, "KILLED")
     changed = JobSpec.model_validate({**data, "train": {**data["train"], "epochs": 4}}).resolved()
     with pytest.raises(DynconvError) as err:
         open_parent_run(changed, uri, exp, resume=True)
     message = str(err.value)
     assert "\n" not in message and "spec changed since the study started (train.epochs)" in message
     assert "run without --resume" in message
-    assert tracking.client(uri).get_run(parent).info.status == "KILLED"  # untouched by the refusal
+    assert client(uri).get_run(parent).info.status == "KILLED"  # untouched by the refusal
     more = JobSpec.model_validate({**data, "search": {**data["search"], "num_samples": 6}}).resolved()
     assert open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes
 

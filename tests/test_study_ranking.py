@@ -24,16 +24,24 @@ import pandas as pd
 import pytest
 import torch
 
-from dynconv import tracking
 from dynconv.evaluation.results import SpeedConfig
 from dynconv.evaluation.study import evaluate_study_cli
-from dynconv.report import load_records
+from dynconv.report.records import load_records
 from dynconv.rerun import resolve_trial
 from dynconv.spec import JobSpec
-from dynconv.study_summary import study_note
+from dynconv.tracking.find import get_run, latest_evaluation_metrics, search_runs
+from dynconv.tracking.layout import (
+    TAG_STUDY,
+    end_run,
+    ensure_child_run,
+    log_artifact,
+    log_metrics,
+    log_params,
+)
 from dynconv.tune.parent_run import record_best_trial
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import StudyResult, format_summary
+from dynconv.tune.summary import study_note
 from dynconv.tune.trial_summaries import summarise_trials
 from tests.test_evaluate import EXPERIMENT, make_spec, open_study
 
@@ -49,7 +57,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(root: Path) -> Path:
     """One real final checkpoint of the tiny model (every fake trial logs it as its own)."""
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.loop import fit
     from dynconv.train.session import LocalSession
 
@@ -80,16 +88,16 @@ def write_trial(
     status: str = "FINISHED",
 ) -> str:
     """A trial run as a trial actor and TrialRunCloser leave it: params, one step per epoch, checkpoint."""
-    tags = {tracking.TAG_STUDY: spec.study}
-    run_id, _ = tracking.ensure_child_run(uri, exp, parent, "trial", key, f"trial_{key}", tags)
-    tracking.log_params(uri, run_id, {"lr": 0.05, "augment_strength": 0.1, "model": spec.model.name})
+    tags = {TAG_STUDY: spec.study}
+    run_id, _ = ensure_child_run(uri, exp, parent, "trial", key, f"trial_{key}", tags)
+    log_params(uri, run_id, {"lr": 0.05, "augment_strength": 0.1, "model": spec.model.name})
     epochs = len(next(iter(history.values())))
     for epoch in range(1, epochs + 1):
         metrics = {name: values[epoch - 1] for name, values in history.items()}
-        tracking.log_metrics(uri, run_id, {"epoch": epoch, **metrics}, step=epoch)
+        log_metrics(uri, run_id, {"epoch": epoch, **metrics}, step=epoch)
     if ckpt is not None:
-        tracking.log_artifact(uri, run_id, ckpt, "checkpoint")
-    tracking.end_run(uri, run_id, status)
+        log_artifact(uri, run_id, ckpt, "checkpoint")
+    end_run(uri, run_id, status)
     return run_id
 
 
@@ -141,7 +149,7 @@ def build_study(
     rows = summarise_trials(tune_grid(trials, epochs), spec, uri, exp, parent)
     result = StudyResult(study, f"{study}-1", parent, exp, uri, "", False, rows)
     record_best_trial(uri, parent, result.best, Ranking.for_spec(spec))
-    tracking.end_run(uri, parent, "FINISHED")
+    end_run(uri, parent, "FINISHED")
     return {"uri": uri, "spec": spec, "parent": parent, "runs": runs, "result": result}
 
 
@@ -151,9 +159,9 @@ def answers(s: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, str]]]:
     uri, spec, result = s["uri"], s["spec"], s["result"]
     by_run = {run_id: key for key, run_id in s["runs"].items()}
     table = format_summary(result, spec).splitlines()
-    parent = tracking.get_run(uri, s["parent"])
+    parent = get_run(uri, s["parent"])
     done = evaluate_study_cli(spec.study, subsets="RGB", tracking_uri=uri, device="cpu", speed=FAST)
-    evals = [tracking.get_run(uri, run_id).data.tags for run_id, _ in done]
+    evals = [get_run(uri, run_id).data.tags for run_id, _ in done]
     [record] = [r for r in load_records(uri, [EXPERIMENT]) if r.study == spec.study]
     note = study_note(spec, result, [])
     return {
@@ -182,7 +190,7 @@ def test_val_loss_min_study_names_its_lowest_loss_trial_everywhere(root: Path, c
     table = format_summary(s["result"], s["spec"])
     assert "last val_loss" in table.splitlines()[0] and "best val acc" not in table
     assert [line.split()[0] for line in table.splitlines()[2:]] == ["b", "c", "a", "d"]
-    parent = tracking.get_run(s["uri"], s["parent"])
+    parent = get_run(s["uri"], s["parent"])
     assert parent.data.metrics == {"best_val_loss": pytest.approx(0.30)}
     assert parent.data.tags["dynconv.ranked_on"] == "val_loss (min)"
 
@@ -196,7 +204,7 @@ def test_val_acc_worst_study_is_ranked_on_the_worst_subset(root: Path, checkpoin
     s = build_study(root, checkpoint, "worst", trials, {"metric": "val_acc_worst", "mode": "max"})
     got, _ = answers(s)
     assert set(got.values()) == {"b", "b@1"}, got
-    parent = tracking.get_run(s["uri"], s["parent"])
+    parent = get_run(s["uri"], s["parent"])
     assert parent.data.metrics == {"best_val_acc_worst": pytest.approx(0.65)}
     assert parent.data.tags["dynconv.ranked_on"] == "val_acc_worst (max)"
 
@@ -222,7 +230,7 @@ def test_multi_objective_with_a_min_objective_ranks_the_pareto_set_by_the_first(
         ("e", "2"),
         ("a", "3"),
     ]
-    parent = tracking.get_run(uri, s["parent"])
+    parent = get_run(uri, s["parent"])
     assert parent.data.tags["dynconv.ranked_on"] == "Pareto set on val_loss (min), val_acc (max)"
     assert parent.data.metrics == {"best_val_loss": pytest.approx(0.3)}
 
@@ -246,7 +254,7 @@ def test_best_trial_without_checkpoint_is_named_and_the_next_keeps_its_true_rank
         "trial trial_a (rank 1) has no checkpoint/state.pt artifact; "
         "evaluating rank 2 (trial trial_b) instead"
     ]
-    tags = tracking.get_run(uri, eval_run).data.tags
+    tags = get_run(uri, eval_run).data.tags
     assert (tags["dynconv.source_run_id"], tags["dynconv.rank"]) == (runs["b"], "2")
     [record] = load_records(uri, [EXPERIMENT])  # the study's best evaluated trial, though not rank 1
     assert (record.eval_run_id, record.source_run_id) == (eval_run, runs["b"])
@@ -296,7 +304,7 @@ def test_sigint_mid_evaluation_leaves_a_killed_run_the_report_ignores(root: Path
             time.sleep(0.1)
         assert marker.exists(), proc.communicate(timeout=10)
         interrupted = marker.read_text()
-        assert tracking.get_run(uri, interrupted).info.status == "RUNNING"  # mid-evaluation
+        assert get_run(uri, interrupted).info.status == "RUNNING"  # mid-evaluation
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -305,15 +313,15 @@ def test_sigint_mid_evaluation_leaves_a_killed_run_the_report_ignores(root: Path
     assert proc.returncode == 130, err
     assert "dynconv: interrupted" in err
 
-    run = tracking.get_run(uri, interrupted)
+    run = get_run(uri, interrupted)
     assert run.info.status == "KILLED"
     assert "acc_RGB" in run.data.metrics  # it had logged part of what a complete evaluation holds
     [record] = load_records(uri, [EXPERIMENT])
     assert record.eval_run_id == second  # the complete evaluation stands, once
-    parent = tracking.get_run(uri, s["parent"])
+    parent = get_run(uri, s["parent"])
     assert parent.data.tags["dynconv.evaluation_run_id"] == second
-    assert tracking.latest_evaluation_metrics(uri, tracking.get_run(uri, s["runs"]["a"])) == (
-        tracking.get_run(uri, second).data.metrics
+    assert latest_evaluation_metrics(uri, get_run(uri, s["runs"]["a"])) == (
+        get_run(uri, second).data.metrics
     )
     assert first != second
 
@@ -329,7 +337,7 @@ def test_an_evaluation_failing_mid_way_is_closed_failed(root: Path, checkpoint: 
     monkeypatch.setattr("dynconv.evaluation.study.log_study_plots", broken)
     with pytest.raises(OSError, match="disk full"):
         evaluate_study_cli("broken_plots", subsets="RGB", tracking_uri=uri, device="cpu", speed=FAST)
-    [run] = tracking.search_runs(uri, "tags.`dynconv.role` = 'evaluation'")
+    [run] = search_runs(uri, "tags.`dynconv.role` = 'evaluation'")
     assert run.info.status == "FAILED"
     assert load_records(uri, [EXPERIMENT]) == []
 

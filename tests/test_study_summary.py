@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from dynconv import tracking
 from dynconv.spec import JobSpec
-from dynconv.study_summary import NOTE_TAG, importances, write_study_summary
+from dynconv.tracking.layout import ensure_child_run, ensure_experiment, log_metrics, start_study_run
+from dynconv.tracking.store import client
 from dynconv.tune.ranking import Ranking
-from dynconv.tune.study import StudyResult, TrialSummary
-from dynconv.tune.study_result import apply_ranking
+from dynconv.tune.study_result import StudyResult, TrialSummary, apply_ranking
+from dynconv.tune.summary import NOTE_TAG, importances, write_study_summary
 
 SPACE = {
     "lr": {"type": "loguniform", "low": 0.01, "high": 0.2},
@@ -36,16 +36,16 @@ def _study(tmp_path: Path, n: int) -> tuple[JobSpec, StudyResult]:
     """`n` trials whose val_acc depends on lr only (augment_strength is noise)."""
     spec = _spec(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "imp")
-    parent = tracking.start_study_run(uri, exp, "imp", {})
+    exp = ensure_experiment(uri, "imp")
+    parent = start_study_run(uri, exp, "imp", {})
     trials = []
     for i in range(n):
         lr, aug = 0.01 * (1.8**i), [0.4, 0.1, 0.3, 0.0, 0.2, 0.45][i % 6]
         acc = 0.3 + 0.1 * i
-        run_id, _ = tracking.ensure_child_run(uri, exp, parent, "trial", f"t{i}", f"trial_t{i}")
+        run_id, _ = ensure_child_run(uri, exp, parent, "trial", f"t{i}", f"trial_t{i}")
         epochs = 3 if i % 2 else 1
         for e in range(1, epochs + 1):
-            tracking.log_metrics(uri, run_id, {"val_acc": acc * e / epochs}, step=e)
+            log_metrics(uri, run_id, {"val_acc": acc * e / epochs}, step=e)
         status = "FINISHED" if epochs == 3 else "STOPPED"
         trials.append(TrialSummary(f"t{i}", {"lr": lr, "augment_strength": aug}, acc, epochs, status, run_id))
     apply_ranking(trials, Ranking.for_spec(spec))
@@ -65,7 +65,7 @@ def test_importances_need_four_trials_and_find_the_parameter_that_matters(tmp_pa
 def test_study_run_gets_description_curves_and_importances(tmp_path: Path) -> None:
     spec, result = _study(tmp_path, 5)
     write_study_summary(spec, result, [])
-    c = tracking.client(result.tracking_uri)
+    c = client(result.tracking_uri)
     run = c.get_run(result.parent_run_id)
     note = run.data.tags[NOTE_TAG]
     assert "Study `imp`" in note and "**5 trials** (2 finished, 3 stopped)" in note

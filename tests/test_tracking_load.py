@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking
+from dynconv.tracking.layout import (
+    TAG_PARENT,
+    end_run,
+    ensure_child_run,
+    ensure_experiment,
+    find_runs,
+    log_metrics,
+    start_study_run,
+)
+from dynconv.tracking.store import client
 from tests.mlflow_server import MlflowServer
 
 TRIALS = 16
@@ -36,12 +45,12 @@ def _trial(uri: str, exp_id: str, parent: str, idx: int, epochs: int, start: Any
     try:
         start.wait()
         key = f"trial_{idx:02d}"
-        run_id, _ = tracking.ensure_child_run(uri, exp_id, parent, "trial", key, key)
+        run_id, _ = ensure_child_run(uri, exp_id, parent, "trial", key, key)
         for epoch in range(1, epochs + 1):
             values = {m: epoch + idx / 100 + j / 1000 for j, m in enumerate(METRICS)}
             values["epoch"] = epoch
-            tracking.log_metrics(uri, run_id, values, step=epoch)
-        tracking.end_run(uri, run_id, "FINISHED")
+            log_metrics(uri, run_id, values, step=epoch)
+        end_run(uri, run_id, "FINISHED")
     except BaseException as err:  # reported through the exit code and the stderr file
         print(f"trial {idx} failed: {type(err).__name__}: {err}", file=sys.stderr)
         sys.stderr.flush()
@@ -52,8 +61,8 @@ def _trial(uri: str, exp_id: str, parent: str, idx: int, epochs: int, start: Any
 
 def run_load(uri: str, workdir: Path, trials: int, epochs: int) -> dict[str, Any]:
     """Drive `trials` concurrent trial loggers against `uri`; returns exit codes, stderr texts, seconds."""
-    exp_id = tracking.ensure_experiment(uri, "load")
-    parent = tracking.start_study_run(uri, exp_id, "load", {"trials": trials})
+    exp_id = ensure_experiment(uri, "load")
+    parent = start_study_run(uri, exp_id, "load", {"trials": trials})
     ctx = mp.get_context("fork")
     start = ctx.Event()
     procs, errs = [], []
@@ -80,10 +89,10 @@ def _assert_nothing_lost(uri: str, load: dict[str, Any]) -> None:
     stderr = "\n".join(load["stderr"])
     assert load["exit_codes"] == [0] * TRIALS, stderr[-4000:]
     assert "database is locked" not in stderr.lower()
-    c = tracking.client(uri)
-    runs = tracking.find_runs(uri, load["exp_id"], role="trial")
+    c = client(uri)
+    runs = find_runs(uri, load["exp_id"], role="trial")
     assert len(runs) == TRIALS, "one run per trial, none doubled"
-    assert {r.data.tags[tracking.TAG_PARENT] for r in runs} == {load["parent"]}
+    assert {r.data.tags[TAG_PARENT] for r in runs} == {load["parent"]}
     assert [r.info.status for r in runs] == ["FINISHED"] * TRIALS
     for run in runs:
         for metric in METRICS:

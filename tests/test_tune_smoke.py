@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.spec import parse_spec
+from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, find_runs
+from dynconv.tracking.store import client
 from tests import mlflow_layout
 from tests.conftest import tiny_spec_dict
 
@@ -36,44 +37,44 @@ def study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def _children(result, role: str) -> list:
-    runs = tracking.find_runs(result.tracking_uri, result.experiment_id, role=role)
-    return [r for r in runs if r.data.tags.get(tracking.TAG_PARENT) == result.parent_run_id]
+    runs = find_runs(result.tracking_uri, result.experiment_id, role=role)
+    return [r for r in runs if r.data.tags.get(TAG_PARENT) == result.parent_run_id]
 
 
 def test_every_trial_reports_every_epoch_it_ran(study) -> None:
     spec, result = study
     assert not result.interrupted
     assert len(result.trials) == 2
-    client = tracking.client(result.tracking_uri)
+    c = client(result.tracking_uri)
     for trial in result.trials:
         assert trial.run_id is not None
-        steps = [m.step for m in client.get_metric_history(trial.run_id, "val_acc")]
+        steps = [m.step for m in c.get_metric_history(trial.run_id, "val_acc")]
         # Contiguous from epoch 1. A trial ASHA stops may log one more epoch than Tune saw: its worker
         # finishes the epoch in flight before the stop reaches it.
         assert steps == list(range(1, len(steps) + 1))
         assert trial.epochs <= len(steps) <= trial.epochs + 1
-        sizes = {m.value for m in client.get_metric_history(trial.run_id, "world_size")}
+        sizes = {m.value for m in c.get_metric_history(trial.run_id, "world_size")}
         assert sizes == {2.0}, "each trial trains with 2 DDP workers"
     assert max(t.epochs for t in result.trials) == spec.train.epochs
 
 
 def test_mlflow_holds_parent_and_one_child_per_trial(study) -> None:
     spec, result = study
-    client = tracking.client(result.tracking_uri)
-    parent = client.get_run(result.parent_run_id)
+    c = client(result.tracking_uri)
+    parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["space.lr"].startswith("loguniform")
     assert "best_val_acc" in parent.data.metrics
-    assert [a.path for a in client.list_artifacts(result.parent_run_id)].count("spec.yaml") == 1
+    assert [a.path for a in c.list_artifacts(result.parent_run_id)].count("spec.yaml") == 1
 
     children = _children(result, "trial")
     assert len(children) == 2, "exactly one MLflow run per trial"
     by_trial = {t.trial_id: t for t in result.trials}
     for run in children:
-        trial = by_trial[run.data.tags[tracking.TAG_TRIAL_ID]]
+        trial = by_trial[run.data.tags[TAG_TRIAL_ID]]
         assert run.data.metrics["flops"] > 0 and run.data.metrics["params"] > 0
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+        assert [a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")] == [
             "checkpoint/state.pt"
         ]
         expected = "FINISHED" if trial.epochs == spec.train.epochs else "KILLED"
@@ -125,7 +126,7 @@ def test_checkpoint_rebuilds_the_model(study) -> None:
 
     _, result = study
     best = result.best
-    path = tracking.client(result.tracking_uri).download_artifacts(best.run_id, "checkpoint/state.pt")
+    path = client(result.tracking_uri).download_artifacts(best.run_id, "checkpoint/state.pt")
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = create_model(state["model_name"], num_classes=state["num_classes"], **state["model_args"])
     model.load_state_dict(state["model"])
@@ -189,14 +190,14 @@ def pareto_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPat
 
 
 def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
-    from dynconv.tracking import TAG_SOURCE_RUN
+    from dynconv.tracking.layout import TAG_SOURCE_RUN
     from dynconv.tune.pareto import pareto_front
 
     _, result = pareto_study
     assert not result.interrupted and len(result.trials) == 3
     assert all(t.status == "FINISHED" for t in result.trials), "FIFO: every trial runs all its epochs"
-    client = tracking.client(result.tracking_uri)
-    parent = client.get_run(result.parent_run_id)
+    c = client(result.tracking_uri)
+    parent = c.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     runs = {r.info.run_id: r for r in _children(result, "trial")}
     assert len(runs) == 3
@@ -309,24 +310,24 @@ def test_single_worker_trial_trains_in_its_tune_actor(killed_single_worker_study
 def test_single_worker_trial_logs_what_a_ddp_trial_logs(study, killed_single_worker_study) -> None:
     _, ddp = study
     single, _ = killed_single_worker_study
-    client = tracking.client(ddp.tracking_uri)
-    ddp_run = client.get_run(_children(ddp, "trial")[0].info.run_id)
-    run = tracking.client(single.tracking_uri).get_run(single.trials[0].run_id)
+    c = client(ddp.tracking_uri)
+    ddp_run = c.get_run(_children(ddp, "trial")[0].info.run_id)
+    run = client(single.tracking_uri).get_run(single.trials[0].run_id)
     assert set(run.data.metrics) == set(ddp_run.data.metrics)
     assert set(run.data.params) == set(ddp_run.data.params)
     assert set(run.data.tags) == set(ddp_run.data.tags)
     assert run.data.params["workers_per_trial"] == "1" and run.data.metrics["world_size"] == 1.0
-    artifacts = tracking.client(single.tracking_uri).list_artifacts(run.info.run_id, "checkpoint")
+    artifacts = client(single.tracking_uri).list_artifacts(run.info.run_id, "checkpoint")
     assert [a.path for a in artifacts] == ["checkpoint/state.pt"]
 
 
 def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_worker_study) -> None:
     result, killed = killed_single_worker_study
-    client = tracking.client(result.tracking_uri)
-    runs = tracking.find_runs(result.tracking_uri, result.experiment_id, role="trial")
+    c = client(result.tracking_uri)
+    runs = find_runs(result.tracking_uri, result.experiment_id, role="trial")
     assert [r.info.run_id for r in runs] == [result.trials[0].run_id], "the retried trial kept its run"
     assert runs[0].info.status == "FINISHED"
-    epochs = [m.step for m in client.get_metric_history(runs[0].info.run_id, "epoch")]
+    epochs = [m.step for m in c.get_metric_history(runs[0].info.run_id, "epoch")]
     assert sorted(set(epochs)) == list(range(1, IN_ACTOR_EPOCHS + 1))
     assert len(epochs) - IN_ACTOR_EPOCHS <= 1, (
         f"resumed from its latest checkpoint, not from scratch: {epochs}"

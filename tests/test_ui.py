@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from dynconv import tracking
+from dynconv.tracking.layout import end_run
+from dynconv.tracking.store import client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,10 +130,9 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from dynconv.evaluation.study import evaluate_study_cli
-    from dynconv.study_summary import write_study_summary
     from dynconv.tune.ranking import Ranking
-    from dynconv.tune.study import StudyResult, TrialSummary
-    from dynconv.tune.study_result import apply_ranking
+    from dynconv.tune.study_result import StudyResult, TrialSummary, apply_ranking
+    from dynconv.tune.summary import write_study_summary
     from tests.test_evaluate import FAST, make_spec, open_study, train_trial
 
     torch.set_num_threads(1)
@@ -146,7 +146,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("b", {"lr": 0.02, "augment_strength": 0.3}, "KILLED"),
     ]:
         run_id = train_trial(uri, exp, parent, spec, params, key, status)
-        acc = tracking.client(uri).get_run(run_id).data.metrics["val_acc"]  # the last value, as Tune's
+        acc = client(uri).get_run(run_id).data.metrics["val_acc"]  # the last value, as Tune's
         outcome = "FINISHED" if status == "FINISHED" else "STOPPED"
         trials.append(TrialSummary(key, params, acc, 2, outcome, run_id))
     [(eval_run, _)] = evaluate_study_cli(
@@ -155,7 +155,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     apply_ranking(trials, Ranking.for_spec(spec))
     result = StudyResult("tiny", "tiny-20240101-000000", parent, exp, uri, "", False, trials)
     write_study_summary(spec, result, [(eval_run, _)])
-    tracking.end_run(uri, parent, "FINISHED")
+    end_run(uri, parent, "FINISHED")
     port = free_port()
     proc = start_ui(uri, port)
     try:

@@ -79,12 +79,13 @@ def as_args(sets: dict[str, Any]) -> list[str]:
 
 def run_layout(uri: str, experiment: str) -> list[str]:
     """The MLflow runs the study left: role, name, status, and a few metrics, one line each."""
-    from dynconv import tracking
+    from dynconv.tracking.layout import find_runs
+    from dynconv.tracking.store import client
 
-    exp = tracking.client(uri).get_experiment_by_name(experiment)
+    exp = client(uri).get_experiment_by_name(experiment)
     lines = []
     for role in ("study", "trial", "evaluation"):
-        for run in tracking.find_runs(uri, exp.experiment_id, role=role):
+        for run in find_runs(uri, exp.experiment_id, role=role):
             m = run.data.metrics
             keys = [k for k in LAYOUT_METRICS if k in m]
             facts = ", ".join(f"{k}={m[k]:.4g}" for k in keys)
@@ -144,21 +145,21 @@ def packing_spec(work: Path, cpu: bool, per_gpu: int, trials: int, epochs: int):
 
 def packing_row(spec, result, per_gpu: int, base: float | None) -> dict[str, Any]:
     """One table row: wall-clock, per-trial and aggregate training img/s, peak GPU memory per trial."""
-    from dynconv import tracking
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
+    from dynconv.tracking.store import client
 
     n_train = len(prepare_for_spec(spec, progress=False).split("train"))  # cached: no rebuild
     per_epoch = (n_train // spec.train.batch_size) * spec.train.batch_size  # drop_last, one worker
     wall = result.timings["tune_seconds"]
     aggregate = sum(t.epochs for t in result.trials) * per_epoch / wall
-    client = tracking.client(result.tracking_uri)
+    c = client(result.tracking_uri)
     rates, peaks = [], []
     for trial in result.trials:
         if trial.run_id is None:
             continue
-        history = client.get_metric_history(trial.run_id, "train_images_per_second")
+        history = c.get_metric_history(trial.run_id, "train_images_per_second")
         rates += [h.value for h in history[1:] or history]  # epoch 1 includes warm-up
-        peak = client.get_run(trial.run_id).data.metrics.get("peak_gpu_mem_gib")
+        peak = c.get_run(trial.run_id).data.metrics.get("peak_gpu_mem_gib")
         peaks += [peak] if peak is not None else []
     rates.sort()
     per_trial = rates[len(rates) // 2] if rates else float("nan")

@@ -40,39 +40,25 @@ from dynconv.data.cache_files import (
     FORMAT_VERSION,
     MANIFEST,
     PreparedData,
-    SplitArrays,
-    _lock,
-    _lock_path,
-    _remove_leftovers,
-    _swap_into_place,
-    _write_durable,
+    cache_lock,
+    lock_path,
     read_manifest,
+    remove_leftovers,
+    swap_into_place,
+    write_durable,
 )
-from dynconv.data.decode import _decoder, _usable_cores, decode_and_hash, decode_image
+from dynconv.data.decode import decoder, usable_cores
 from dynconv.data.leakage import find_leakage, leakage_line
 from dynconv.data.sources import (
     SPLITS,
     DataError,
     DatasetSource,
     load_source,
-    one_line,
     require_train_classes,
 )
+from dynconv.errors import one_line
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MANIFEST",
-    "PreparedData",
-    "SplitArrays",
-    "cache_location",
-    "decode_and_hash",
-    "decode_image",
-    "default_cache_dir",
-    "fingerprint",
-    "prepare",
-    "print_summary",
-    "read_manifest",
-]
+__all__ = ["cache_location", "default_cache_dir", "fingerprint", "prepare", "print_summary"]
 
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
 
@@ -128,9 +114,9 @@ def prepare(
     source = load_source(Path(root), num_classes)
     fp = fingerprint(source, size)
     cache_dir = cache_location(Path(root), size, Path(cache_dir) if cache_dir is not None else None)
-    lock = _lock_path(cache_dir)
+    lock = lock_path(cache_dir)
 
-    with _lock(lock, shared=True):
+    with cache_lock(lock, shared=True):
         data = _open_if_current(cache_dir, fp, skip_bad)
     if data is None:
         try:
@@ -139,7 +125,7 @@ def prepare(
             raise DataError(
                 f"{cache_dir}: cannot create the cache directory ({one_line(exc)}); use --cache-dir"
             ) from None
-        with _lock(lock, shared=False):
+        with cache_lock(lock, shared=False):
             data = _open_if_current(cache_dir, fp, skip_bad)  # another process may have built it meanwhile
             if data is None:
                 _build(source, size, fp, cache_dir, workers, skip_bad, progress)
@@ -216,15 +202,15 @@ def _build(
     foreign = cache_dir.exists() and not (cache_dir / MANIFEST).is_file()
     if foreign and (not cache_dir.is_dir() or any(cache_dir.iterdir())):
         raise DataError(f"{cache_dir}: exists and is not a dynconv cache; refusing to replace it")
-    _remove_leftovers(cache_dir)
+    remove_leftovers(cache_dir)
     total = sum(len(v) for v in source.splits.values())
     if workers is None:
-        workers = min(_usable_cores(), max(1, total // _AUTO_IMAGES_PER_WORKER))
+        workers = min(usable_cores(), max(1, total // _AUTO_IMAGES_PER_WORKER))
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.build-", dir=cache_dir.parent))
     try:
         os.chmod(tmp, 0o755)
         digests: dict[str, list[tuple[str, str]]] = {}
-        with _decoder(workers) as decode:
+        with decoder(workers) as decode:
             splits = {
                 s: _build_split(source, s, size, tmp, decode, skip_bad, progress, digests) for s in SPLITS
             }
@@ -247,8 +233,8 @@ def _build(
             "workers": workers,
             "pillow": Image.__version__,
         }
-        _write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _swap_into_place(tmp, cache_dir)
+        write_durable(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        swap_into_place(tmp, cache_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -296,7 +282,7 @@ def _build_split(
         raise DataError(f"{source.root}: all {len(skipped)} images of the {split} split are unreadable")
     label_arr = np.asarray(labels, dtype=np.int64)
     np.save(out / f"{split}_labels.npy", label_arr)
-    _write_durable(out / f"{split}_files.txt", ("\n".join(files) + "\n").encode())
+    write_durable(out / f"{split}_files.txt", ("\n".join(files) + "\n").encode())
     return {
         "count": len(labels),
         "skipped": len(skipped),

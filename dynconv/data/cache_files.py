@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynconv.data.sources import SPLITS, DataError, one_line
+from dynconv.data.sources import SPLITS, DataError
+from dynconv.errors import one_line
 
 FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding
 MANIFEST = "manifest.json"
@@ -71,7 +72,7 @@ class PreparedData:
         silently other data.
         """
         cache_dir = Path(cache_dir)
-        with _lock(_lock_path(cache_dir), shared=True):
+        with cache_lock(lock_path(cache_dir), shared=True):
             manifest = read_manifest(cache_dir)
             if manifest is None:
                 raise DataError(f"{cache_dir}: no dynconv cache here (missing or unreadable {MANIFEST})")
@@ -101,7 +102,7 @@ class PreparedData:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
         if name not in self._arrays:
-            with _lock(_lock_path(self.cache_dir), shared=True):
+            with cache_lock(lock_path(self.cache_dir), shared=True):
                 manifest = read_manifest(self.cache_dir)
                 if manifest is None or manifest["fingerprint"] != self.fingerprint:
                     raise DataError(
@@ -148,7 +149,7 @@ def read_manifest(cache_dir: Path) -> dict | None:
 # ------------------------------------------------------------------------------ writing
 
 
-def _write_durable(path: Path, data: bytes) -> None:
+def write_durable(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` and fsync it, so a cache renamed into place is complete on disk."""
     with open(path, "wb") as f:
         f.write(data)
@@ -156,7 +157,7 @@ def _write_durable(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _swap_into_place(tmp: Path, cache_dir: Path) -> None:
+def swap_into_place(tmp: Path, cache_dir: Path) -> None:
     """Rename the finished build onto ``cache_dir``; an old cache is moved aside first, then deleted."""
     old = None
     if cache_dir.exists():
@@ -173,7 +174,7 @@ def _swap_into_place(tmp: Path, cache_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_leftovers(cache_dir: Path) -> None:
+def remove_leftovers(cache_dir: Path) -> None:
     """Delete temporary/old directories that an interrupted build left next to ``cache_dir``."""
     for pattern in (f".{cache_dir.name}.build-*", f".{cache_dir.name}.old-*"):
         for path in cache_dir.parent.glob(pattern):
@@ -183,13 +184,13 @@ def _remove_leftovers(cache_dir: Path) -> None:
 # -------------------------------------------------------------------------------- locks
 
 
-def _lock_path(cache_dir: Path) -> Path:
+def lock_path(cache_dir: Path) -> Path:
     """The lock file of a cache: a hidden sibling, so it survives the swap of the cache directory."""
     return cache_dir.with_name(f".{cache_dir.name}.lock")
 
 
 @contextlib.contextmanager
-def _lock(path: Path, shared: bool) -> Iterator[None]:
+def cache_lock(path: Path, shared: bool) -> Iterator[None]:
     """Hold an flock on ``path``. A shared lock on an unwritable location is skipped (read-only cache)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -1,7 +1,7 @@
 """Image decoding for the decode-once cache: one file in, a ``(3, SIZE, SIZE)`` uint8 RGB array out.
 
 :func:`decode_image` and :func:`decode_and_hash` (the array and a digest of the decoded pixels, which
-:mod:`dynconv.data.leakage` compares across splits), and :func:`_decoder`, which maps decode tasks over a
+:mod:`dynconv.data.leakage` compares across splits), and :func:`decoder`, which maps decode tasks over a
 process pool. Anything that changes the decoded bytes needs a ``FORMAT_VERSION`` bump in
 :mod:`dynconv.data.cache_files`, so old caches are rebuilt.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from dynconv.data.sources import one_line
+from dynconv.errors import one_line
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
@@ -93,7 +93,7 @@ def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
 
 
 @contextlib.contextmanager
-def _decoder(workers: int) -> Iterator:
+def decoder(workers: int) -> Iterator:
     """A function mapping decode tasks to results in order: in-process, or over a process pool.
 
     The pool starts its workers from a forkserver, not by forking this process: a process that already
@@ -122,7 +122,7 @@ def _chunksize(tasks: int, workers: int) -> int:
     return max(1, min(64, tasks // (8 * workers)))
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a container's or Ray worker's share)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))

@@ -70,7 +70,7 @@ class ShardedBatches:
 
     @classmethod
     def from_split(cls, split, batch_size: int, **kwargs) -> ShardedBatches:
-        """Batches over a :class:`dynconv.data.cache.SplitArrays`."""
+        """Batches over a :class:`dynconv.data.cache_files.SplitArrays`."""
         return cls(split.images, split.labels, batch_size, **kwargs)
 
     def set_epoch(self, epoch: int) -> None:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from dynconv.errors import DynconvError
+from dynconv.errors import DynconvError, one_line
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
@@ -58,11 +58,6 @@ class DatasetSource:
     def path(self, entry: Entry) -> Path:
         """The file of an entry."""
         return self.root / entry.rel
-
-
-def one_line(text: object) -> str:
-    """Collapse a message (e.g. an exception's text) to one line, so errors never span lines."""
-    return " ".join(str(text).split())
 
 
 def load_source(root: Path, num_classes: int | None = None) -> DatasetSource:

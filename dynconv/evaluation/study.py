@@ -23,13 +23,25 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from dynconv import tracking
 from dynconv.errors import DynconvError, one_line
 from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
-from dynconv.tracking import TrialInfo
+from dynconv.spec import resolve_tracking_uri
+from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_study_plots, record_evaluation
+from dynconv.tracking.find import TrialInfo, find_study_run, get_run, list_trials
+from dynconv.tracking.layout import (
+    CHECKPOINT_ARTIFACT,
+    RUN_ID_PATTERN,
+    TAG_EVALUATION_RUN,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_STUDY,
+    closed_on_error,
+    end_run,
+    set_tags,
+)
 from dynconv.tune.ranking import Ranking
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
@@ -37,13 +49,13 @@ EVALUABLE_STATUSES = ("FINISHED", "KILLED")
 
 def list_ranked_trials(uri: str, parent_run, ranking: Ranking) -> list[TrialInfo]:
     """The study's trial runs, with what `ranking` reads of each (the last values of its metrics)."""
-    return tracking.list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
+    return list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
 
 
 def _not_evaluable(trial: TrialInfo) -> str | None:
     """Why a ranked trial cannot be evaluated (no checkpoint, a run still open), or None."""
     if not trial.has_checkpoint:
-        return f"has no {tracking.CHECKPOINT_ARTIFACT} artifact"
+        return f"has no {CHECKPOINT_ARTIFACT} artifact"
     if trial.status not in EVALUABLE_STATUSES:
         return f"is {trial.status.lower()}"
     return None
@@ -103,7 +115,7 @@ def _chosen_trials(
         return list(select_trials(trials, ranking, top_k, study))  # list[tuple[int, ...]] widened
     chosen = [t for t in trials if t.run_id == only_run_id]
     if not chosen or not chosen[0].has_checkpoint:
-        raise DynconvError(f"trial run {only_run_id} has no {tracking.CHECKPOINT_ARTIFACT} artifact")
+        raise DynconvError(f"trial run {only_run_id} has no {CHECKPOINT_ARTIFACT} artifact")
     return [(None, chosen[0])]
 
 
@@ -142,17 +154,16 @@ def evaluate_trials(
     `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.ranking`), else the best.
     """
     from dynconv.data.channels import SUBSET_NAMES, parse_subsets
-    from dynconv.datasets import prepare_for_spec
+    from dynconv.spec.data import prepare_for_spec
     from dynconv.train.session import default_device
 
     names = parse_subsets(list(subsets) if subsets is not None else list(SUBSET_NAMES))
-    tracking.quiet_artifact_downloads()
-    study = parent_run.data.tags.get(tracking.TAG_STUDY, spec.study)
+    study = parent_run.data.tags.get(TAG_STUDY, spec.study)
     ranking = Ranking.for_spec(spec)
     trials = list_ranked_trials(uri, parent_run, ranking)
     chosen = _chosen_trials(trials, ranking, top_k, study, only_run_id)
     dev = default_device(device)
-    states = [(r, t, tracking.load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
+    states = [(r, t, load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
     data = data if data is not None else prepare_for_spec(spec, progress=False)
 
     parent_id = parent_run.info.run_id
@@ -177,11 +188,11 @@ def evaluate_trials(
             params={"checkpoint_epoch": state.get("epoch")},
             title=f"{study}: {ev.model_name} (trial {trial.name})",
         )
-        with tracking.closed_on_error(uri, run_id):
+        with closed_on_error(uri, run_id):
             if rank is not None and not done:  # the best evaluated trial
                 log_study_plots(uri, run_id, ranking.rank(trials), trials, ranking.metric)
-                tracking.set_tags(uri, parent_id, {tracking.TAG_EVALUATION_RUN: run_id})
-            tracking.end_run(uri, run_id, "FINISHED")
+                set_tags(uri, parent_id, {TAG_EVALUATION_RUN: run_id})
+            end_run(uri, run_id, "FINISHED")
         print_evaluation(ev, _header(study, rank, ranking, trial, state, ev, run_id))
         done.append((run_id, ev))
     return done
@@ -196,7 +207,7 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
     returned so the study run still closes. `dynconv evaluate STUDY` retries later.
     """
     try:
-        parent = tracking.get_run(result.tracking_uri, result.parent_run_id)
+        parent = get_run(result.tracking_uri, result.parent_run_id)
         return evaluate_trials(
             spec,
             result.tracking_uri,
@@ -213,7 +224,7 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
             file=sys.stderr,
         )
         with contextlib.suppress(Exception):
-            tracking.set_tags(
+            set_tags(
                 result.tracking_uri, result.parent_run_id, {"dynconv.evaluation_error": str(exc)[:5000]}
             )
         return []
@@ -236,15 +247,15 @@ def evaluate_study_cli(
     from dynconv.data.channels import parse_subsets
 
     names = parse_subsets(subsets)  # bad names fail before MLflow is touched
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     only = None
-    if tracking.RUN_ID_PATTERN.match(study):
-        run = tracking.get_run(uri, study)
-        if run.data.tags.get(tracking.TAG_ROLE) == "trial":
+    if RUN_ID_PATTERN.match(study):
+        run = get_run(uri, study)
+        if run.data.tags.get(TAG_ROLE) == "trial":
             only = study
-            study = run.data.tags.get(tracking.TAG_PARENT, "")
-    parent = tracking.find_study_run(uri, study)
-    spec = tracking.load_study_spec(uri, parent)
+            study = run.data.tags.get(TAG_PARENT, "")
+    parent = find_study_run(uri, study)
+    spec = load_study_spec(uri, parent)
     return evaluate_trials(
         spec,
         uri,

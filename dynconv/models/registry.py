@@ -42,14 +42,19 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 50, **kwargs: Any) -> nn.Module:
-    """Build the model registered as `name`; its arguments are kept as `model.model_args`."""
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The function registered as `name` (timm's name for it), or UnknownModelError."""
     try:
-        entry = _MODELS[name]
+        return _MODELS[name]
     except KeyError:
         raise UnknownModelError(
             f"unknown model {name!r}; registered models: {', '.join(list_models())}"
         ) from None
+
+
+def create_model(name: str, num_classes: int = 50, **kwargs: Any) -> nn.Module:
+    """Build the model registered as `name`; its arguments are kept as `model.model_args`."""
+    entry = model_entrypoint(name)
     try:
         model = entry(num_classes=num_classes, **kwargs)
     except TypeError as exc:

@@ -27,11 +27,5 @@ Modules: `records` (evaluation runs read through `dynconv.tracking`), `roles` (w
 column), `compare` (paired McNemar tests), `format` (cells, markdown, CSV), `tables` (Tables 1-3, one
 function each), `robustness` (all models on all subsets; the three arms of issue 14 with per-subset
 McNemar tests and the attribution sentence), `render` (sections, Pareto front, overview,
-`write_report`). Nothing here imports `mlflow`; nothing outside the CLI imports this package.
+`write_report`; the CLI calls `dynconv.report.render.write_report`). Nothing here imports `mlflow`.
 """
-
-from dynconv.report.compare import same_test_images
-from dynconv.report.records import load_records
-from dynconv.report.render import write_report
-
-__all__ = ["load_records", "same_test_images", "write_report"]

@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from dynconv import tracking
 from dynconv.errors import DynconvError
 from dynconv.report.roles import DEFAULT_STEM, SUBSET_ORDER
+from dynconv.tracking.artifacts import download_yaml, load_predictions
+from dynconv.tracking.find import experiments as find_experiments
+from dynconv.tracking.find import search_runs, try_get_run
+from dynconv.tracking.layout import TAG_PARENT, TAG_RANK, TAG_SOURCE_RUN, TAG_STUDY
 
 
 @dataclass
@@ -74,7 +77,7 @@ class EvalRecord:
         return self.metrics.get(f"{measure}_{subset}")
 
     def _load_predictions(self) -> None:
-        for subset, (y_true, y_pred) in tracking.load_predictions(self.uri, self.eval_run_id).items():
+        for subset, (y_true, y_pred) in load_predictions(self.uri, self.eval_run_id).items():
             self._correct[subset] = y_true == y_pred
             self._y_true = y_true
 
@@ -106,7 +109,7 @@ def _dataset_label(spec_data: dict[str, Any] | None) -> str:
 def _channel_drop(uri: str, source_run_id: str, spec: dict[str, Any]) -> float | None:
     """The channel drop the evaluated trial trained with: its run's param (it may have been searched),
     else the study spec's; None when neither says."""
-    trial = tracking.try_get_run(uri, source_run_id) if source_run_id else None
+    trial = try_get_run(uri, source_run_id) if source_run_id else None
     value = trial.data.params.get("train.channel_drop") if trial is not None else None
     if value is None:
         value = (spec.get("train") or {}).get("channel_drop")
@@ -119,16 +122,16 @@ def _channel_drop(uri: str, source_run_id: str, spec: dict[str, Any]) -> float |
 def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, Any]) -> EvalRecord:
     """One evaluation run as a record: model from the study's spec (else the evaluation's own summary)."""
     tags = run.data.tags
-    summary = tracking.download_yaml(uri, run.info.run_id, "evaluation.json") or {}
+    summary = download_yaml(uri, run.info.run_id, "evaluation.json") or {}
     params = run.data.params
     model = (spec.get("model") or {}).get("name") or summary.get("model") or params.get("model", "?")
     args = (spec.get("model") or {}).get("args") or summary.get("model_args") or {}
     return EvalRecord(
-        study=tags.get(tracking.TAG_STUDY, "?"),
+        study=tags.get(TAG_STUDY, "?"),
         experiment=experiment,
-        parent_run_id=tags.get(tracking.TAG_PARENT, ""),
+        parent_run_id=tags.get(TAG_PARENT, ""),
         eval_run_id=run.info.run_id,
-        source_run_id=tags.get(tracking.TAG_SOURCE_RUN, ""),
+        source_run_id=tags.get(TAG_SOURCE_RUN, ""),
         model=model,
         model_args=dict(args),
         dynamic=tags.get("dynconv.dynamic") == "true",
@@ -137,14 +140,14 @@ def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, An
         metrics=dict(run.data.metrics),
         dataset=_dataset_label(spec.get("data")),
         uri=uri,
-        channel_drop=_channel_drop(uri, tags.get(tracking.TAG_SOURCE_RUN, ""), spec),
+        channel_drop=_channel_drop(uri, tags.get(TAG_SOURCE_RUN, ""), spec),
     )
 
 
 def _rank(run: Any) -> int | None:
     """The evaluated trial's rank in its study (runs from before the tag existed were rank 1); None for
     a manual evaluation."""
-    rank = run.data.tags.get(tracking.TAG_RANK, "1")
+    rank = run.data.tags.get(TAG_RANK, "1")
     return int(rank) if rank.isdigit() else None
 
 
@@ -154,7 +157,7 @@ def best_evaluations(runs: Sequence[Any]) -> list[Any]:
     chosen: dict[str, tuple[int, Any]] = {}
     for run in runs:
         rank = _rank(run)
-        study = run.data.tags.get(tracking.TAG_PARENT) or run.info.run_id
+        study = run.data.tags.get(TAG_PARENT) or run.info.run_id
         if rank is not None and (study not in chosen or rank < chosen[study][0]):
             chosen[study] = (rank, run)
     return [run for _, run in chosen.values()]
@@ -163,11 +166,11 @@ def best_evaluations(runs: Sequence[Any]) -> list[Any]:
 def load_records(uri: str, experiments: Sequence[str] | None = None) -> list[EvalRecord]:
     """Per study in the experiments (default: all), its best complete evaluation (see the module doc),
     newest study first."""
-    exps = tracking.experiments(uri, experiments)
+    exps = find_experiments(uri, experiments)
     if not exps:
         return []
     names = {e.experiment_id: e.name for e in exps}
-    runs = tracking.search_runs(
+    runs = search_runs(
         uri, "tags.`dynconv.role` = 'evaluation' and attributes.status = 'FINISHED'", list(names)
     )
     parents: dict[str, Any] = {}
@@ -175,11 +178,11 @@ def load_records(uri: str, experiments: Sequence[str] | None = None) -> list[Eva
     records = []
     for run in best_evaluations(runs):
         tags = run.data.tags
-        parent_id = tags.get(tracking.TAG_PARENT, "")
+        parent_id = tags.get(TAG_PARENT, "")
         if parent_id not in parents:
-            parents[parent_id] = tracking.try_get_run(uri, parent_id)
+            parents[parent_id] = try_get_run(uri, parent_id)
             specs[parent_id] = (
-                tracking.download_yaml(uri, parent_id, "spec.yaml") if parents[parent_id] else None
+                download_yaml(uri, parent_id, "spec.yaml") if parents[parent_id] else None
             )
         experiment = names.get(run.info.experiment_id, run.info.experiment_id)
         records.append(_record(uri, run, experiment, parents[parent_id], specs[parent_id] or {}))

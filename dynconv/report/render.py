@@ -1,6 +1,6 @@
 """Rendering and writing the report: one section per test set, the Pareto plot, the overview, report.md.
 
-Imports the report's own modules, `dynconv.tracking` (the store's URI), `dynconv.stats`, `dynconv.plots`.
+Imports the report's own modules, `dynconv.spec` (the store's URI), `dynconv.stats`, `dynconv.plots`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dynconv import stats, tracking
+from dynconv import stats
 from dynconv.report.format import acc_ci, flops_cell, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord, load_records
 from dynconv.report.robustness import robustness_section
 from dynconv.report.roles import ROLES, TABLE1_PREFERENCE, TABLE2_COLUMNS, pick_roles, role_of
 from dynconv.report.tables import Section, table1, table2, table3
+from dynconv.spec import resolve_tracking_uri
 
 
 def pareto_points(records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
@@ -201,7 +202,7 @@ def write_report(
     experiments: Sequence[str] | None = None, out_dir: Path = Path("reports"), tracking_uri: str | None = None
 ) -> Path:
     """Write report.md, CSVs and PNGs for the studies in `experiments` (default: all); returns report.md."""
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     records = load_records(uri, experiments)  # unknown experiments fail before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

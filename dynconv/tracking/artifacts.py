@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from dynconv.errors import DynconvError, one_line
-from dynconv.tracking.layout import CHECKPOINT_ARTIFACT, SPEC_ARTIFACT, client, store_errors
+from dynconv.tracking.layout import CHECKPOINT_ARTIFACT, SPEC_ARTIFACT
+from dynconv.tracking.store import client, store_errors
 
 
 def load_checkpoint(uri: str, run_id: str) -> dict[str, Any]:

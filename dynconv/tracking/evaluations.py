@@ -34,13 +34,13 @@ from dynconv.tracking.layout import (
     TAG_SOURCE_RUN,
     TAG_STUDY,
     TAG_TEST_SET,
-    client,
     closed_on_error,
     create_child_run,
     log_artifact,
     log_metrics,
     log_params,
 )
+from dynconv.tracking.store import client
 
 
 def log_evaluation(uri: str, run_id: str, ev: Evaluation, title: str = "") -> None:

@@ -1,6 +1,11 @@
 """Finding runs: a run by id, runs by filter, a study's parent run, its trials, metric histories.
 
-Read-only; imports only `dynconv.tracking.layout` and `dynconv.errors` (and `mlflow` inside functions).
+One name, one study run: a study name (the spec's `study`) is reused by every fresh `dynconv tune` of
+that spec, so "the newest run named X" may be another study than the one the user means. `--resume`,
+`evaluate NAME` and `rerun NAME` take a name only when it matches exactly one study run
+(`one_study_run`); otherwise the error lists the candidates' run ids, which always work.
+
+Read-only; imports `dynconv.tracking.layout`, `dynconv.tracking.store` and `dynconv.errors`.
 """
 
 from __future__ import annotations
@@ -8,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynconv.errors import DynconvError
-from dynconv.names import one_study_run
+from dynconv.errors import DynconvError, one_line
 from dynconv.tracking.layout import (
     CHECKPOINT_ARTIFACT,
     RUN_ID_PATTERN,
@@ -22,15 +27,43 @@ from dynconv.tracking.layout import (
     TAG_SOURCE_RUN,
     TAG_STUDY,
     TAG_TRIAL_ID,
-    client,
 )
+from dynconv.tracking.store import client, is_missing, store_errors
+
+MAX_LISTED = 10
+
+
+def describe_run(run: Any) -> str:
+    """`<run id> (<run name>, <status>, started <time>)` for an MLflow run."""
+    info = run.info
+    name = run.data.tags.get("dynconv.run_name") or info.run_name or "?"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((info.start_time or 0) / 1000))
+    return f"{info.run_id} ({name}, {info.status}, started {started})"
+
+
+def one_study_run(runs: Sequence[Any], name: str, how_to_choose: str) -> Any:
+    """The single run in `runs` (study runs matching `name`), or a one-line error listing them all.
+
+    `runs` must be non-empty; `how_to_choose` tells the user where a run id goes (e.g. "pass a run id
+    to --resume"). Duplicates of one run id (found by two tags) count once.
+    """
+    unique = list({r.info.run_id: r for r in runs}.values())
+    if not unique:
+        raise ValueError("one_study_run() needs at least one run")
+    if len(unique) == 1:
+        return unique[0]
+    listed = "; ".join(describe_run(r) for r in unique[:MAX_LISTED])
+    more = f"; and {len(unique) - MAX_LISTED} more" if len(unique) > MAX_LISTED else ""
+    raise DynconvError(f"{name!r} matches {len(unique)} study runs, {how_to_choose}: {listed}{more}")
 
 
 def get_run(uri: str, run_id: str):
     """The MLflow run `run_id`, or a one-line error."""
     try:
         return client(uri).get_run(run_id)
-    except Exception:
+    except store_errors() as err:
+        if not is_missing(err):
+            raise DynconvError(f"cannot read run {run_id} from {uri} ({one_line(err)})") from None
         raise DynconvError(f"unknown run {run_id!r} in {uri}") from None
 
 
@@ -123,10 +156,7 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
             for key in ("val_acc", "train_loss")
         }
         accs = [v for _, v in curves["val_acc"] if math.isfinite(v)]
-        try:
-            has_ckpt = any(a.path == CHECKPOINT_ARTIFACT for a in c.list_artifacts(rid, "checkpoint"))
-        except Exception:
-            has_ckpt = False
+        has_ckpt = any(a.path == CHECKPOINT_ARTIFACT for a in c.list_artifacts(rid, "checkpoint"))
         last = run.data.metrics  # MLflow's latest value of each metric: the one at the last epoch
         trials.append(
             TrialInfo(
@@ -151,8 +181,10 @@ def try_get_run(uri: str, run_id: str) -> Any | None:
     """The run `run_id`, or None when the store does not have it."""
     try:
         return client(uri).get_run(run_id)
-    except Exception:
-        return None
+    except store_errors() as err:
+        if is_missing(err):
+            return None
+        raise
 
 
 def experiments(uri: str, names: Sequence[str] | None) -> list[Any]:

@@ -1,30 +1,27 @@
-"""The MLflow layout of a study and how it is written: tag and artifact names, the tracking store, the
-client, and the runs themselves (parent run, child runs, params, metrics, tags, artifacts, run status).
+"""The MLflow layout of a study and how it is written: tag and artifact names, experiments, and the runs
+themselves (parent run, child runs, params, metrics, tags, artifacts, run status).
 
 A study is one parent run (`dynconv.role=study`) with nested child runs per trial, evaluation and rerun.
-Everything goes through `MlflowClient` with explicit run ids, never the process-global active run, because
-the parent is written by the study driver, children by Tune trial actors and epoch metrics by Ray Train's
-rank-0 worker, each in its own process and working directory.
+Everything goes through `MlflowClient` with explicit run ids, never the process-global active run: the
+study driver writes the study and its trials (from a Tune callback, `dynconv.tune.recorder`), the
+evaluation and rerun commands their own runs.
 
-Imports nothing from dynconv but `errors` and `spec` (lazily); `mlflow` is imported inside functions only
-(slow to import). Nothing outside `dynconv/tracking/` imports `mlflow`.
+Imports `dynconv.errors` and `dynconv.tracking.store`; `mlflow` inside functions only (slow to import).
+Nothing outside `dynconv/tracking/` imports `mlflow`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dynconv.errors import DynconvError
 from dynconv.tracking import retry as tracking_retry
+from dynconv.tracking.store import artifact_root, client, store_errors
 
 TAG_ROLE = "dynconv.role"  # study | trial | evaluation | rerun
 TAG_STUDY = "dynconv.study"
@@ -47,65 +44,6 @@ SPEC_ARTIFACT = "spec.yaml"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # MLflow 3.17's UI opens an experiment of this kind on its runs table instead of the GenAI overview.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def store_errors() -> tuple[type[BaseException], ...]:
-    """What a failed call to the tracking store raises: MLflow's own errors (unknown run, missing
-    artifact, refused value) and I/O errors (files, sockets, HTTP: `requests`' errors are OSErrors).
-    A function so that `mlflow` is imported only once an error is being handled."""
-    from mlflow.exceptions import MlflowException
-
-    return (MlflowException, OSError)
-
-
-def client(tracking_uri: str):
-    """An MlflowClient bound to `tracking_uri` (import deferred: mlflow is slow to import)."""
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def artifact_root(tracking_uri: str, experiment: str) -> str | None:
-    """Absolute artifact location for local sqlite/file stores (None: let the server decide)."""
-    if tracking_uri.startswith("sqlite:///"):
-        base = Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts"
-    elif tracking_uri.startswith("file://"):
-        return None
-    else:
-        return None
-    return (base / experiment).resolve().as_uri()
-
-
-def check_tracking_store(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one line when the tracking store cannot be used, before any training starts."""
-    if tracking_uri.startswith(("http://", "https://")):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                if resp.status != 200:
-                    raise DynconvError(f"MLflow tracking server {tracking_uri} answered HTTP {resp.status}")
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise DynconvError(f"MLflow tracking server {tracking_uri} is unreachable ({reason})") from None
-    elif tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        _check_writable_dir(db.parent, "MLflow store directory")
-
-
-def _check_writable_dir(path: Path, what: str) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".dynconv_write_probe_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise DynconvError(f"{what} {path} is not writable ({err.strerror or err})") from None
-
-
-def check_storage_path(storage: str) -> None:
-    """The Ray storage path must be writable (cloud URIs are checked by Ray itself)."""
-    if "://" not in storage:
-        _check_writable_dir(Path(storage), "Ray storage path")
 
 
 def ensure_experiment(tracking_uri: str, name: str) -> str:
@@ -259,20 +197,5 @@ def closed_on_error(tracking_uri: str, run_id: str) -> Iterator[None]:
 def _close_after_error(tracking_uri: str, run_id: str, status: str) -> None:
     try:
         end_run(tracking_uri, run_id, status)
-    except Exception as exc:  # the error being raised matters more; this one is only reported
+    except store_errors() as exc:  # the error being raised matters more; this one is only reported
         print(f"dynconv: could not close run {run_id} {status}: {exc}", file=sys.stderr)
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """`tracking_uri`, else $MLFLOW_TRACKING_URI, else ./mlflow.db; relative stores made absolute."""
-    from dynconv.spec import absolute_tracking_uri
-
-    quiet_artifact_downloads()
-    return absolute_tracking_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    )
-
-
-def quiet_artifact_downloads() -> None:
-    """No MLflow progress bar per downloaded artifact (unless the user asked for them)."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

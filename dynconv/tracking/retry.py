@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from dynconv.errors import DynconvError
+from dynconv.errors import DynconvError, one_line
 
 T = TypeVar("T")
 
@@ -70,15 +70,10 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
                 raise
             if attempt == ATTEMPTS - 1:
                 raise DynconvError(
-                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries ({_short(err)}); "
+                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries ({one_line(err, 200)}); "
                     "with many trials at once use an MLflow server (`mlflow server --backend-store-uri "
                     "sqlite:///PATH`) and set mlflow.tracking_uri to its http:// address"
                 ) from err
             delay = min(MAX_DELAY_S, BASE_DELAY_S * 2**attempt)
             time.sleep(delay * (0.5 + random.random()))
     raise AssertionError("unreachable")
-
-
-def _short(err: BaseException) -> str:
-    line = str(err).strip().splitlines()
-    return line[0][:200] if line else type(err).__name__

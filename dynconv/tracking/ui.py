@@ -117,9 +117,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> int:
     """Run the MLflow UI on the study store in the foreground (Ctrl-C or SIGTERM stops all of it)."""
-    from dynconv.spec import absolute_tracking_uri
+    from dynconv.spec import resolve_tracking_uri
 
-    uri = absolute_tracking_uri(
-        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    )
-    return serve(uri, host=host, port=port, workers=workers)
+    return serve(resolve_tracking_uri(tracking_uri), host=host, port=port, workers=workers)

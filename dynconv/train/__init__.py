@@ -1,9 +1,5 @@
-"""Training: one Ray-free loop (`fit`) driven through a `Session` (local process or Ray Train worker).
+"""Training: one Ray-free loop (`loop.fit`) driven through a `session.Session` (a local process, a Tune
+trial actor or a Ray Train worker).
 
-`loop`, `session` and `optim` import no Ray and no MLflow; `ray_session` is the Ray Train edge.
+`loop`, `session`, `optim` and `subset_val` import no Ray and no MLflow; `ray_session` is the Ray edge.
 """
-
-from dynconv.train.loop import fit
-from dynconv.train.session import LocalSession, Session
-
-__all__ = ["LocalSession", "Session", "fit"]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynconv.data.augment import BatchAugment, normalize
-from dynconv.data.cache import PreparedData
+from dynconv.data.cache_files import PreparedData
 from dynconv.data.channels import channel_drop
 from dynconv.data.loader import ShardedBatches
 from dynconv.models import create_model

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from dynconv.spec import TrainSpec
+from dynconv.spec.sections import TrainSpec
 
 
 def build_optimizer(train: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:

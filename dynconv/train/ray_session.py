@@ -141,7 +141,7 @@ def quiet_ray_train_logs() -> None:
 
 def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
     """Rebuild the spec from `config`, open the cached data and run `fit` in `make_session(spec)`."""
-    from dynconv.data.cache import PreparedData
+    from dynconv.data.cache_files import PreparedData
     from dynconv.spec import JobSpec
     from dynconv.train.loop import fit
 

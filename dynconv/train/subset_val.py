@@ -16,7 +16,7 @@ from torch import nn
 from dynconv.data.augment import normalize
 from dynconv.data.channels import model_inputs
 from dynconv.data.loader import ShardedBatches
-from dynconv.metrics import SUBSETS_EPOCH_METRIC, WORST_SUBSET_METRIC, subset_metric
+from dynconv.spec.metrics import SUBSETS_EPOCH_METRIC, WORST_SUBSET_METRIC, subset_metric
 from dynconv.train.session import Session
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from dynconv.metrics import diverged
+from dynconv.spec.metrics import diverged
 
 
 class ConsoleReporter(Callback):

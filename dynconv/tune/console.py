@@ -9,7 +9,6 @@ callback prints the trial events instead. `--verbose` restores Ray/Tune's own re
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,13 @@ class _DropTuneDuplicates(logging.Filter):
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """Before Ray starts: keep library chatter of a healthy run off the console (ERRORs still pass).
-
-    - `RAY_worker_maximum_startup_concurrency` (raylet config, read from the environment of a local Ray):
-      the raylet warns once 4x this many workers were started; each trial starts a handful of actors
-      (trial, Train controller, placement-group cleaner, preemption watcher, workers), so the default
-      (= CPU count) warns on every 2-core run. Only set when the user has not.
-    - `RAY_AIR_NEW_OUTPUT=0`: Tune's new output engine prints its experiment box even at `verbose=0`.
-    - Optuna's "A new study created" and MLflow's database-migration INFO lines.
-    """
+    """Before Ray starts: keep library chatter of a healthy run off the console (ERRORs still pass):
+    MLflow's and Optuna's INFO lines, and Tune's traceback of a failed trial (the ConsoleReporter prints
+    one line and the error file instead). Their environment settings are `dynconv.environment`'s."""
     if verbose:
         return
     import optuna
 
-    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "8")
-    # Tune's new output engine prints its experiment box even at verbose=0; the legacy one stays silent.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow configures its loggers
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("ray.tune", "ray.tune.execution.tune_controller", "ray.tune.tune"):

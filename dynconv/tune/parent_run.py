@@ -16,11 +16,19 @@ from typing import Any
 
 import yaml
 
-from dynconv import tracking
 from dynconv.errors import DynconvError, one_line
-from dynconv.names import one_study_run
 from dynconv.spec import JobSpec
-from dynconv.spec_checks import spec_diff
+from dynconv.spec.checks import spec_diff
+from dynconv.tracking.find import one_study_run
+from dynconv.tracking.layout import (
+    TAG_TUNE_PATH,
+    find_runs,
+    log_artifact,
+    log_metrics,
+    set_tags,
+    start_study_run,
+)
+from dynconv.tracking.store import client, store_errors
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
 
@@ -37,20 +45,20 @@ def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | 
     if resume:
         run = resume_run(spec, uri, experiment_id, resume)
         _refuse_changed_spec(spec, uri, run.info.run_id)
-        tune_path = run.data.tags.get(tracking.TAG_TUNE_PATH, "")
+        tune_path = run.data.tags.get(TAG_TUNE_PATH, "")
         if not Path(tune_path).exists() and "://" not in tune_path:
             raise DynconvError(f"--resume: the study's Tune state {tune_path!r} is gone; start a new study")
-        tracking.client(uri).update_run(run.info.run_id, status="RUNNING")
+        client(uri).update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id, Path(tune_path).name, tune_path
     run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # never collides
     tune_path = f"{spec.storage_uri().rstrip('/')}/{run_name}"
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
-    parent = tracking.start_study_run(uri, experiment_id, spec.study, params)
-    tracking.set_tags(uri, parent, {tracking.TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
+    parent = start_study_run(uri, experiment_id, spec.study, params)
+    set_tags(uri, parent, {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
-        tracking.log_artifact(uri, parent, spec_file)
+        log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
 
 
@@ -59,9 +67,9 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
     (a mixed study would compare trials trained differently). Compared with the parent run's spec.yaml."""
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
         try:
-            path = tracking.client(uri).download_artifacts(run_id, "spec.yaml", tmp)
+            path = client(uri).download_artifacts(run_id, "spec.yaml", tmp)
             logged = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (*tracking.store_errors(), yaml.YAMLError) as exc:
+        except (*store_errors(), yaml.YAMLError) as exc:
             reason = one_line(exc)
             raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({reason})") from None
     changed = spec_diff(logged, spec.to_json_dict())
@@ -77,7 +85,7 @@ def resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool 
     runs = (
         []
         if experiment_id is None
-        else tracking.find_runs(uri, experiment_id, role="study", study=spec.study)
+        else find_runs(uri, experiment_id, role="study", study=spec.study)
     )
     if isinstance(resume, str):
         runs = [r for r in runs if r.info.run_id == resume]
@@ -93,8 +101,8 @@ def record_best_trial(uri: str, parent: str, best: Any, ranking: Ranking) -> Non
     """Log the rank-1 trial `best` (a `TrialSummary`) on the study run `parent`: its last value of the
     ranked metric as `best_<metric>` (`best_val_acc`, `best_val_loss`, ...), its trial and run ids and
     what it was ranked on as tags, so the parent run names the same trial the table and evaluation do."""
-    tracking.log_metrics(uri, parent, {ranking.best_metric: best.value})
-    tracking.set_tags(
+    log_metrics(uri, parent, {ranking.best_metric: best.value})
+    set_tags(
         uri,
         parent,
         {TAG_BEST_TRIAL: best.trial_id, TAG_BEST_RUN: best.run_id, TAG_RANKED_ON: ranking.describe()},

@@ -6,13 +6,13 @@ the study description, the importances, the end-of-study evaluation, `dynconv ev
 `Ranking.for_spec(spec).rank(trials)`.
 
 What is ranked: each trial's LAST reported value of the ranked metric (`search.metric`, or `objective`
-for a weighted `{metric: weight}` mix, see `dynconv.metrics`) in `search.mode`. The last value is what
+for a weighted `{metric: weight}` mix, see `dynconv.spec.metrics`) in `search.mode`. The last value is what
 the evaluated final checkpoint scores and what OptunaSearch told Optuna; the best epoch's value is
 neither.
 
 The rule:
 
-1. FAILED and DIVERGED trials (a loss that stopped being finite, `dynconv.metrics.diverged`) and
+1. FAILED and DIVERGED trials (a loss that stopped being finite, `dynconv.spec.metrics.diverged`) and
    trials without a finite value are never ranked (a multi-objective trial needs a finite last value
    of every objective).
 2. Trials that ran all their epochs come before trials that stopped early (ASHA stopped those for being

@@ -33,9 +33,25 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from dynconv import tracking
-from dynconv.metrics import diverged
 from dynconv.spec import JobSpec
+from dynconv.spec.metrics import diverged
+from dynconv.tracking.find import metric_history
+from dynconv.tracking.layout import (
+    TAG_EPOCHS_DONE,
+    TAG_OUTCOME,
+    TAG_PARENT,
+    TAG_STUDY,
+    TAG_TRIAL_ID,
+    end_run,
+    ensure_child_run,
+    find_runs,
+    log_artifact,
+    log_metrics,
+    log_params,
+    run_params,
+    set_tags,
+)
+from dynconv.tracking.store import client
 from dynconv.tracking.writer import QueuedWriter
 from dynconv.train.ray_session import CHECKPOINT_FILE, read_state
 
@@ -127,7 +143,7 @@ class TrialRecorder(Callback):
             self._fill_in(trial, checkpoint_dir(trial, result), done, epoch - 1)
         stamp = int(time.time() * 1000)  # when the driver heard of it, not when MLflow took it
         metrics = trial_metrics(result)
-        self._submit(tid, f"epoch {epoch}", tracking.log_metrics, metrics, step=epoch, timestamp_ms=stamp)
+        self._submit(tid, f"epoch {epoch}", log_metrics, metrics, step=epoch, timestamp_ms=stamp)
         self._logged[tid] = max(done, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -142,7 +158,7 @@ class TrialRecorder(Callback):
             tid = trial.trial_id
             if tid in self._known and tid not in self._closed:
                 self._closed.add(tid)
-                self._submit(tid, "close", _end, "KILLED", {tracking.TAG_OUTCOME: "interrupted"})
+                self._submit(tid, "close", _end, "KILLED", {TAG_OUTCOME: "interrupted"})
         print(self.flush(), flush=True)
 
     # -- writing -------------------------------------------------------------------------------
@@ -150,18 +166,18 @@ class TrialRecorder(Callback):
     def _create_run(self, trial: Any) -> None:
         """The trial's child run, with its params and the model's FLOPs and parameter count."""
         spec = JobSpec.model_validate(self.spec_json).with_params(trial.config)
-        run_id, _ = tracking.ensure_child_run(
+        run_id, _ = ensure_child_run(
             self.uri,
             self.experiment_id,
             self.parent_run_id,
             role="trial",
             key=trial.trial_id,
             run_name=str(trial),
-            tags={tracking.TAG_STUDY: spec.study},
+            tags={TAG_STUDY: spec.study},
         )
         self._runs[trial.trial_id] = run_id
-        tracking.log_params(self.uri, run_id, tracking.run_params(spec, dict(trial.config)))
-        tracking.log_metrics(self.uri, run_id, self._model_facts(spec))
+        log_params(self.uri, run_id, run_params(spec, dict(trial.config)))
+        log_metrics(self.uri, run_id, self._model_facts(spec))
 
     def _model_facts(self, spec: JobSpec) -> dict[str, float]:
         """FLOPs (fvcore, at the spec's image size, all channels) and parameters, counted once: the
@@ -184,7 +200,7 @@ class TrialRecorder(Callback):
         for metrics in history:
             epoch = int(metrics.get("epoch", 0))
             if after < epoch <= upto:
-                self._submit(tid, f"epoch {epoch} (filled in)", tracking.log_metrics, metrics, step=epoch)
+                self._submit(tid, f"epoch {epoch} (filled in)", log_metrics, metrics, step=epoch)
                 self._logged[tid] = max(self._logged.get(tid, 0), epoch)
 
     def _close(self, trial: Any, failed: bool) -> None:
@@ -199,14 +215,14 @@ class TrialRecorder(Callback):
         self._fill_in(trial, ckpt, self._logged.get(tid, 0), ckpt_epoch)
         done = max(ckpt_epoch, self._logged.get(tid, 0))
         if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
-            self._submit(tid, "checkpoint", tracking.log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
+            self._submit(tid, "checkpoint", log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
         if failed:
             status, outcome = "FAILED", "failed"
         elif diverged(last):
             status, outcome = "FAILED", "diverged"
         else:
             status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
-        tags = {tracking.TAG_OUTCOME: outcome, tracking.TAG_EPOCHS_DONE: done}
+        tags = {TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done}
         self._submit(tid, "close", _end, status, tags)
 
     def flush(self) -> str:
@@ -224,20 +240,20 @@ class TrialRecorder(Callback):
     def _reconcile(self, trials: list) -> None:
         """Match MLflow's trial runs of this study with the trials Tune restored (see the module doc)."""
         known = {t.trial_id: t for t in trials}
-        for run in tracking.find_runs(self.uri, self.experiment_id, role="trial"):
-            if run.data.tags.get(tracking.TAG_PARENT) != self.parent_run_id:
+        for run in find_runs(self.uri, self.experiment_id, role="trial"):
+            if run.data.tags.get(TAG_PARENT) != self.parent_run_id:
                 continue
-            tid, run_id = run.data.tags.get(tracking.TAG_TRIAL_ID, ""), run.info.run_id
+            tid, run_id = run.data.tags.get(TAG_TRIAL_ID, ""), run.info.run_id
             trial = known.get(tid)
             if trial is None:  # Tune lost this trial and will suggest it again under a new id
                 if run.info.status == "RUNNING":
-                    tracking.set_tags(self.uri, run_id, {tracking.TAG_OUTCOME: "orphaned"})
-                    tracking.end_run(self.uri, run_id, "KILLED")
+                    set_tags(self.uri, run_id, {TAG_OUTCOME: "orphaned"})
+                    end_run(self.uri, run_id, "KILLED")
                     print(f"MLflow run {run_id}: a trial lost by a killed driver, closed KILLED", flush=True)
                 continue
             self._known.add(tid)
             self._runs[tid] = run_id
-            self._logged[tid] = max(tracking.metric_history(self.uri, run_id, "epoch"), default=0)
+            self._logged[tid] = max(metric_history(self.uri, run_id, "epoch"), default=0)
             if run.info.status != "RUNNING":
                 self._closed.add(tid)
             elif trial.status in ("TERMINATED", "ERROR"):  # ended, but its run was never closed
@@ -245,12 +261,12 @@ class TrialRecorder(Callback):
 
 
 def _set_status(uri: str, run_id: str, status: str) -> None:
-    tracking.client(uri).update_run(run_id, status=status)
+    client(uri).update_run(run_id, status=status)
 
 
 def _end(uri: str, run_id: str, status: str, tags: dict[str, Any]) -> None:
-    tracking.set_tags(uri, run_id, tags)
-    tracking.end_run(uri, run_id, status)
+    set_tags(uri, run_id, tags)
+    end_run(uri, run_id, status)
 
 
 def _say_waiting(n: int, waited_s: float) -> None:

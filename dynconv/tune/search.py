@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynconv.metrics import diverged
-from dynconv.spec import JobSpec, ParamSpec
+from dynconv.spec import JobSpec
+from dynconv.spec.metrics import diverged
+from dynconv.spec.sections import ParamSpec
 
 
 def tune_domain(param: ParamSpec) -> Any:
@@ -65,7 +66,7 @@ def build_searcher(spec: JobSpec):
 
 def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
     """Tune's stopper (`RunConfig(stop=...)`): stop a trial at the first epoch whose loss is not finite
-    (`dynconv.metrics.diverged`); the recorder, the console and the searcher then call it diverged."""
+    (`dynconv.spec.metrics.diverged`); the recorder, the console and the searcher then call it diverged."""
     return diverged(result) is not None
 
 

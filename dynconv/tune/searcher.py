@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from dynconv.metrics import diverged
+from dynconv.spec.metrics import diverged
 
 
 class EpochOptunaSearch(OptunaSearch):
@@ -21,7 +21,7 @@ class EpochOptunaSearch(OptunaSearch):
     - A trial the scheduler stopped before its last epoch is told to Optuna as PRUNED (at its last
       reported value), not COMPLETE as if its partial value were final: TPE then ranks it below the
       trials that ran all epochs, as the study's own ranking does. So is a trial that diverged
-      (`dynconv.metrics.diverged`), whatever epoch it reached: its values are not to be trusted, and
+      (`dynconv.spec.metrics.diverged`), whatever epoch it reached: its values are not to be trusted, and
       a NaN told as a value would leave the Optuna trial running forever.
 
     Its state (the Optuna study with every trial told so far) is saved and restored by Tune with the

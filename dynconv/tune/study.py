@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dynconv import tracking
-from dynconv.datasets import prepare_for_spec
+from dynconv.environment import set_library_environment
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
-from dynconv.store_access import check_uri_scheme
+from dynconv.spec.data import prepare_for_spec
+from dynconv.tracking.layout import end_run, ensure_experiment, log_metrics, set_tags
+from dynconv.tracking.store import check_storage_path, check_writable_store, client
+from dynconv.tracking.ui import runs_page_url
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.parent_run import open_parent_run, record_best_trial, resume_run
@@ -38,14 +40,11 @@ from dynconv.tune.search import (
     tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
-from dynconv.tune.study_result import StudyResult, TrialSummary, format_summary
+from dynconv.tune.study_result import StudyResult, format_summary
 from dynconv.tune.trial import run_trial, tune_max_failures
 from dynconv.tune.trial_summaries import summarise_trials
 
-__all__ = ["StudyResult", "TrialSummary", "format_summary", "run_study"]
-
-TUNE_STATE_PERIOD_S = 1
-"""Seconds between saves of Tune's experiment state: what a SIGKILLed driver can lose at most."""
+__all__ = ["run_study"]
 
 
 @dataclass
@@ -55,7 +54,7 @@ class _StudyRun:
     spec: JobSpec  # resolved
     uri: str  # tracking URI
     storage: str  # Tune's storage path
-    data: Any  # dynconv.data.cache.PreparedData
+    data: Any  # dynconv.data.cache_files.PreparedData
     experiment_id: str
     parent: str  # the parent (study) run id
     run_name: str
@@ -66,15 +65,12 @@ class _StudyRun:
 def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
     """Connect to `address` (a cluster) or start a local Ray; returns where its logs are.
 
-    The one place a study sets Ray's own settings that are read from the environment: Tune saves its
-    experiment state every `TUNE_GLOBAL_CHECKPOINT_S` ("auto": 10 s or more; a SIGKILLed driver loses
-    what happened since, so save often: small files), read by this driver's Tune; the Train controllers
-    of the trials read `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (how often they collect reports), handed to
-    every Ray worker through the job's runtime environment. A value the user set wins.
+    The Train controllers of the trials read `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (how often they collect
+    the workers' reports, `failure.report_poll_s`); it reaches every Ray worker through the job's
+    runtime environment. A value the user set wins.
     """
     import ray
 
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_STATE_PERIOD_S))
     if ray.is_initialized():
         return ray_logs_dir(None)
     poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(spec.failure.report_poll_s))
@@ -128,14 +124,14 @@ def run_study(
     Holds the study's lock (`dynconv.tune.study_lock`) throughout: a second driver of the same study
     name refuses in one line instead of interleaving its trials with this one's.
     """
+    set_library_environment(options.get("verbose", False))
     spec = spec.resolved()
     uri = spec.tracking_uri()
-    check_uri_scheme(uri)
-    tracking.check_tracking_store(uri)  # before anything is created (the lock lives in the storage path)
-    tracking.check_storage_path(spec.storage_uri())
+    check_writable_store(uri)  # before anything is created (the lock lives in the storage path)
+    check_storage_path(spec.storage_uri())
     with study_lock(spec.storage_uri(), spec.study):
         if resume:  # a wrong --resume fails before the data cache is built
-            exp = tracking.client(uri).get_experiment_by_name(spec.experiment)
+            exp = client(uri).get_experiment_by_name(spec.experiment)
             resume_run(spec, uri, exp.experiment_id if exp else None, resume)
         return _run_study(spec, address, resume, **options)
 
@@ -171,24 +167,35 @@ def _run_study(
         _close_interrupted(result)
         return result
     _finish_study(run, result, evaluate)
+    if result.best is None:
+        raise DynconvError(_nothing_ranked(result))
     return result
 
 
+def _nothing_ranked(result: StudyResult) -> str:
+    """The one line of a study that ran but has no trial to rank (all failed, diverged or unscored)."""
+    counts: dict[str, int] = {}
+    for t in result.trials:
+        counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+    ended = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trial ran"
+    return (
+        f"study {result.study!r} has no trial to rank ({ended}); the trials' lines above say why, and "
+        f"the study run {result.parent_run_id} is closed FAILED"
+    )
+
+
 def _prepare_study(spec: JobSpec, resume: bool | str, verbose: bool) -> _StudyRun:
-    """Check both stores, quiet the libraries, build (or reuse) the data cache, open (or resume) the
-    parent run. Nothing of Ray has started yet."""
+    """Quiet the libraries, build (or reuse) the data cache, open (or resume) the parent run. Nothing of
+    Ray has started yet; `run_study` checked both stores."""
     spec = spec.resolved()
     timings: dict[str, float] = {}
     uri, storage = spec.tracking_uri(), spec.storage_uri()
-    tracking.check_tracking_store(uri)
-    tracking.check_storage_path(storage)
-
     quiet_libraries(verbose)
     t0 = time.perf_counter()
     data = prepare_for_spec(spec)
     timings["data_seconds"] = time.perf_counter() - t0
 
-    experiment_id = tracking.ensure_experiment(uri, spec.experiment)
+    experiment_id = ensure_experiment(uri, spec.experiment)
     parent, run_name, tune_path = open_parent_run(spec, uri, experiment_id, resume)
     return _StudyRun(spec, uri, storage, data, experiment_id, parent, run_name, tune_path, timings)
 
@@ -205,7 +212,7 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
     try:  # one line instead of Ray waiting forever for a trial that can never be placed
         check_resources_fit(run.spec, cluster_capacity(), gpu_resource)
     except DynconvError:
-        tracking.end_run(run.uri, run.parent, "FAILED")
+        end_run(run.uri, run.parent, "FAILED")
         raise
 
     concurrent = max_concurrent_trials(run.spec, ray.cluster_resources(), gpu_resource)
@@ -294,7 +301,7 @@ def _collect_results(run: _StudyRun, grid: Any) -> StudyResult:
 def _close_interrupted(result: StudyResult) -> None:
     """An interrupted study: close its parent run KILLED (the recorder closed the trials' runs) and say
     how to continue it."""
-    tracking.end_run(result.tracking_uri, result.parent_run_id, "KILLED")
+    end_run(result.tracking_uri, result.parent_run_id, "KILLED")
     tune_path = result.tune_path
     print(
         f"\nStudy interrupted. Continue it with: dynconv tune <spec> --resume  (Tune state: {tune_path})",
@@ -319,14 +326,14 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) ->
 
         evaluations = evaluate_study(spec, result)
         run.timings["evaluate_seconds"] = time.perf_counter() - t0
-    from dynconv.study_summary import describe_study_run
+    from dynconv.tune.summary import describe_study_run
 
     describe_study_run(spec, result, evaluations)
-    tracking.log_metrics(uri, parent, run.timings)
-    tracking.end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
+    log_metrics(uri, parent, run.timings)
+    end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
     print(
         f"\nBrowse it with: dynconv ui --tracking-uri {uri}   (then open "
-        f"{tracking.runs_page_url('http://127.0.0.1:5000', run.experiment_id)}; study run {parent})"
+        f"{runs_page_url('http://127.0.0.1:5000', run.experiment_id)}; study run {parent})"
     )
 
 
@@ -334,7 +341,7 @@ def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
     """Tag the parent run with the Pareto trials (Tune ids and MLflow run ids, in rank order) and print
     them."""
     front = result.pareto
-    tracking.set_tags(
+    set_tags(
         result.tracking_uri,
         result.parent_run_id,
         {

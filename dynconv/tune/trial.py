@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
-from dynconv.tune.resources import GPU, trains_in_trial_actor, trial_resources, uses_cuda, worker_resources
+from dynconv.tune.resources import GPU, trains_in_trial_actor, uses_cuda, worker_resources
 
-__all__ = ["run_trial", "trains_in_trial_actor", "trial_resources", "tune_max_failures"]
+__all__ = ["run_trial", "tune_max_failures"]
 
 
 def train_run_name(study_run_name: str, trial_id: str) -> str:

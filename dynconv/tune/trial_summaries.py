@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking
-from dynconv.metrics import diverged
 from dynconv.spec import JobSpec
+from dynconv.spec.metrics import diverged
+from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, find_runs
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import TrialSummary, apply_ranking
 
@@ -24,9 +24,9 @@ def summarise_trials(
     """One TrialSummary per trial of `grid` (last value of the ranked metric, epochs, outcome, MLflow
     run id), ranked (`rank`), and in a multi-objective study the Pareto trials marked."""
     runs = {
-        r.data.tags.get(tracking.TAG_TRIAL_ID): r.info.run_id
-        for r in tracking.find_runs(uri, experiment_id, role="trial")
-        if r.data.tags.get(tracking.TAG_PARENT) == parent
+        r.data.tags.get(TAG_TRIAL_ID): r.info.run_id
+        for r in find_runs(uri, experiment_id, role="trial")
+        if r.data.tags.get(TAG_PARENT) == parent
     }
     ranking = Ranking.for_spec(spec)
     rows = []

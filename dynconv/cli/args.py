@@ -96,7 +96,7 @@ def non_empty(text: str) -> str:
 
 def tracking_uri(text: str) -> str:
     """An MLflow tracking URI with a scheme MLflow knows, or a plain local path."""
-    from dynconv.store_access import check_uri_scheme
+    from dynconv.tracking.store import check_uri_scheme
 
     return _checked_by(check_uri_scheme, text)
 

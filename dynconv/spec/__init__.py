@@ -4,13 +4,13 @@ Every layer (study driver, trial driver, training workers, evaluation, rerun) re
 its JSON form; there are no hidden defaults deeper down. Unknown keys, wrong types, empty or inverted
 ranges, non-finite numbers, unknown model names, repeated YAML keys, YAML aliases and a `train.*` value
 the search would override are reported as one line naming the file and the key, before Ray starts;
-quoted values are shortened (`dynconv.spec_checks.short_repr`).
+quoted values are shortened (`dynconv.spec.checks.short_repr`).
 
 This module holds `JobSpec` (the whole study, the checks that span its sections, the derived values),
 `SpecError` and the loading: YAML, `--set` overrides, one-line error messages. The sections themselves
-(`TrainSpec`, `SearchSpec`, ...) live in `dynconv.spec_sections` and are re-exported here: import every
-spec name from `dynconv.spec`. Imports pydantic, yaml, `dynconv.spec_sections`, `dynconv.spec_checks`
-(and `dynconv.metrics`, lazily); never Ray, Optuna or MLflow.
+(`TrainSpec`, `SearchSpec`, ...) live in `dynconv.spec.sections` and are re-exported here: import every
+spec name from `dynconv.spec`. Imports pydantic, yaml, `dynconv.spec.sections`, `dynconv.spec.checks`
+(and `dynconv.spec.metrics`, lazily); never Ray, Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -22,55 +22,30 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from dynconv.errors import DynconvError
-from dynconv.spec_checks import SAFE_NAME_PATTERN, check_metrics, short_repr, shorten
-from dynconv.spec_sections import (
-    CHOICE_SEARCH_KEYS,
-    REQUIRED_SEARCH_KEYS,
+from dynconv.errors import DynconvError, one_line
+from dynconv.spec.checks import SAFE_NAME_PATTERN, check_metrics, short_repr, shorten
+from dynconv.spec.sections import (
     DataSpec,
     EvaluateSpec,
     FailureSpec,
     MlflowSpec,
     ModelSpec,
-    ParamSpec,
     ResourcesSpec,
     SchedulerSpec,
-    ScheduleSpec,
     SearchSpec,
-    SyntheticSpec,
+    StrictModel,
     TrainSpec,
-    _safe_name,
-    _Strict,
+    safe_name,
 )
 
-__all__ = [
-    "CHOICE_SEARCH_KEYS",
-    "REQUIRED_SEARCH_KEYS",
-    "DataSpec",
-    "EvaluateSpec",
-    "FailureSpec",
-    "JobSpec",
-    "MlflowSpec",
-    "ModelSpec",
-    "ParamSpec",
-    "ResourcesSpec",
-    "ScheduleSpec",
-    "SchedulerSpec",
-    "SearchSpec",
-    "SpecError",
-    "SyntheticSpec",
-    "TrainSpec",
-    "absolute_tracking_uri",
-    "load_spec",
-    "parse_spec",
-]
+__all__ = ["JobSpec", "SpecError", "load_spec", "parse_spec", "resolve_tracking_uri"]
 
 
 class SpecError(DynconvError, ValueError):
     """A job spec that does not validate."""
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """A whole study, as written in a tune_jobs/*.yaml file."""
 
     study: str
@@ -88,7 +63,7 @@ class JobSpec(_Strict):
     @field_validator("study")
     @classmethod
     def _safe_study(cls, name: str) -> str:
-        return _safe_name(name, SAFE_NAME_PATTERN, "letters, digits, '_.-'", 100)
+        return safe_name(name, SAFE_NAME_PATTERN, "letters, digits, '_.-'", 100)
 
     @model_validator(mode="after")
     def _grace_fits(self) -> JobSpec:
@@ -101,7 +76,7 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _search_metrics_reported(self) -> JobSpec:
-        from dynconv.metrics import reported_metrics
+        from dynconv.spec.metrics import reported_metrics
 
         t = self.train
         known = reported_metrics(t.val_subsets, t.subset_val_every, isinstance(self.search.metric, dict))
@@ -122,9 +97,8 @@ class JobSpec(_Strict):
         return self.mlflow.experiment or self.study
 
     def tracking_uri(self) -> str:
-        """Resolved MLflow tracking URI: spec, then $MLFLOW_TRACKING_URI, then ./mlflow.db (absolute)."""
-        uri = self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        return absolute_tracking_uri(uri or "sqlite:///mlflow.db")
+        """The study's MLflow tracking URI (`resolve_tracking_uri` of `mlflow.tracking_uri`)."""
+        return resolve_tracking_uri(self.mlflow.tracking_uri)
 
     def storage_uri(self) -> str:
         """Absolute Ray storage path (cloud URIs are passed through)."""
@@ -167,8 +141,11 @@ class JobSpec(_Strict):
         return self.model_dump(mode="json")
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """Make a relative sqlite/file store absolute: Ray workers run in other working directories."""
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking store a study or command uses, in one place: `uri` (the spec's `mlflow.tracking_uri`
+    or `--tracking-uri`), else $MLFLOW_TRACKING_URI, else ./mlflow.db (embedded sqlite). A relative
+    sqlite path or a plain directory is made absolute: Ray workers run in other working directories."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if "://" not in uri:
@@ -312,7 +289,7 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
     except _RefusedYAML as err:
         raise SpecError(f"{path}: line {err.problem_mark.line + 1}: {err.problem}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise SpecError(f"{path}: not valid YAML ({one_line(err)})") from None
     except RecursionError:
         raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
@@ -326,7 +303,7 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
         except _RefusedYAML as err:
             raise SpecError(f"--set {short_repr(item)}: {err.problem}") from None
         except yaml.YAMLError as err:
-            why = getattr(err, "problem", None) or str(err).splitlines()[0]
+            why = getattr(err, "problem", None) or one_line(err)
             raise SpecError(f"--set {short_repr(item)}: the value is not valid YAML ({why})") from None
         _set_dotted(data, key.strip(), value)
     if num_samples is not None:

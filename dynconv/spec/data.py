@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynconv.data.cache import PreparedData, prepare
+from dynconv.data.cache import prepare
+from dynconv.data.cache_files import PreparedData
 from dynconv.data.sources import DataError
 from dynconv.spec import JobSpec
 

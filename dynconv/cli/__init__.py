@@ -1,7 +1,7 @@
 """The `dynconv` command line: thin argument parsing, one library call per subcommand.
 
 Heavy imports (torch, ray, mlflow) happen inside each handler so `dynconv --help` stays instant.
-Every argument is checked by argparse (`dynconv.cli_args`); every expected failure is a `DynconvError`;
+Every argument is checked by argparse (`dynconv.cli.args`); every expected failure is a `DynconvError`;
 both are printed as one line with exit code 2, never as a traceback. Anything unexpected is one line
 too, plus the path of a log file holding the full traceback (exit code 1).
 """
@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dynconv import cli_args as arg
-from dynconv.crash_log import write_crash_log
-from dynconv.errors import DynconvError
+from dynconv.cli import args as arg
+from dynconv.cli.crash_log import write_crash_log
+from dynconv.environment import set_library_environment
+from dynconv.errors import DynconvError, one_line
 
 EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by SIGINT"
 
@@ -101,14 +102,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from dynconv.tracking import serve_ui
+    from dynconv.tracking.ui import serve_ui
 
     return serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from dynconv.evaluation.study import evaluate_study_cli
-    from dynconv.store_access import readable_store
+    from dynconv.tracking.store import readable_store
 
     uri = readable_store(args.tracking_uri)  # an existing store: never create one here
     evaluate_study_cli(
@@ -122,8 +123,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from dynconv.report import write_report
-    from dynconv.store_access import readable_store
+    from dynconv.report.render import write_report
+    from dynconv.tracking.store import readable_store
 
     uri = readable_store(args.tracking_uri)
     write_report(experiments=args.experiment, out_dir=Path(args.out), tracking_uri=uri)
@@ -131,7 +132,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_rerun(args: argparse.Namespace) -> None:
     from dynconv.rerun import rerun
-    from dynconv.store_access import readable_store
+    from dynconv.tracking.store import readable_store
 
     uri = readable_store(args.tracking_uri)
     rerun(args.run, epochs=args.epochs, device=args.device, tracking_uri=uri)
@@ -282,17 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
+    set_library_environment(verbose=getattr(args, "verbose", False))
     try:
         code = args.func(args)
     except DynconvError as exc:
-        print(f"dynconv: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"dynconv: error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynconv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         log = write_crash_log(exc, sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
-        what = " ".join(str(exc).split())[:300] or "no message"
+        what = one_line(exc) if str(exc).strip() else "no message"
         print(
             f"dynconv: unexpected error: {type(exc).__name__}: {what} (full traceback: {log})",
             file=sys.stderr,

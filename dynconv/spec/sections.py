@@ -5,7 +5,7 @@
 validators that look at one section alone. `dynconv.spec` assembles them into `JobSpec` (with the checks
 that span sections), loads YAML and re-exports every name here, so import them from `dynconv.spec`.
 
-Imports pydantic, `dynconv.data.channels` and `dynconv.spec_checks` (and `dynconv.models`, lazily);
+Imports pydantic, `dynconv.data.channels` and `dynconv.spec.checks` (and `dynconv.models`, lazily);
 never `dynconv.spec`, Ray, Optuna or MLflow.
 """
 
@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from dynconv.data.channels import SUBSET_NAMES
-from dynconv.spec_checks import (
+from dynconv.spec.checks import (
     SAFE_EXPERIMENT_PATTERN,
     check_model_args,
     check_searched_field,
@@ -35,14 +35,14 @@ from dynconv.spec_checks import (
 )
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Unknown keys are errors, sections are frozen, and no float may be inf or nan: `.inf`, `.nan` and
     `1e309` (which YAML reads as inf) are typos or attacks, never settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """Which registered model to build and with which constructor arguments."""
 
     name: str
@@ -65,7 +65,7 @@ class ModelSpec(_Strict):
         return args
 
 
-class SyntheticSpec(_Strict):
+class SyntheticSpec(StrictModel):
     """Settings of the embedded synthetic dataset, written on first use when `data.root` is not set."""
 
     dir: str = "data/synthetic"
@@ -75,7 +75,7 @@ class SyntheticSpec(_Strict):
     seed: int = 0
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Where the images come from and how they are cached."""
 
     root: str | None = None
@@ -85,7 +85,7 @@ class DataSpec(_Strict):
     skip_bad: bool = False
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(StrictModel):
     """Learning-rate schedule, stepped per batch: linear warm-up then cosine decay (or constant), or onecycle.
 
     onecycle is torch's OneCycleLR (cosine rise from lr/25 to `train.lr` over `warmup_epochs`, i.e.
@@ -99,11 +99,11 @@ class ScheduleSpec(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     """Per-trial training settings. A field the search space names is set by the search: writing it here
     too is an error (`dynconv.spec.load_spec`), except `epochs` and `batch_size`, which every spec must
     write. The upper bounds catch values that can only be typos (`epochs: 1000000000`, `lr: 1e308`); a
-    searched range or choice must lie within them as well (`dynconv.spec_checks.check_searched_field`).
+    searched range or choice must lie within them as well (`dynconv.spec.checks.check_searched_field`).
     """
 
     epochs: int = Field(ge=1, le=10_000, description="more than 10000 epochs is surely a typo")
@@ -160,7 +160,7 @@ class TrainSpec(_Strict):
         return self
 
 
-class ParamSpec(_Strict):
+class ParamSpec(StrictModel):
     """One searched dimension. `low`/`high` for (log)uniform, `values` for choice."""
 
     type: Literal["loguniform", "uniform", "choice"]
@@ -191,7 +191,7 @@ REQUIRED_SEARCH_KEYS = ("lr", "augment_strength")
 CHOICE_SEARCH_KEYS: dict[str, tuple[str, ...]] = {"schedule": ("cosine", "constant", "onecycle")}
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictModel):
     """The search: which `train.*` fields are searched and how many trials run."""
 
     space: dict[str, ParamSpec]
@@ -293,7 +293,7 @@ class SearchSpec(_Strict):
         return space
 
 
-class SchedulerSpec(_Strict):
+class SchedulerSpec(StrictModel):
     """Early stopping of weak trials. ASHA's time unit is the reported `epoch` (monotonic across restarts)."""
 
     name: Literal["asha", "none"] = "asha"
@@ -301,7 +301,7 @@ class SchedulerSpec(_Strict):
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(StrictModel):
     """What one trial occupies: a driver (Tune trial actor) plus `workers_per_trial` DDP workers."""
 
     workers_per_trial: int = Field(1, ge=1)
@@ -350,7 +350,7 @@ class ResourcesSpec(_Strict):
         return 1.0 if self.gpus_per_worker is None else float(self.gpus_per_worker)
 
 
-class MlflowSpec(_Strict):
+class MlflowSpec(StrictModel):
     """Tracking store. `tracking_uri` unset: $MLFLOW_TRACKING_URI, else ./mlflow.db (embedded sqlite)."""
 
     tracking_uri: str | None = None
@@ -361,10 +361,10 @@ class MlflowSpec(_Strict):
     def _safe_experiment(cls, name: str | None) -> str | None:
         if name is None:
             return None
-        return _safe_name(name, SAFE_EXPERIMENT_PATTERN, "letters, digits, ' _.,:+=@-'", 200)
+        return safe_name(name, SAFE_EXPERIMENT_PATTERN, "letters, digits, ' _.,:+=@-'", 200)
 
 
-class FailureSpec(_Strict):
+class FailureSpec(StrictModel):
     """Retries: a trial (Tune) and a worker group within a trial (Train), each resuming from checkpoints.
 
     `report_poll_s` is how often Ray Train's controller collects the workers' reports (Ray's default is
@@ -379,7 +379,7 @@ class FailureSpec(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="latest Train checkpoints kept per trial")
 
 
-class EvaluateSpec(_Strict):
+class EvaluateSpec(StrictModel):
     """Channel-subset evaluation run at the end of a study."""
 
     enabled: bool = True
@@ -398,7 +398,7 @@ class EvaluateSpec(_Strict):
         return subsets
 
 
-def _safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
+def safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
     """Names that become directories (Tune storage, MLflow artifact root) must not escape them."""
     if not re.fullmatch(pattern, name):
         raise ValueError(

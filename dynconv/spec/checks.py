@@ -2,7 +2,7 @@
 constructor, searched ranges against the bounds and type of the `train.*` field they search, the
 metrics a search names, and the differences between two specs.
 
-The section models (`dynconv.spec_sections`) call the first two from their validators, and `JobSpec`
+The section models (`dynconv.spec.sections`) call the first two from their validators, and `JobSpec`
 (`dynconv.spec`) calls `check_metrics` (so they run in `load_spec`, before Ray starts); the study
 driver calls `spec_diff` on `--resume`. Whether a trial fits the cluster needs Ray and is checked right
 after Ray starts (`dynconv.tune.capacity.check_resources_fit`).
@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from dynconv.errors import one_line
 
 # Safe names for the study and the MLflow experiment: they become directory names (Tune's storage,
 # MLflow's artifact root), so no path separators, no `..`, no control characters, bounded length.
@@ -86,9 +88,9 @@ def model_constructor_params(name: str) -> dict[str, Any]:
     Entry points take `**kwargs` and pass them to a class; the class is the entry's return annotation,
     so the accepted arguments are that class's `__init__` parameters minus those the entry supplies.
     """
-    from dynconv.models.registry import _MODELS
+    from dynconv.models.registry import model_entrypoint
 
-    entry = _MODELS[name]
+    entry = model_entrypoint(name)
     target: Any = entry
     params = inspect.signature(entry).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -129,7 +131,7 @@ def check_model_args(name: str, args: dict[str, Any]) -> None:
         with torch.device("meta"):
             create_model(name, num_classes=10, **args)
     except (TypeError, ValueError, RuntimeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = one_line(exc)
         msg = shorten(msg.removeprefix(f"model {name!r}: "), 2 * QUOTE_LIMIT)
         raise ValueError(f"{name} refuses these args: {msg}") from None
 
@@ -159,7 +161,7 @@ def check_searched_field(key: str, field: Any, param: Any) -> None:
 
 
 def check_metrics(where: str, names: Sequence[str], known: Sequence[str]) -> None:
-    """Every metric the search names must be one trials report (`dynconv.metrics.reported_metrics`),
+    """Every metric the search names must be one trials report (`dynconv.spec.metrics.reported_metrics`),
     so a typo fails when the spec loads, not after the first epoch."""
     for metric in names:
         if metric not in known:

@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dynconv import tracking
 from dynconv.spec import JobSpec
+from dynconv.tracking.layout import log_artifact, log_metrics, set_tags
+from dynconv.tracking.store import client
 from dynconv.tune.ranking import Ranking
 
 NOTE_TAG = "mlflow.note.content"
@@ -69,7 +70,7 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
 
 def trial_curves(uri: str, result: Any, metric: str) -> dict[str, list[tuple[int, float]]]:
     """Each trial's `metric` history from MLflow as (epoch, value) points."""
-    c = tracking.client(uri)
+    c = client(uri)
     return {
         t.trial_id: [(int(m.step), float(m.value)) for m in c.get_metric_history(t.run_id, metric)]
         for t in result.trials
@@ -106,25 +107,25 @@ def importances(spec: JobSpec, result: Any) -> dict[str, float] | None:
 
 def write_study_summary(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> None:
     """Description tag + learning curves + importances on the study run."""
-    from dynconv.study_plots import learning_curves, param_importances
+    from dynconv.plots import param_importances, study_learning_curves
 
     uri, parent = result.tracking_uri, result.parent_run_id
-    tracking.set_tags(uri, parent, {NOTE_TAG: study_note(spec, result, evaluations)})
+    set_tags(uri, parent, {NOTE_TAG: study_note(spec, result, evaluations)})
     metric = Ranking.for_spec(spec).metric  # the reported metric ranked on (`objective` for weights)
     best = result.best.trial_id if result.best else None
     with tempfile.TemporaryDirectory(prefix="dynconv_study_") as tmp:
         curves = trial_curves(uri, result, metric)
-        png = learning_curves(
+        png = study_learning_curves(
             curves, Path(tmp) / "learning_curves.png", metric, best, f"{spec.study}: {metric}"
         )
-        tracking.log_artifact(uri, parent, png, "study")
+        log_artifact(uri, parent, png, "study")
         scores = importances(spec, result)
         if scores is not None:
             title = f"{spec.study}: importance for {metric} ({len(result.trials)} trials)"
-            tracking.log_artifact(
+            log_artifact(
                 uri, parent, param_importances(scores, Path(tmp) / "param_importances.png", title), "study"
             )
-            tracking.log_metrics(uri, parent, {f"importance.{k}": v for k, v in scores.items()})
+            log_metrics(uri, parent, {f"importance.{k}": v for k, v in scores.items()})
 
 
 def describe_study_run(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> None:

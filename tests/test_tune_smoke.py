@@ -191,7 +191,7 @@ def pareto_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPat
 
 def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
     from dynconv.tracking.layout import TAG_SOURCE_RUN
-    from dynconv.tune.pareto import pareto_front
+    from dynconv.tune.ranking import pareto_front
 
     _, result = pareto_study
     assert not result.interrupted and len(result.trials) == 3

@@ -102,7 +102,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from dynconv.tracking.ui import serve_ui
+    from dynconv.cli.ui import serve_ui
 
     return serve_ui(tracking_uri=args.tracking_uri, host=args.host, port=args.port, workers=args.workers)
 

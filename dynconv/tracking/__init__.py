@@ -13,7 +13,8 @@ module that holds it:
 - `writer`: MLflow writes off the caller's thread, held while the store is unreachable (the study
   driver's recorder).
 - `retry`: calls retried while the store is busy (sqlite locks, a saturated server).
-- `ui`: `dynconv ui`.
+
+`dynconv ui` (the MLflow server as a child process) is a command of `dynconv.cli`.
 
 This package imports nothing from `dynconv.tune`, `dynconv.train`, `dynconv.report` or `dynconv.rerun`.
 """

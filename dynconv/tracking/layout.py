@@ -1,5 +1,6 @@
-"""The MLflow layout of a study and how it is written: tag and artifact names, experiments, and the runs
-themselves (parent run, child runs, params, metrics, tags, artifacts, run status).
+"""The MLflow layout of a study and how it is written: tag and artifact names, experiments, the runs
+themselves (parent run, child runs, params, metrics, tags, artifacts, run status), and where the MLflow
+UI shows them.
 
 A study is one parent run (`dynconv.role=study`) with nested child runs per trial, evaluation and rerun.
 Everything goes through `MlflowClient` with explicit run ids, never the process-global active run: the
@@ -36,6 +37,8 @@ TAG_RANK = "dynconv.rank"  # evaluation: the trial's rank in its study (1 = best
 TAG_TEST_SET = "dynconv.test_set"
 TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
+TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # study: its Pareto trials' Tune ids, in rank order
+TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # study: their MLflow run ids, in the same order
 # trial: finished | stopped_early | failed | diverged | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
@@ -199,3 +202,13 @@ def _close_after_error(tracking_uri: str, run_id: str, status: str) -> None:
         end_run(tracking_uri, run_id, status)
     except store_errors() as exc:  # the error being raised matters more; this one is only reported
         print(f"dynconv: could not close run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def runs_page_url(base: str, experiment_id: str) -> str:
+    """URL of an experiment's runs table.
+
+    MLflow 3.17's UI chooses between its GenAI and model-training views from a `workflowType` setting
+    (URL, then browser storage, default GenAI), not from the experiment's `mlflow.experimentKind` tag,
+    so the link carries it.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

@@ -20,8 +20,9 @@ The rule:
 3. Within each group, by the ranked value in its mode (`max`: higher first, `min`: lower first).
 4. Ties by trial id, so the order is the same on every call.
 
-Multi-objective (`search.objectives`): the Pareto trials (`dynconv.tune.pareto`, over the ranked trials'
-last objective values) come first, then the others; within each of those, rule 2, then the objectives
+Multi-objective (`search.objectives`): the Pareto trials (`pareto_front`, over the ranked trials' last
+objective values: a trial is on the front when no other is at least as good on every objective and
+strictly better on one) come first, then the others; within each of those, rule 2, then the objectives
 compared one after the other, each in its own mode (first objective first: the tie rule), then rule 4.
 
 Pure: imports no Ray, Optuna, MLflow nor `dynconv.tracking`; ranks any object that has the attributes of
@@ -32,11 +33,37 @@ from MLflow's trial runs).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from dynconv.tune.pareto import pareto_front
+Point = Sequence[float] | None
+
+
+def _usable(point: Point, n: int) -> bool:
+    return point is not None and len(point) == n and all(v is not None and math.isfinite(v) for v in point)
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """Whether `a` is at least as good as `b` on every objective and strictly better on one."""
+    sign = [1.0 if m == "max" else -1.0 for m in modes]
+    ge = all(s * x >= s * y for s, x, y in zip(sign, a, b, strict=True))
+    return ge and any(s * x > s * y for s, x, y in zip(sign, a, b, strict=True))
+
+
+def pareto_front(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
+    """Indices (in input order) of the non-dominated points. A point that is None, of the wrong
+    length or holds a NaN (a failed trial, a metric never reported) is never on the front; equal
+    points are all on it."""
+    if any(m not in ("max", "min") for m in modes):
+        raise ValueError(f"modes must be 'max' or 'min', got {list(modes)}")
+    ok = [i for i, p in enumerate(points) if _usable(p, len(modes))]
+    return [
+        i
+        for i in ok
+        if not any(dominates(points[j], points[i], modes) for j in ok if j != i)  # type: ignore[arg-type]
+    ]
+
 
 UNRANKED_STATUSES = ("FAILED", "DIVERGED")
 """A failed trial has no result; a diverged one has garbage weights, whatever its accuracy says."""

@@ -22,13 +22,19 @@ from dynconv.environment import set_library_environment
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
-from dynconv.tracking.layout import end_run, ensure_experiment, log_metrics, set_tags
+from dynconv.tracking.layout import (
+    TAG_PARETO_RUN_IDS,
+    TAG_PARETO_TRIALS,
+    end_run,
+    ensure_experiment,
+    log_metrics,
+    runs_page_url,
+    set_tags,
+)
 from dynconv.tracking.store import check_storage_path, check_writable_store, client
-from dynconv.tracking.ui import runs_page_url
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
 from dynconv.tune.parent_run import open_parent_run, record_best_trial, resume_run
-from dynconv.tune.pareto import TAG_PARETO_RUN_IDS, TAG_PARETO_TRIALS
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
 from dynconv.tune.search import (

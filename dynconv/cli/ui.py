@@ -1,5 +1,6 @@
 """`dynconv ui`: the MLflow server on the study store, started so that it never outlives the command.
-Imports nothing from dynconv but `errors` and `spec` (lazily); MLflow only as a child process.
+Imports `dynconv.errors`, `dynconv.tracking.layout` (the runs page's URL) and `spec` (lazily); MLflow
+only as a child process.
 
 `mlflow server` starts uvicorn workers (and, unless disabled, a job runner with huey consumers) as
 child processes. We start it in its own process group and forward SIGINT/SIGTERM to the whole group, so
@@ -17,18 +18,9 @@ import sys
 from typing import Any
 
 from dynconv.errors import DynconvError
+from dynconv.tracking.layout import runs_page_url
 
 STOP_GRACE_S = 10.0
-
-
-def runs_page_url(base: str, experiment_id: str) -> str:
-    """URL of an experiment's runs table.
-
-    MLflow 3.17's UI chooses between its GenAI and model-training views from a `workflowType` setting
-    (URL, then browser storage, default GenAI), not from the experiment's `mlflow.experimentKind` tag,
-    so the link carries it.
-    """
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -1,6 +1,7 @@
 """A study's driver is interrupted (SIGINT, SIGTERM) mid-study; `dynconv tune --resume` completes it.
 
-Each case runs the real CLI in a subprocess (its own local Ray), so the signal reaches a real driver.
+Each case runs the real CLI in a subprocess (its own local Ray) in a process group of its own, and
+signals the whole group, as `timeout`, a batch scheduler or a terminal's Ctrl-C do.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _dynconv(*args: str, cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, which the tests signal as a whole
     )
 
 
@@ -96,7 +98,7 @@ def test_interrupted_study_resumes_without_rerunning_or_duplicating(
     first = _dynconv("tune", str(spec), cwd=tmp_path)
     _wait_until_mid_study(uri, first)
     finished_before = {r.info.run_id for r in _trial_runs(uri) if r.info.status == "FINISHED"}
-    first.send_signal(sig)
+    os.killpg(first.pid, sig)  # the whole group: the command, and Ray's processes if they were in it
     out, _ = first.communicate(timeout=180)
     assert first.returncode == 130, out
     assert "Study interrupted" in out

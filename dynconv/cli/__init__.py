@@ -20,6 +20,7 @@ from typing import Any
 
 from dynconv.cli import args as arg
 from dynconv.cli.crash_log import write_crash_log
+from dynconv.cli.study_process import CHILD_FLAG, run_study_process
 from dynconv.environment import set_library_environment
 from dynconv.errors import DynconvError, one_line
 
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a spec field (dotted key)",
     )
+    p.add_argument(CHILD_FLAG, dest="study_process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_tune)
     _add_tracking_parsers(sub)
     return parser
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
+    if argv is None and args.command == "tune" and not args.study_process and sys.platform == "linux":
+        return run_study_process(sys.argv[1:])  # the study driver in its own session (see there)
     set_library_environment(verbose=getattr(args, "verbose", False))
     try:
         code = args.func(args)

@@ -34,6 +34,11 @@ HOLDER = textwrap.dedent(
 )
 
 
+def _parent(pid: int) -> int:
+    """The parent pid of `pid` (from /proc)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -86,11 +91,14 @@ def test_second_dynconv_tune_of_a_running_study_refuses(tmp_path: Path, tiny_dat
     )
     try:
         lock = lock_path(str(tmp_path / "ray_results"), "tiny")
-        _wait_for(lambda: lock.exists() and f"pid {first.pid} " in lock.read_text(), 60, "the first lock")
+        _wait_for(lambda: lock.exists() and "pid " in lock.read_text(), 60, "the first lock")
+        holder = int(re.search(r"pid (\d+) ", lock.read_text()).group(1))
+        # the command runs its study driver as its child (dynconv.cli.study_process): the driver holds it
+        assert holder == first.pid or _parent(holder) == first.pid
         second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         err = second.stderr.strip()
         assert second.returncode == 2 and len(err.splitlines()) == 1, err
-        assert f"study 'tiny' is already running (pid {first.pid} on " in err
+        assert f"study 'tiny' is already running (pid {holder} on " in err
         assert first.poll() is None  # the first study goes on
         out, _ = first.communicate(timeout=300)
     finally:

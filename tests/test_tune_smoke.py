@@ -154,6 +154,41 @@ def test_unwritable_storage_fails_before_training(tiny_dataset: Path, tmp_path: 
         run_study(parse_spec(data))
 
 
+def test_a_study_whose_trials_all_diverge_says_so_and_fails(
+    ray_local, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """SGD at lr 10 with weight decay 100: the weights overflow within the first epoch, so its loss is NaN.
+    Each trial is stopped there, closed FAILED as `diverged`, never ranked nor evaluated, and the study
+    ends in one error line."""
+    from dynconv.tune.study import run_study
+
+    data = tiny_spec_dict(
+        tmp_path,
+        tiny_dataset,
+        train={
+            "epochs": 4,
+            "optimizer": "sgd",
+            "weight_decay": 100.0,
+            "schedule": {"name": "constant", "warmup_epochs": 0},
+        },
+        scheduler={"name": "none"},
+        search={"num_samples": 2},
+        resources={"workers_per_trial": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.1},
+    )
+    data["search"]["space"]["lr"] = {"type": "uniform", "low": 9.9, "high": 10.0}
+    with pytest.raises(DynconvError, match=r"study 'tiny' has no trial to rank \(2 diverged\)"):
+        run_study(parse_spec(data))
+    out = capsys.readouterr().out
+    assert out.count("DIVERGED at epoch ") == 2 and "not ranked, not evaluated" in out, out
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = client(uri).get_experiment_by_name("tiny").experiment_id
+    trials = find_runs(uri, exp, role="trial")
+    assert {(r.info.status, r.data.tags["dynconv.outcome"]) for r in trials} == {("FAILED", "diverged")}
+    assert all(int(r.data.tags["dynconv.epochs_done"]) < 4 for r in trials), "stopped at the divergence"
+    assert find_runs(uri, exp, role="evaluation") == []
+    assert [r.info.status for r in find_runs(uri, exp, role="study")] == ["FAILED"]
+
+
 # -------------------------------------------------------- multi-objective study (issue 14), same Ray instance
 
 

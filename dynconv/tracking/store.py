@@ -129,14 +129,14 @@ def check_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
     base, headers = server_request(uri)
     status, ctype, body = _get(base + "/health", headers, shown, timeout_s)
     if status in (401, 403):
-        raise DynconvError(_refused(shown, status))
+        raise DynconvError(_refused(shown, status, headers))
     if status == 404:  # every MLflow tracking server answers /health
         raise DynconvError(f"{shown} does not answer like an MLflow tracking server (/health: HTTP 404)")
     if status != 200:
         raise DynconvError(f"MLflow tracking server {shown} answered HTTP {status} on /health")
     status, ctype, body = _get(base + API_PROBE, headers, shown, timeout_s)
     if status in (401, 403):
-        raise DynconvError(_refused(shown, status))
+        raise DynconvError(_refused(shown, status, headers))
     try:
         answer = json.loads(body)
     except ValueError:
@@ -150,10 +150,11 @@ def check_server(uri: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         )
 
 
-def _refused(shown: str, status: int) -> str:
+def _refused(shown: str, status: int, headers: dict[str, str]) -> str:
+    what = "the credentials given" if headers else "the request (no credentials given)"
     return (
-        f"MLflow tracking server {shown} refused the request (HTTP {status}): give credentials in the URI "
-        "(http://USER:PASSWORD@HOST:PORT) or in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        f"MLflow tracking server {shown} refused {what} (HTTP {status}): put USER:PASSWORD@ before the "
+        "host in the tracking URI, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     )
 
 

@@ -281,3 +281,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_recorded_spec_masks_the_password_and_resumes_unchanged(tmp_path, tiny_dataset) -> None:
+    """spec.yaml on the study run and the spec trials train with (and write into checkpoints) hold the
+    masked URI; `--resume` compares the same masked form, so a credentialed study still resumes."""
+    from dynconv.spec import parse_spec
+    from dynconv.spec.checks import spec_diff
+    from dynconv.tune.parent_run import recorded_spec
+
+    data = tiny_spec_dict(tmp_path, tiny_dataset)
+    data["mlflow"]["tracking_uri"] = f"http://{USER}:{PASSWORD}@127.0.0.1:5000"
+    spec = parse_spec(data).resolved()
+    logged = yaml.safe_load(yaml.safe_dump(recorded_spec(spec)))
+    assert logged["mlflow"]["tracking_uri"] == f"http://{USER}:***@127.0.0.1:5000"
+    assert PASSWORD not in yaml.safe_dump(logged) and spec_diff(logged, recorded_spec(spec)) == []
+    assert spec.tracking_uri() == data["mlflow"]["tracking_uri"]  # the driver keeps the real one

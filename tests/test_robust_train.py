@@ -146,3 +146,47 @@ def test_onecycle_scheduler_over_a_run_steps_per_batch() -> None:
     assert int(np.argmax(lrs)) == 11 and max(lrs) == pytest.approx(0.2)
     assert lrs[0] == pytest.approx(0.2 / 25) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(math.isfinite(v) for v in lrs)
+
+
+class _Checkpoint:
+    """What `latest_state` uses of a Ray checkpoint: `.path` and `.as_directory()` (no Ray here)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(self.path)
+
+
+def test_a_trial_whose_every_checkpoint_is_damaged_starts_again_with_one_warning(tmp_path, caplog) -> None:
+    """Torch refuses a damaged file with advice to load it unsafely (`weights_only=False`); the trial
+    used to fail on it every retry. Now: start from epoch 1, one warning, nothing loaded unsafely."""
+    from dynconv.train.ray_session import CHECKPOINT_FILE, latest_state
+
+    dirs = [tmp_path / "trial" / f"checkpoint_00000{i}" for i in range(3)]
+    for i, d in enumerate(dirs):
+        d.mkdir(parents=True)
+        damage = [b"\x80\x02garbage" * 10, b"", b"PK\x03\x04" + bytes(64)][i]  # pickle, empty, zip-like
+        (d / CHECKPOINT_FILE).write_bytes(damage)
+    torch.save({"not": "a training state"}, tmp_path / "trial" / "other.pt")
+    with caplog.at_level("WARNING", logger="dynconv.train.ray_session"):
+        pattern = str(tmp_path / "trial" / "checkpoint_*" / CHECKPOINT_FILE)
+        state = latest_state(_Checkpoint(dirs[-1]), [pattern])
+    assert state is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "training starts again from epoch 1" in warnings[0], warnings
+    assert "3 found" in warnings[0] and "weights_only" not in warnings[0]
+
+
+def test_a_damaged_registered_checkpoint_falls_back_to_a_readable_one(tmp_path, caplog) -> None:
+    from dynconv.train.ray_session import CHECKPOINT_FILE, latest_state
+
+    good, bad = tmp_path / "checkpoint_000000", tmp_path / "checkpoint_000001"
+    good.mkdir(), bad.mkdir()
+    torch.save({"epoch": 1, "history": []}, good / CHECKPOINT_FILE)
+    (bad / CHECKPOINT_FILE).write_bytes(b"\x80\x02garbage")
+    with caplog.at_level("WARNING", logger="dynconv.train.ray_session"):
+        state = latest_state(_Checkpoint(bad), [str(tmp_path / "checkpoint_*" / CHECKPOINT_FILE)])
+    assert state is not None and state["epoch"] == 1 and not caplog.records

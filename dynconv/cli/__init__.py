@@ -139,6 +139,13 @@ def _cmd_rerun(args: argparse.Namespace) -> None:
     rerun(args.run, epochs=args.epochs, device=args.device, tracking_uri=uri)
 
 
+def _masked(line: str) -> str:
+    """`line` with the password of any URI in it hidden (MLflow's errors quote the store's URL)."""
+    from dynconv.tracking.store import masked
+
+    return masked(line)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `dynconv flops: error: argument --image-size: ... (see --help)`."""
 
@@ -291,14 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except DynconvError as exc:
-        print(f"dynconv: error: {one_line(exc, limit=None)}", file=sys.stderr)
+        print(f"dynconv: error: {_masked(one_line(exc, limit=None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynconv: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         log = write_crash_log(exc, sys.argv[:1] + list(argv if argv is not None else sys.argv[1:]))
-        what = one_line(exc) if str(exc).strip() else "no message"
+        what = _masked(one_line(exc)) if str(exc).strip() else "no message"
         print(
             f"dynconv: unexpected error: {type(exc).__name__}: {what} (full traceback: {log})",
             file=sys.stderr,

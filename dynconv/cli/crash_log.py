@@ -33,13 +33,17 @@ def log_dir() -> Path:
 
 
 def write_crash_log(exc: BaseException, argv: list[str]) -> Path:
-    """Write the command line and `exc`'s full traceback to a new log file; return its path."""
+    """Write the command line and `exc`'s full traceback to a new log file; return its path. A URI's
+    password (`--tracking-uri http://USER:PASSWORD@HOST`, or quoted in an error) is written as `***`."""
+    from dynconv.tracking.store import masked
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = log_dir() / f"crash-{stamp}-{os.getpid()}.log"
     text = (
         f"command: {' '.join(argv)}\ncwd: {os.getcwd()}\ntime: {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
         + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     )
+    text = masked(text)
     try:
         path.write_text(text)
     except OSError:

@@ -19,6 +19,7 @@ from typing import Any
 
 from dynconv.errors import DynconvError
 from dynconv.tracking.layout import runs_page_url
+from dynconv.tracking.store import masked
 
 STOP_GRACE_S = 10.0
 
@@ -37,15 +38,14 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def server_command(uri: str, host: str, port: int, workers: int) -> list[str]:
-    """The `mlflow server` command line for the study store."""
+def server_command(host: str, port: int, workers: int) -> list[str]:
+    """The `mlflow server` command line; the store comes in MLFLOW_BACKEND_STORE_URI (`serve`), so that
+    a database password is not on a command line every user of the machine can read (`ps`)."""
     return [
         sys.executable,
         "-m",
         "mlflow",
         "server",
-        "--backend-store-uri",
-        uri,
         "--host",
         host,
         "--port",
@@ -63,10 +63,11 @@ def serve(uri: str, host: str = "127.0.0.1", port: int = 5000, workers: int = 1)
     env = dict(os.environ)
     # The job runner (7 huey consumers) serves GenAI jobs (judges, trace rollups) that dynconv never uses.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env["MLFLOW_BACKEND_STORE_URI"] = uri  # read by `mlflow server --backend-store-uri` (its envvar)
     url = f"http://{host}:{port}"
-    print(f"MLflow UI for {uri} at {url} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI for {masked(uri)} at {url} (Ctrl-C to stop)", flush=True)
     print(f"  a study's runs table: {runs_page_url(url, '<experiment id>')}", flush=True)
-    proc = subprocess.Popen(server_command(uri, host, port, workers), env=env, start_new_session=True)
+    proc = subprocess.Popen(server_command(host, port, workers), env=env, start_new_session=True)
     stopping: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:

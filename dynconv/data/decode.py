@@ -12,6 +12,7 @@ Pool workers start from a forkserver that preloads this module, so it stays ligh
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -85,6 +86,10 @@ def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
         return decode_and_hash(path, size)
     except FileNotFoundError:
         return None, "file not found"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # `ln -s x x`, or links pointing at each other
+            return None, "a symlink loop (the path never leads to a file)"
+        return None, f"{type(exc).__name__}: {one_line(exc)}"
     except Exception as exc:  # any failure to decode is a bad image, reported with its reason
         return None, f"{type(exc).__name__}: {one_line(exc)}"
 

@@ -242,16 +242,27 @@ def _check_inside_root(source: DatasetSource) -> None:
         for e in entries:
             folder = os.path.dirname(e.rel)
             if folder not in dirs:
-                dirs[folder] = (source.root / folder).resolve()
+                dirs[folder] = _resolved(source.root / folder)
             real = dirs[folder] / os.path.basename(e.rel)
             if os.path.islink(real):
-                real = real.resolve()
+                real = _resolved(real)
             if not real.is_relative_to(real_root):
                 where = source.root / e.origin if source.layout == "txt" else e.origin
                 raise DataError(
                     f"{where}: {e.rel} resolves to {real}, outside the dataset root {real_root} "
                     "(a symlink leaves the root: copy the images in, or make data.root their common parent)"
                 )
+
+
+def _resolved(path: Path) -> Path:
+    """`path` with its symlinks resolved; a symlink loop (`ln -s x x`) keeps its own name under its
+    resolved folder: it leads nowhere, so not out of the root, and reading it fails like any unreadable
+    image (one line, or a counted skip with --skip-bad). Python 3.11's `resolve` raises RuntimeError for
+    a loop, later ones OSError."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return _resolved(path.parent) / path.name
 
 
 # ------------------------------------------------------------------------------ classes

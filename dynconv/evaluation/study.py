@@ -42,6 +42,7 @@ from dynconv.tracking.layout import (
     end_run,
     set_tags,
 )
+from dynconv.tracking.store import masked
 from dynconv.tune.ranking import Ranking
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
@@ -217,16 +218,15 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
             split=spec.evaluate.split,
         )
     except Exception as exc:
-        if not isinstance(exc, DynconvError):
-            traceback.print_exc()
+        if not isinstance(exc, DynconvError):  # MLflow's errors quote the store's URL, credentials too
+            print(masked(traceback.format_exc()), end="", file=sys.stderr)
+        reason = masked(str(exc))
         print(
-            f"dynconv: evaluation skipped: {one_line(exc)}; retry with: dynconv evaluate {spec.study}",
+            f"dynconv: evaluation skipped: {one_line(reason)}; retry with: dynconv evaluate {spec.study}",
             file=sys.stderr,
         )
         with contextlib.suppress(Exception):
-            set_tags(
-                result.tracking_uri, result.parent_run_id, {"dynconv.evaluation_error": str(exc)[:5000]}
-            )
+            set_tags(result.tracking_uri, result.parent_run_id, {"dynconv.evaluation_error": reason[:5000]})
         return []
 
 

@@ -19,6 +19,7 @@ from dynconv.report.robustness import robustness_section
 from dynconv.report.roles import ROLES, TABLE1_PREFERENCE, TABLE2_COLUMNS, pick_roles, role_of
 from dynconv.report.tables import Section, table1, table2, table3
 from dynconv.spec import resolve_tracking_uri
+from dynconv.tracking.store import masked
 
 
 def pareto_points(records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
@@ -213,7 +214,7 @@ def write_report(
 
     md = [
         "# dynconv report: the seed's Tables 1-3 from MLflow\n",
-        f"Tracking store `{uri}`; experiments: {', '.join(experiments) if experiments else 'all'}; "
+        f"Tracking store `{masked(uri)}`; experiments: {', '.join(experiments) if experiments else 'all'}; "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}; {len(records)} evaluated studies on "
         f"{len(groups)} test set(s).\n",
     ]
@@ -242,7 +243,7 @@ def write_report(
     report = out / "report.md"
     report.write_text("\n".join(md))
     (out / "report.json").write_text(
-        json.dumps({"tracking_uri": uri, "files": [p.name for p in files]}, indent=1)
+        json.dumps({"tracking_uri": masked(uri), "files": [p.name for p in files]}, indent=1)
     )
     print(f"wrote {report} and {len(files)} tables/plots in {out}")
     return report

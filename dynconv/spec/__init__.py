@@ -38,7 +38,7 @@ from dynconv.spec.sections import (
     safe_name,
 )
 
-__all__ = ["JobSpec", "SpecError", "load_spec", "parse_spec", "resolve_tracking_uri"]
+__all__ = ["JobSpec", "SpecError", "absolute_path", "load_spec", "parse_spec", "resolve_tracking_uri"]
 
 
 class SpecError(DynconvError, ValueError):
@@ -104,7 +104,7 @@ class JobSpec(StrictModel):
         """Absolute Ray storage path (cloud URIs are passed through)."""
         if "://" in self.storage_path:
             return self.storage_path
-        return str(Path(self.storage_path).expanduser().resolve())
+        return str(absolute_path(self.storage_path, "storage_path"))
 
     def with_params(self, params: dict[str, Any]) -> JobSpec:
         """A copy with searched `train.*` values applied, validated again."""
@@ -126,14 +126,14 @@ class JobSpec(StrictModel):
         """
         data = self.model_dump(mode="json")
 
-        def absolute(p: str | None) -> str | None:
-            return None if p is None or "://" in p else str(Path(p).expanduser().resolve())
+        def absolute(p: str | None, key: str) -> str | None:
+            return None if p is None or "://" in p else str(absolute_path(p, key))
 
         data["storage_path"] = self.storage_uri()
         data["mlflow"]["tracking_uri"] = self.tracking_uri()
         for key in ("root", "cache_dir"):
-            data["data"][key] = absolute(data["data"][key])
-        data["data"]["synthetic"]["dir"] = absolute(data["data"]["synthetic"]["dir"])
+            data["data"][key] = absolute(data["data"][key], f"data.{key}")
+        data["data"]["synthetic"]["dir"] = absolute(data["data"]["synthetic"]["dir"], "data.synthetic.dir")
         return JobSpec.model_validate(data)
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -147,10 +147,19 @@ def resolve_tracking_uri(uri: str | None) -> str:
     sqlite path or a plain directory is made absolute: Ray workers run in other working directories."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        return "sqlite:///" + str(absolute_path(uri[len("sqlite:///") :], "MLflow tracking URI"))
     if "://" not in uri:
-        return Path(uri).resolve().as_uri()
+        return absolute_path(uri, "MLflow tracking URI").as_uri()
     return uri
+
+
+def absolute_path(path: str, what: str) -> Path:
+    """`path` (`~` expanded) made absolute with its symlinks resolved; a symlink loop (`ln -s x x`),
+    which Python 3.11's `resolve` raises RuntimeError for, is a one-line error naming `what`."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError):
+        raise SpecError(f"{what}: {path} is a symlink loop (it never leads to a file or directory)") from None
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from dynconv.data.cache import prepare
 from dynconv.data.cache_files import PreparedData
 from dynconv.data.sources import DataError
-from dynconv.spec import JobSpec
+from dynconv.spec import JobSpec, absolute_path
 
 
 def dataset_root(spec: JobSpec) -> Path:
@@ -24,13 +24,13 @@ def dataset_root(spec: JobSpec) -> Path:
     with different synthetic settings sharing one `dir` each get their own data instead of rewriting it.
     """
     if spec.data.root is not None:
-        return Path(spec.data.root).expanduser().resolve()
+        return absolute_path(spec.data.root, "data.root")
     from dynconv.data.synth import ensure_synthetic, synthetic_dir_name
 
     syn = spec.data.synthetic
     name = synthetic_dir_name(syn.classes, syn.per_class, syn.size, syn.seed)
     return ensure_synthetic(
-        Path(syn.dir).expanduser().resolve() / name,
+        absolute_path(syn.dir, "data.synthetic.dir") / name,
         classes=syn.classes,
         per_class=syn.per_class,
         size=syn.size,
@@ -41,7 +41,7 @@ def dataset_root(spec: JobSpec) -> Path:
 def prepare_for_spec(spec: JobSpec, progress: bool = True) -> PreparedData:
     """Decode-once cache of the spec's dataset at the spec's image size (reused when unchanged), checked
     against the spec (`check_data_fits_spec`). The study driver, `evaluate` and `rerun` all come here."""
-    cache_dir = Path(spec.data.cache_dir).expanduser().resolve() if spec.data.cache_dir else None
+    cache_dir = absolute_path(spec.data.cache_dir, "data.cache_dir") if spec.data.cache_dir else None
     data = prepare(
         dataset_root(spec),
         size=spec.data.image_size,

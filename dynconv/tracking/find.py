@@ -28,7 +28,7 @@ from dynconv.tracking.layout import (
     TAG_STUDY,
     TAG_TRIAL_ID,
 )
-from dynconv.tracking.store import client, is_missing, store_errors
+from dynconv.tracking.store import client, is_missing, masked, store_errors
 
 MAX_LISTED = 10
 
@@ -63,8 +63,8 @@ def get_run(uri: str, run_id: str):
         return client(uri).get_run(run_id)
     except store_errors() as err:
         if not is_missing(err):
-            raise DynconvError(f"cannot read run {run_id} from {uri} ({one_line(err)})") from None
-        raise DynconvError(f"unknown run {run_id!r} in {uri}") from None
+            raise DynconvError(masked(f"cannot read run {run_id} from {uri} ({one_line(err)})")) from None
+        raise DynconvError(f"unknown run {run_id!r} in {masked(uri)}") from None
 
 
 def _all_experiment_ids(uri: str) -> list[str]:
@@ -105,7 +105,7 @@ def find_study_run(uri: str, study: str):
         {r.data.tags.get(TAG_STUDY, "?") for r in search_runs(uri, "tags.`dynconv.role` = 'study'")}
     )
     hint = f"; known studies: {', '.join(known)}" if known else "; the store holds no studies"
-    raise DynconvError(f"unknown study or run {study!r} in {uri}{hint}")
+    raise DynconvError(f"unknown study or run {study!r} in {masked(uri)}{hint}")
 
 
 @dataclass
@@ -197,7 +197,7 @@ def experiments(uri: str, names: Sequence[str] | None) -> list[Any]:
         exp = c.get_experiment_by_name(name)
         if exp is None:
             known = ", ".join(sorted(e.name for e in c.search_experiments())) or "none"
-            raise DynconvError(f"unknown experiment {name!r} in {uri}; experiments: {known}")
+            raise DynconvError(f"unknown experiment {name!r} in {masked(uri)}; experiments: {known}")
         found.append(exp)
     return found
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from dynconv.errors import DynconvError, one_line
+from dynconv.tracking.store import masked
 
 T = TypeVar("T")
 
@@ -69,8 +70,9 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             if not is_transient(err):
                 raise
             if attempt == ATTEMPTS - 1:
+                reason = masked(one_line(err, 200))
                 raise DynconvError(
-                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries ({one_line(err, 200)}); "
+                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries ({reason}); "
                     "with many trials at once use an MLflow server (`mlflow server --backend-store-uri "
                     "sqlite:///PATH`) and set mlflow.tracking_uri to its http:// address"
                 ) from err

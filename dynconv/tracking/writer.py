@@ -24,6 +24,7 @@ from typing import Any
 
 from dynconv.errors import DynconvError, one_line
 from dynconv.tracking.retry import is_transient
+from dynconv.tracking.store import masked
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,14 @@ class QueuedWriter:
                 return
             except Exception as err:
                 if not unreachable(err):
-                    log.warning("MLflow write dropped (%s): %s", w.what, one_line(err))
+                    reason = masked(one_line(err))  # MLflow's errors quote the URL, credentials too
+                    log.warning("MLflow write dropped (%s): %s", w.what, reason)
                     with self._cond:
-                        self.failed.setdefault(w.run_key, []).append(f"{w.what}: {one_line(err)}")
+                        self.failed.setdefault(w.run_key, []).append(f"{w.what}: {reason}")
                     return
                 if self._waiting_since is None:
                     self._waiting_since = time.monotonic()
-                    log.warning("MLflow unreachable (%s); holding writes until it answers", one_line(err))
+                    reason = masked(one_line(err))
+                    log.warning("MLflow unreachable (%s); holding writes until it answers", reason)
             time.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
             attempt += 1

@@ -16,25 +16,32 @@ from torch import nn
 
 CHECKPOINT_FILE = "state.pt"
 
+log = logging.getLogger(__name__)
+
 
 def read_state(path: Path) -> dict[str, Any] | None:
     """The training state in a checkpoint file (`torch.load`, weights only), or None when the file is
-    torn or unreadable (a process killed while writing it)."""
+    torn, unreadable or holds anything but a state dict (a process killed while writing it, a damaged
+    disk). Never loaded unsafely: torch's advice to retry with `weights_only=False` is not taken."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
         return None
+    return state if isinstance(state, dict) and "epoch" in state else None
 
 
 def _read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
-    """The state saved by `report` in a Ray (Train or Tune) checkpoint, or None without one."""
+    """The state saved by `report` in a Ray (Train or Tune) checkpoint; None without one, or when its
+    file is unreadable (`read_state`)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return read_state(Path(d) / CHECKPOINT_FILE)
 
 
-def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str, Any] | None:
+def latest_state(
+    checkpoint: Any, resume_globs: Sequence[str] = (), warn: bool = True
+) -> dict[str, Any] | None:
     """The state to resume from: the newest epoch among the checkpoint Ray hands back and those matching
     `resume_globs` (the trial's own checkpoint files, on local or mounted shared storage).
 
@@ -43,7 +50,9 @@ def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str
     persist one or two epochs that the restored study does not know of (or a first checkpoint it never
     registered); resuming from the newest readable one keeps the retrained epochs to the one in flight.
     A file cut short by the kill is skipped. The study driver logs the epochs it never saw from the
-    `history` of the next checkpoint (`dynconv.tune.recorder`).
+    `history` of the next checkpoint (`dynconv.tune.recorder`). When there are checkpoints but none is
+    readable, the trial starts again from epoch 1 with one warning (`warn`: rank 0 of a worker group)
+    instead of failing every retry on the same files.
     """
     import glob
 
@@ -54,6 +63,15 @@ def _latest_state(checkpoint: Any, resume_globs: Sequence[str] = ()) -> dict[str
         other = read_state(Path(path))
         if other is not None and (state is None or int(other.get("epoch", 0)) > int(state.get("epoch", 0))):
             state = other
+    found = len(paths) + (checkpoint is not None)
+    if state is None and found and warn:
+        where = registered or sorted(paths)[0]
+        log.warning(
+            "no readable checkpoint to resume from (%d found, every one torn or damaged, e.g. %s): "
+            "training starts again from epoch 1",
+            found,
+            where,
+        )
     return state
 
 
@@ -72,7 +90,7 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._resume_globs = resume_globs  # the trial's checkpoint files on disk (see `_latest_state`)
+        self._resume_globs = resume_globs  # the trial's checkpoint files on disk (see `latest_state`)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -87,7 +105,7 @@ class RaySession:
     def load_checkpoint(self) -> dict[str, Any] | None:
         import ray.train
 
-        return _latest_state(ray.train.get_checkpoint(), self._resume_globs)
+        return latest_state(ray.train.get_checkpoint(), self._resume_globs, warn=self.rank == 0)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.train
@@ -124,7 +142,7 @@ class TuneSession:
     def load_checkpoint(self) -> dict[str, Any] | None:
         import ray.tune
 
-        return _latest_state(ray.tune.get_checkpoint(), self._resume_globs)
+        return latest_state(ray.tune.get_checkpoint(), self._resume_globs)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         import ray.tune

@@ -28,7 +28,7 @@ from dynconv.tracking.layout import (
     set_tags,
     start_study_run,
 )
-from dynconv.tracking.store import client, store_errors
+from dynconv.tracking.store import client, masked, store_errors
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
 
@@ -57,9 +57,19 @@ def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | 
     set_tags(uri, parent, {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec.to_json_dict(), sort_keys=False))
+        spec_file.write_text(yaml.safe_dump(recorded_spec(spec), sort_keys=False))
         log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
+
+
+def recorded_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec's JSON form as a study records it: spec.yaml on the study run, and the spec every trial
+    trains with and so writes into its checkpoints (MLflow artifacts). The tracking URI's password is
+    masked (`http://USER:***@HOST`): only the study driver talks to MLflow, trials never need it."""
+    data = spec.to_json_dict()
+    if data["mlflow"]["tracking_uri"]:
+        data["mlflow"]["tracking_uri"] = masked(data["mlflow"]["tracking_uri"])
+    return data
 
 
 def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
@@ -72,7 +82,7 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
         except (*store_errors(), yaml.YAMLError) as exc:
             reason = one_line(exc)
             raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({reason})") from None
-    changed = spec_diff(logged, spec.to_json_dict())
+    changed = spec_diff(logged, recorded_spec(spec))
     if changed:
         raise DynconvError(
             f"--resume: the spec changed since the study started ({', '.join(changed)}); only "

@@ -31,10 +31,10 @@ from dynconv.tracking.layout import (
     runs_page_url,
     set_tags,
 )
-from dynconv.tracking.store import check_storage_path, check_writable_store, client
+from dynconv.tracking.store import check_storage_path, check_writable_store, client, masked
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
-from dynconv.tune.parent_run import open_parent_run, record_best_trial, resume_run
+from dynconv.tune.parent_run import open_parent_run, record_best_trial, recorded_spec, resume_run
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
 from dynconv.tune.search import (
@@ -222,7 +222,7 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
         raise
 
     concurrent = max_concurrent_trials(run.spec, ray.cluster_resources(), gpu_resource)
-    where = {"ray": address or "local", "run": run.parent, "uri": run.uri, "tune_path": run.tune_path}
+    where = {"ray": address or "local", "run": run.parent, "uri": masked(run.uri), "tune_path": run.tune_path}
     where["logs"] = logs
     resources = describe_trial_resources(run.spec, concurrent, gpu_resource)
     print(format_plan(run.spec, run.data, resources, ray.cluster_resources(), where), flush=True)
@@ -234,7 +234,6 @@ def _study_context(
 ) -> dict[str, Any]:
     """What every trial gets from the driver besides the spec (`dynconv.tune.trial.run_trial`'s `study`)."""
     return {
-        "tracking_uri": run.uri,
         "experiment_id": run.experiment_id,
         "parent_run_id": run.parent,
         "run_name": run.run_name,
@@ -260,7 +259,7 @@ def _build_or_restore_tuner(
 
     spec = run.spec
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=context),
+        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), study=context),
         trial_resources(spec, context["gpu_resource"]),
     )
     if resume:  # Tune restores its callbacks (the TrialRecorder below) with the rest of its state
@@ -338,7 +337,7 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) ->
     log_metrics(uri, parent, run.timings)
     end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
     print(
-        f"\nBrowse it with: dynconv ui --tracking-uri {uri}   (then open "
+        f"\nBrowse it with: dynconv ui --tracking-uri {masked(uri)}   (then open "
         f"{runs_page_url('http://127.0.0.1:5000', run.experiment_id)}; study run {parent})"
     )
 

@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dynconv.errors import one_line
 from dynconv.spec import JobSpec
 from dynconv.tracking.layout import log_artifact, log_metrics, set_tags
-from dynconv.tracking.store import client
+from dynconv.tracking.store import client, masked
 from dynconv.tune.ranking import Ranking
 
 NOTE_TAG = "mlflow.note.content"
@@ -133,4 +134,5 @@ def describe_study_run(spec: JobSpec, result: Any, evaluations: list[tuple[str, 
     try:
         write_study_summary(spec, result, evaluations)
     except Exception as exc:  # the trials, checkpoints and evaluation are in MLflow already
-        print(f"dynconv: study description/plots skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        what = masked(one_line(exc, limit=None))
+        print(f"dynconv: study description/plots skipped: {type(exc).__name__}: {what}", file=sys.stderr)

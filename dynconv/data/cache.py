@@ -61,6 +61,7 @@ from dynconv.data.sources import (
     DataError,
     DatasetSource,
     load_source,
+    not_images_line,
     require_train_classes,
 )
 from dynconv.errors import one_line
@@ -111,8 +112,9 @@ def prepare(
     :func:`cache_location`); default ``ROOT/.dynconv_cache``.
     ``workers``: decoding processes (default: the usable cores, fewer for small datasets).
     ``skip_bad``: skip unreadable images and count them; without it the first one raises a DataError
-    naming the file (and its list line). ``progress``: a progress bar while decoding, and a per-split
-    summary at the end. ``num_classes``: when given, checked against the dataset. ``strict``: images
+    naming the file (and its list line). ``progress``: a line counting the files of the folder layout
+    that are not images (by extension), a progress bar while decoding, and a per-split summary at the end.
+    ``num_classes``: when given, checked against the dataset. ``strict``: images
     with identical pixels in two splits (always counted and reported) are an error.
     """
     if not isinstance(size, int) or size < 1:
@@ -120,6 +122,9 @@ def prepare(
     if workers is not None and workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
     source = load_source(Path(root), num_classes)
+    skipped_line = not_images_line(source)
+    if progress and skipped_line:
+        print(skipped_line)
     fp = fingerprint(source, size)
     cache_dir = cache_location(Path(root), size, Path(cache_dir) if cache_dir is not None else None)
     lock = lock_path(cache_dir)

@@ -4,6 +4,7 @@ without training images. Small synthetic sets and hand-made folders; no Ray. (~1
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from dynconv import cli
 from dynconv.data.cache import prepare
+from dynconv.data.cache_files import MANIFEST, content_digests
 from dynconv.data.loader import ShardedBatches
 from dynconv.data.sources import DataError
 from dynconv.data.synth import write_synthetic
@@ -121,12 +123,17 @@ def test_a_used_split_of_one_class_is_refused(tmp_path: Path, small: Path, split
 
 
 def test_a_val_class_missing_from_train_is_refused(tmp_path: Path, small: Path) -> None:
-    """The dataset checks refuse such lists, so the cache's training labels are edited afterwards
-    (as in a cache built by other means): the check reads the prepared labels, not the lists."""
+    """The dataset checks refuse such lists, so the cache's training labels are edited afterwards, with
+    the manifest's digests to match (as in a cache built by other means; without them `prepare` would
+    rebuild the edited cache): the check reads the prepared labels, not the lists."""
     spec = _spec(tmp_path, small, train={"batch_size": 8})
     data = prepare_for_spec(spec, progress=False)
     labels = np.load(data.cache_dir / "train_labels.npy")
-    np.save(data.cache_dir / "train_labels.npy", np.where(labels == 2, 1, labels))
+    edited = np.where(labels == 2, 1, labels)
+    np.save(data.cache_dir / "train_labels.npy", edited)
+    manifest = json.loads((data.cache_dir / MANIFEST).read_text())
+    manifest["splits"]["train"]["digests"] = content_digests(data.split("train").images, edited)
+    (data.cache_dir / MANIFEST).write_text(json.dumps(manifest))
     assert _refusal(spec) == (
         f"{small}: class 2 ('02_blue_triangle') of the val split has no images in the train split, so the "
         "model cannot learn it; add training images or drop the class"

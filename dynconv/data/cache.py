@@ -14,7 +14,10 @@ it; every public name of the three is importable from here.
 
 The cache is reused while its manifest's fingerprint matches the dataset: the split lists (or folder
 listing), the class list, the size and mtime of every image, the image size and the format version.
-Anything else triggers a rebuild.
+Anything else triggers a rebuild. A cache whose own files were damaged since it was built (missing,
+truncated, or changed in place: its labels or sampled images no longer match the digests the manifest
+recorded, see :func:`dynconv.data.cache_files.content_digests`), or of an older format, is rebuilt too,
+with one logged warning saying why: it is only derived data, and ``prepare`` can always remake it.
 
 Concurrency: a cache is built in a temporary sibling directory and renamed into place only when it is
 complete, under an exclusive ``fcntl.flock`` on ``.{name}.lock`` next to it; readers hold a shared lock
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -39,12 +43,15 @@ from PIL import Image
 from dynconv.data.cache_files import (
     FORMAT_VERSION,
     MANIFEST,
+    CacheDamaged,
     PreparedData,
     cache_lock,
+    content_digests,
     lock_path,
     read_manifest,
     remove_leftovers,
     swap_into_place,
+    unusable_reason,
     write_durable,
 )
 from dynconv.data.decode import decoder, usable_cores
@@ -54,6 +61,7 @@ from dynconv.data.sources import (
     DataError,
     DatasetSource,
     load_source,
+    not_images_line,
     require_train_classes,
 )
 from dynconv.errors import one_line
@@ -61,6 +69,7 @@ from dynconv.errors import one_line
 __all__ = ["cache_location", "default_cache_dir", "fingerprint", "prepare", "print_summary"]
 
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -103,8 +112,9 @@ def prepare(
     :func:`cache_location`); default ``ROOT/.dynconv_cache``.
     ``workers``: decoding processes (default: the usable cores, fewer for small datasets).
     ``skip_bad``: skip unreadable images and count them; without it the first one raises a DataError
-    naming the file (and its list line). ``progress``: a progress bar while decoding, and a per-split
-    summary at the end. ``num_classes``: when given, checked against the dataset. ``strict``: images
+    naming the file (and its list line). ``progress``: a line counting the files of the folder layout
+    that are not images (by extension), a progress bar while decoding, and a per-split summary at the end.
+    ``num_classes``: when given, checked against the dataset. ``strict``: images
     with identical pixels in two splits (always counted and reported) are an error.
     """
     if not isinstance(size, int) or size < 1:
@@ -112,12 +122,15 @@ def prepare(
     if workers is not None and workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
     source = load_source(Path(root), num_classes)
+    skipped_line = not_images_line(source)
+    if progress and skipped_line:
+        print(skipped_line)
     fp = fingerprint(source, size)
     cache_dir = cache_location(Path(root), size, Path(cache_dir) if cache_dir is not None else None)
     lock = lock_path(cache_dir)
 
     with cache_lock(lock, shared=True):
-        data = _open_if_current(cache_dir, fp, skip_bad)
+        data, _ = _open_if_current(cache_dir, fp, skip_bad)
     if data is None:
         try:
             cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -126,12 +139,15 @@ def prepare(
                 f"{cache_dir}: cannot create the cache directory ({one_line(exc)}); use --cache-dir"
             ) from None
         with cache_lock(lock, shared=False):
-            data = _open_if_current(cache_dir, fp, skip_bad)  # another process may have built it meanwhile
+            # another process may have built it meanwhile
+            data, unusable = _open_if_current(cache_dir, fp, skip_bad)
             if data is None:
+                if unusable:
+                    log.warning("%s: %s; rebuilding the cache", cache_dir, unusable)
                 _build(source, size, fp, cache_dir, workers, skip_bad, progress)
-                data = _open_if_current(cache_dir, fp, skip_bad=True)
+                data, unusable = _open_if_current(cache_dir, fp, skip_bad=True)
                 if data is None:
-                    raise DataError(f"{cache_dir}: the cache just built cannot be opened")
+                    raise DataError(f"{cache_dir}: the cache just built cannot be opened ({unusable})")
                 if progress:
                     print_summary(data.manifest(), cache_dir, reused=False)
                 return _check_leakage(data, source.root, strict)
@@ -171,19 +187,21 @@ def fingerprint(source: DatasetSource, size: int) -> str:
     return h.hexdigest()
 
 
-def _open_if_current(cache_dir: Path, fp: str, skip_bad: bool) -> PreparedData | None:
+def _open_if_current(cache_dir: Path, fp: str, skip_bad: bool) -> tuple[PreparedData | None, str | None]:
+    """The cache at ``cache_dir`` when it holds the data of fingerprint ``fp``, intact; else None and,
+    when the cache is unusable rather than merely of other data, why (for the rebuild's warning)."""
     manifest = read_manifest(cache_dir)
-    if manifest is None or manifest.get("fingerprint") != fp:
-        return None
+    if manifest is None:
+        exists = (cache_dir / MANIFEST).exists()
+        return None, unusable_reason(cache_dir) if exists else None
+    if manifest.get("fingerprint") != fp:
+        return None, None  # the dataset, size or class list changed: an ordinary rebuild
     if not skip_bad and any(manifest["splits"][s]["skipped"] for s in SPLITS):
-        return None  # built with --skip-bad; without it the bad image must stop the build
-    data = PreparedData._from_manifest(cache_dir, manifest)
+        return None, None  # built with --skip-bad; without it the bad image must stop the build
     try:
-        for split in SPLITS:
-            data._arrays[split] = data._map(split)
-    except (OSError, ValueError):
-        return None  # files missing or of the wrong length: rebuild
-    return data
+        return PreparedData.mapped(cache_dir, manifest), None
+    except CacheDamaged as exc:
+        return None, exc.what
 
 
 # -------------------------------------------------------------------------------- build
@@ -283,8 +301,11 @@ def _build_split(
     label_arr = np.asarray(labels, dtype=np.int64)
     np.save(out / f"{split}_labels.npy", label_arr)
     write_durable(out / f"{split}_files.txt", ("\n".join(files) + "\n").encode())
+    shape = (len(labels), 3, size, size)
+    written = np.memmap(out / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=shape)
     return {
         "count": len(labels),
+        "digests": content_digests(written, np.load(out / f"{split}_labels.npy")),
         "skipped": len(skipped),
         "skipped_files": skipped[:1000],
         "classes": len(np.unique(label_arr)),

@@ -2,14 +2,22 @@
 
 Layout of a cache directory (``FORMAT_VERSION``; written by :mod:`dynconv.data.cache`)::
 
-    manifest.json          what it was built from, size, counts, skipped files (written last)
+    manifest.json          what it was built from, size, counts, skipped files, content digests (last)
     {split}_images.u8      raw uint8 array, shape (N, 3, SIZE, SIZE) - NCHW, so batches need no transpose
     {split}_labels.npy     int64 labels, shape (N,)
     {split}_files.txt      the relative path of image i on line i (to trace a sample back to its file)
 
+Content digests (:func:`content_digests`): the manifest records, per split, a digest of the whole label
+array and of each of up to ``SAMPLED_IMAGES`` evenly spaced images (first and last included; every image
+of a smaller split). A split is checked against them whenever it is mapped, so a cache damaged in place at
+the same size (labels zeroed, image bytes overwritten) is found at the cost of reading those few images,
+not the whole array; damage confined to images outside the sample is not found (a full re-hash of a
+large cache on every open would cost seconds).
+
 Here: :func:`read_manifest`, :class:`PreparedData` (a built cache, its splits memory-mapped as
-:class:`SplitArrays`), durable writes, the rename of a finished build into place, the removal of
-leftovers of an interrupted one, and the ``fcntl.flock`` on ``.{name}.lock`` next to a cache.
+:class:`SplitArrays` and checked against their digests), durable writes, the rename of a finished build
+into place, the removal of leftovers of an interrupted one, and the ``fcntl.flock`` on ``.{name}.lock``
+next to a cache.
 Deciding when to build and building is :mod:`dynconv.data.cache`'s job; import the public names from
 there. Imports numpy and :mod:`dynconv.data.sources` only; never torch, Ray or MLflow.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -32,8 +41,24 @@ import numpy as np
 from dynconv.data.sources import SPLITS, DataError
 from dynconv.errors import one_line
 
-FORMAT_VERSION = 2  # 2: EXIF orientation applied when decoding
+FORMAT_VERSION = 3  # 2: EXIF orientation applied when decoding; 3: content digests per split
 MANIFEST = "manifest.json"
+SAMPLED_IMAGES = 64  # images per split whose digest the manifest records (all of a smaller split)
+
+
+class CacheDamaged(DataError):
+    """A cache whose files no longer hold what its manifest recorded when it was built.
+
+    ``what`` names the split and what differs; :func:`dynconv.data.cache.prepare` rebuilds such a cache,
+    a training worker (which must not rebuild the data its driver prepared) stops with the message.
+    """
+
+    def __init__(self, cache_dir: Path, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{cache_dir}: {what}; the cache is damaged: delete {cache_dir}, or prepare the data again "
+            "(dynconv data prepare, or start the study again), which rebuilds it"
+        )
 
 
 # ------------------------------------------------------------------------ prepared data
@@ -69,13 +94,15 @@ class PreparedData:
 
         ``fingerprint``: the one the caller prepared (a training worker gets the driver's); a cache that
         holds anything else (rebuilt since, other data, other size) is a one-line DataError, never
-        silently other data.
+        silently other data. Each split is checked against its content digests when it is first mapped
+        (:meth:`split`): a damaged split is a one-line :class:`CacheDamaged`, since a worker must not
+        rebuild the data its driver prepared.
         """
         cache_dir = Path(cache_dir)
         with cache_lock(lock_path(cache_dir), shared=True):
             manifest = read_manifest(cache_dir)
             if manifest is None:
-                raise DataError(f"{cache_dir}: no dynconv cache here (missing or unreadable {MANIFEST})")
+                raise DataError(f"{cache_dir}: no dynconv cache here ({unusable_reason(cache_dir)})")
             if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
                 found = f"fingerprint {str(manifest.get('fingerprint'))[:12]}, {manifest.get('size')} px"
                 raise DataError(
@@ -84,6 +111,19 @@ class PreparedData:
                     "the dataset changed or the cache was rebuilt since - start the study again"
                 )
             return cls._from_manifest(cache_dir, manifest)
+
+    @classmethod
+    def mapped(cls, cache_dir: Path, manifest: dict) -> PreparedData:
+        """The cache of ``manifest`` with every split mapped and checked against its content digests.
+
+        For :func:`dynconv.data.cache.prepare`, which rebuilds the cache when this raises
+        :class:`CacheDamaged` (a file missing, of the wrong length or with other content). The caller
+        holds the cache's lock.
+        """
+        data = cls._from_manifest(Path(cache_dir), manifest)
+        for split in SPLITS:
+            data._arrays[split] = data._map(split, manifest["splits"][split]["digests"])
+        return data
 
     @classmethod
     def _from_manifest(cls, cache_dir: Path, manifest: dict) -> PreparedData:
@@ -109,14 +149,42 @@ class PreparedData:
                         f"{self.cache_dir}: the cache was removed or rebuilt after it was opened; "
                         "call dynconv.data.cache.prepare again"
                     )
-                self._arrays[name] = self._map(name)
+                self._arrays[name] = self._map(name, manifest["splits"][name]["digests"])
         return self._arrays[name]
 
-    def _map(self, name: str) -> SplitArrays:
+    def _map(self, name: str, recorded: dict) -> SplitArrays:
+        """Map split ``name`` and check it against the digests its manifest ``recorded``; CacheDamaged
+        when it differs (or a file is missing, truncated or unreadable)."""
         n, s = self.counts[name], self.size
-        images = np.memmap(self.cache_dir / f"{name}_images.u8", dtype=np.uint8, mode="r", shape=(n, 3, s, s))
-        labels = np.load(self.cache_dir / f"{name}_labels.npy")
-        return SplitArrays(name, images, labels.astype(np.int64, copy=False))
+        try:
+            images = np.memmap(
+                self.cache_dir / f"{name}_images.u8", dtype=np.uint8, mode="r", shape=(n, 3, s, s)
+            )
+            labels = np.load(self.cache_dir / f"{name}_labels.npy").astype(np.int64, copy=False)
+        except (OSError, ValueError) as exc:
+            raise CacheDamaged(self.cache_dir, f"cannot map the {name} split ({one_line(exc)})") from None
+        found = content_digests(images, labels)
+        if found["labels"] != recorded["labels"]:
+            what = f"{len(labels)} labels where {n} were" if len(labels) != n else "other labels than were"
+            raise CacheDamaged(
+                self.cache_dir, f"{name}_labels.npy holds {what} recorded when the cache was built"
+            )
+        for (index, digest), (_, want) in zip(found["images"], recorded["images"], strict=True):
+            if digest != want:
+                raise CacheDamaged(
+                    self.cache_dir,
+                    f"image {index}{self._file_note(name, index)} in {name}_images.u8 differs from the one "
+                    "decoded when the cache was built",
+                )
+        return SplitArrays(name, images, labels)
+
+    def _file_note(self, name: str, index: int) -> str:
+        """`` (its relative path)`` of image ``index`` of a split, for messages; empty when unknown."""
+        try:
+            files = self.files(name)
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return f" ({files[index]})" if index < len(files) else ""
 
     def files(self, name: str) -> list[str]:
         """Relative path of every image of a split, in cache order."""
@@ -135,15 +203,49 @@ class PreparedData:
         return state
 
 
+def content_digests(images: np.ndarray, labels: np.ndarray) -> dict:
+    """The digests a manifest records for one split: ``labels`` (all of them) and ``images``, a list of
+    ``[index, digest]`` for up to ``SAMPLED_IMAGES`` evenly spaced images (the first and last included).
+
+    Reads those images only (about 1.3 MB per split at 84 px), so checking a split costs milliseconds
+    however large it is.
+    """
+    n = len(images)
+    picks = np.unique(np.linspace(0, n - 1, min(n, SAMPLED_IMAGES)).round().astype(np.int64)) if n else []
+    return {
+        "labels": _digest(np.ascontiguousarray(labels, dtype="<i8")),
+        "images": [[int(i), _digest(np.ascontiguousarray(images[i]))] for i in picks],
+    }
+
+
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
+
+
 def read_manifest(cache_dir: Path) -> dict | None:
     """The manifest of a cache, or None when there is none (or it is unreadable or of another format)."""
-    try:
-        manifest = json.loads((Path(cache_dir) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    manifest = _load_manifest(cache_dir)
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         return None
     return manifest
+
+
+def unusable_reason(cache_dir: Path) -> str:
+    """Why :func:`read_manifest` finds no usable manifest in ``cache_dir``, in a few words."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.exists():
+        return f"no {MANIFEST}"
+    manifest = _load_manifest(cache_dir)
+    if not isinstance(manifest, dict):
+        return f"unreadable {MANIFEST}"
+    return f"cache format {manifest.get('format_version')!r}, but this dynconv reads format {FORMAT_VERSION}"
+
+
+def _load_manifest(cache_dir: Path) -> object:
+    try:
+        return json.loads((Path(cache_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------ writing

@@ -1,7 +1,8 @@
 """Image decoding for the decode-once cache: one file in, a ``(3, SIZE, SIZE)`` uint8 RGB array out.
 
 :func:`decode_image` and :func:`decode_and_hash` (the array and a digest of the decoded pixels, which
-:mod:`dynconv.data.leakage` compares across splits), and :func:`decoder`, which maps decode tasks over a
+:mod:`dynconv.data.leakage` compares across splits), :func:`image_suffixes` (the file extensions of the
+formats it reads, which the folder layout takes), and :func:`decoder`, which maps decode tasks over a
 process pool. Anything that changes the decoded bytes needs a ``FORMAT_VERSION`` bump in
 :mod:`dynconv.data.cache_files`, so old caches are rebuilt.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -21,9 +23,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from dynconv.errors import one_line
+
+# Formats Pillow registers for opening whose files it cannot decode into pixels on its own: MPEG video
+# (it reads the header only), PostScript (needs Ghostscript), IPTC (metadata). Stub formats (HDF5, GRIB,
+# BUFR, WMF: they need a handler installed) are recognised by their class in `image_suffixes`.
+_NOT_DECODED = frozenset({"MPEG", "EPS", "IPTC"})
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) of the image formats :func:`decode_image` reads.
+
+    Pillow's registered extensions of every format it can open, less those it cannot decode alone
+    (`_NOT_DECODED`, stubs): .jpg/.jpeg, .png, .bmp, .gif, .tif/.tiff, .webp, .ppm/.pgm/.pbm, .tga,
+    .jp2, .avif, .qoi, .ico, .psd and others. The folder layout takes the files with these extensions
+    (in any case); a split list names its files, which are decoded whatever their extension. Computed
+    once per process (it loads every Pillow plugin, about 50 ms), not at import: pool workers never need it.
+    """
+    Image.init()
+    return frozenset(
+        ext.lower()
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and fmt not in _NOT_DECODED and not _is_stub(Image.OPEN[fmt][0])
+    )
+
+
+def _is_stub(factory: object) -> bool:
+    return isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:

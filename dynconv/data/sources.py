@@ -7,9 +7,13 @@ Two layouts are supported, and detected from what lies in the root:
   Blank lines and lines starting with ``#`` are ignored. An optional ``ROOT/classes.txt`` (one class
   name per line, line *i* naming label *i*) fixes the number of classes; without it the number of
   classes is ``max label + 1`` over all splits.
-* **folder**: ``ROOT/{train,val,test}/<class name>/*.{jpg,jpeg,png}`` (any case). Class names are the
+* **folder**: ``ROOT/{train,val,test}/<class name>/<image>``, an image being a file with an extension
+  of a format the decoder reads (:func:`dynconv.data.decode.image_suffixes`: .jpg, .jpeg, .png, .bmp,
+  .gif, .tif, .tiff, .webp, .ppm and more, in any case), as a split list may name. Class names are the
   sorted directory names under ``train/``, and a class's label is its index in that order (as
-  torchvision's ``ImageFolder`` does).
+  torchvision's ``ImageFolder`` does). Everything else under a split folder (other files, hidden files,
+  nested folders) is not taken, and counted by extension (``DatasetSource.not_images``,
+  :func:`not_images_line`), so nothing is dropped unsaid.
 
 Every check that can be made without decoding images is made here, so that a bad list fails in
 well under a second, with a one-line :class:`DataError` naming the file and line, before any work.
@@ -24,10 +28,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from dynconv.data.decode import image_suffixes
 from dynconv.errors import DynconvError, one_line
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 CLASSES_FILE = "classes.txt"
 
 
@@ -54,6 +58,7 @@ class DatasetSource:
     num_classes: int
     class_names: list[str] | None
     list_digests: dict[str, str] = field(default_factory=dict)  # split -> sha256 of its list/listing
+    not_images: dict[str, int] = field(default_factory=dict)  # folder layout: kind -> entries not taken
 
     def path(self, entry: Entry) -> Path:
         """The file of an entry."""
@@ -210,25 +215,70 @@ def _load_folder(root: Path, num_classes: int | None) -> DatasetSource:
     if num_classes is not None and len(names) != num_classes:
         raise DataError(f"{root / 'train'}: has {len(names)} class folders but {num_classes} were expected")
     index = {name: k for k, name in enumerate(names)}
+    suffixes = image_suffixes()
     splits: dict[str, list[Entry]] = {}
     digests: dict[str, str] = {}
+    not_images: Counter[str] = Counter()
     for split in SPLITS:
         entries: list[Entry] = []
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            if class_dir.name.startswith("."):
+        split_not_images: Counter[str] = Counter()
+        for top in _scan(root / split):
+            if not top.is_dir() or top.name.startswith("."):
+                split_not_images[_kind(top)] += 1
                 continue
-            if class_dir.name not in index:
-                raise DataError(f"{class_dir}: class {class_dir.name!r} has no folder in train/")
-            for name in sorted(os.listdir(class_dir)):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                    rel = f"{split}/{class_dir.name}/{name}"
-                    entries.append(Entry(rel, index[class_dir.name], str(root / rel)))
+            if top.name not in index:
+                raise DataError(f"{top.path}: class {top.name!r} has no folder in train/")
+            for item in _scan(Path(top.path)):
+                if (
+                    item.name.startswith(".")
+                    or item.is_dir()
+                    or Path(item.name).suffix.lower() not in suffixes
+                ):
+                    split_not_images[_kind(item)] += 1
+                    continue
+                rel = f"{split}/{top.name}/{item.name}"
+                entries.append(Entry(rel, index[top.name], str(root / rel)))
         if not entries:
-            raise DataError(f"{root / split}: the {split} split is empty (no .jpg/.jpeg/.png images)")
+            found = f"; {_not_images_text(split_not_images)}" if split_not_images else ""
+            raise DataError(f"{root / split}: the {split} split is empty (no image files{found})")
         listing = "\n".join(f"{e.rel} {e.label}" for e in entries).encode()
         digests[split] = hashlib.sha256(listing).hexdigest()
         splits[split] = entries
-    return DatasetSource(root, "folder", splits, len(names), names, digests)
+        not_images.update(split_not_images)
+    return DatasetSource(root, "folder", splits, len(names), names, digests, dict(not_images))
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder`` sorted by name (``os.scandir``: the type of each comes without a stat)."""
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """How an entry not taken is counted: ``folder``, ``hidden`` (a dot file), its extension (lower
+    case) or ``no extension``."""
+    if entry.is_dir():
+        return "folder"
+    if entry.name.startswith("."):
+        return "hidden"
+    return Path(entry.name).suffix.lower() or "no extension"
+
+
+def _not_images_text(counts: Counter[str] | dict[str, int]) -> str:
+    total = sum(counts.values())
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"skipped {total} {'file' if total == 1 else 'files'} that are not images: {kinds}"
+
+
+def not_images_line(source: DatasetSource) -> str | None:
+    """One line counting, by kind, what the folder layout did not take; None when it took everything.
+
+    E.g. ``ROOT: skipped 4 files that are not images: 2 .txt, 1 .json, 1 folder`` (kinds: an extension,
+    ``hidden``, ``folder``, ``no extension``; most frequent first).
+    """
+    if not source.not_images:
+        return None
+    return f"{source.root}: {_not_images_text(source.not_images)}"
 
 
 def _check_inside_root(source: DatasetSource) -> None:

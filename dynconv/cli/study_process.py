@@ -36,13 +36,15 @@ def _die_with_parent(parent: int) -> None:
 
 
 def run_study_process(argv: list[str]) -> int:
-    """Run `dynconv <argv> --study-process` in its own session; forward stops as SIGINT; its exit code."""
+    """Run `dynconv <argv> --study-process` in its own session (`run_in_own_session`); its exit code."""
+    return run_in_own_session([sys.executable, "-m", "dynconv", *argv, CHILD_FLAG])
+
+
+def run_in_own_session(command: list[str]) -> int:
+    """Run `command` in a session of its own that dies with this process, turning every stop this
+    process receives into one SIGINT to it; its exit code (128 + N when signal N ended it)."""
     parent = os.getpid()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "dynconv", *argv, CHILD_FLAG],
-        start_new_session=True,
-        preexec_fn=lambda: _die_with_parent(parent),
-    )
+    child = subprocess.Popen(command, start_new_session=True, preexec_fn=lambda: _die_with_parent(parent))
 
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:

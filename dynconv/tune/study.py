@@ -106,8 +106,8 @@ def _build_tuner(
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrent,
-            # A trial that trains in its actor leaves torch, MLflow and the model code imported there for
-            # the next trial; a TorchTrainer trial's actor is only a thin driver.
+            # A trial that trains in its actor leaves torch and the model code imported there for the
+            # next trial; a TorchTrainer trial's actor is only a thin driver.
             reuse_actors=trains_in_trial_actor(spec),
         ),
         run_config=tune.RunConfig(
@@ -126,6 +126,7 @@ def run_study(
     spec: JobSpec, address: str | None = None, resume: bool | str = False, **options: Any
 ) -> StudyResult:
     """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table.
+    A study that ran but has no trial to rank (all failed or diverged) raises a one-line DynconvError.
 
     Holds the study's lock (`dynconv.tune.study_lock`) throughout: a second driver of the same study
     name refuses in one line instead of interleaving its trials with this one's.

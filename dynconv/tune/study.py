@@ -181,10 +181,7 @@ def _run_study(
 
 def _nothing_ranked(result: StudyResult) -> str:
     """The one line of a study that ran but has no trial to rank (all failed, diverged or unscored)."""
-    counts: dict[str, int] = {}
-    for t in result.trials:
-        counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
-    ended = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no trial ran"
+    ended = result.outcomes() or "no trial ran"
     return (
         f"study {result.study!r} has no trial to rank ({ended}); the trials' lines above say why, and "
         f"the study run {result.parent_run_id} is closed FAILED"

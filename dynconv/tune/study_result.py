@@ -64,6 +64,13 @@ class StudyResult:
         """The Pareto set of a multi-objective study in rank order (empty for a single objective)."""
         return [t for t in self.ranked if t.pareto]
 
+    def outcomes(self) -> str:
+        """How the trials ended, counted: "2 finished, 1 stopped" ("" without trials)."""
+        counts: dict[str, int] = {}
+        for t in self.trials:
+            counts[t.status.lower()] = counts.get(t.status.lower(), 0) + 1
+        return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
 
 def apply_ranking(trials: list[TrialSummary], ranking: Ranking) -> None:
     """Set each trial's `rank` (1 = best, by `ranking`; None when it is not ranked) and, in a

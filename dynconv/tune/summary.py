@@ -29,10 +29,7 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
         f"{k} ({p.type} {p.values if p.type == 'choice' else f'{p.low:g}..{p.high:g}'})"
         for k, p in spec.search.space.items()
     )
-    outcomes: dict[str, int] = {}
-    for t in result.trials:
-        outcomes[t.status.lower()] = outcomes.get(t.status.lower(), 0) + 1
-    ended = ", ".join(f"{n} {s}" for s, n in sorted(outcomes.items()))
+    ended = result.outcomes()
     sched = "ASHA early stopping" if spec.scheduler.name == "asha" else "no early stopping"
     lines = [
         f"**Study `{spec.study}`**: {spec.search.algorithm.upper()} search over {space} for "

@@ -167,6 +167,65 @@ def ratio_ci(
     return float(ratio), float(low), float(high)
 
 
+class MeanInterval(NamedTuple):
+    """The mean of a few independent repeats (seeds) with its two-sided Student-t interval."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def mean_interval(values, level: float = 0.95, bounds: tuple[float, float] | None = None) -> MeanInterval:
+    """Mean and Student-t interval of independent repeats (non-finite values left out), clipped to
+    `bounds` when the quantity has them (an accuracy's [0, 1]). One value: its interval is unknown (NaN
+    bounds), never a zero-width one; none: everything NaN."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return MeanInterval(0, math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if len(v) == 1:
+        return MeanInterval(1, mean, math.nan, math.nan)
+    half = float(_sp.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return MeanInterval(len(v), mean, low, high)
+
+
+class Welch(NamedTuple):
+    """Welch's two-sample t-test of A against B (unequal variances), with Hedges' g as the effect size
+    (the mean difference in pooled standard deviations, corrected for small samples)."""
+
+    t: float
+    df: float
+    p_value: float
+    hedges_g: float
+
+
+def welch(a, b) -> Welch:
+    """Welch's t-test and Hedges' g of two groups of independent repeats (each seed's result). Fewer
+    than two finite values in a group, or no spread in either: no test (NaN p-value); equal means give
+    p = 1."""
+    x = np.asarray([v for v in a if math.isfinite(v)], dtype=np.float64)
+    y = np.asarray([v for v in b if math.isfinite(v)], dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
+        return Welch(math.nan, math.nan, math.nan, math.nan)
+    vx, vy = x.var(ddof=1), y.var(ddof=1)
+    diff = float(x.mean() - y.mean())
+    if vx + vy == 0:
+        return Welch(math.nan, math.nan, 1.0 if diff == 0 else math.nan, math.nan)
+    res = _sp.ttest_ind(x, y, equal_var=False)
+    pooled = math.sqrt(((len(x) - 1) * vx + (len(y) - 1) * vy) / (len(x) + len(y) - 2))
+    correction = 1 - 3 / (4 * (len(x) + len(y)) - 9)
+    g = diff / pooled * correction if pooled > 0 else math.nan
+    return Welch(float(res.statistic), float(res.df), float(res.pvalue), float(g))
+
+
 # ------------------------------------------------------------------------------ paired tests
 
 

@@ -157,3 +157,51 @@ def test_verdicts() -> None:
     assert stats.threshold_verdict(0.70, 0.89, 0.9) == "not met"
     assert stats.threshold_verdict(0.80, 0.95, 0.9) == "inconclusive"
     assert stats.threshold_verdict(math.nan, 1.0, 0.9) == "inconclusive"
+
+
+# ------------------------------------------------------------ repeats over seeds (issue 21)
+
+
+def test_mean_interval_is_the_student_t_interval() -> None:
+    from scipy import stats as sp
+
+    from dynconv.stats import mean_interval
+
+    values = [0.61, 0.58, 0.66, 0.63]
+    low, high = sp.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sp.sem(values))
+    got = mean_interval(values)
+    assert (got.n, got.mean, got.low, got.high) == pytest.approx((4, np.mean(values), low, high))
+    assert mean_interval([0.5, float("nan"), 0.7]).n == 2, "non-finite repeats are left out"
+    one = mean_interval([0.5])
+    assert one.mean == 0.5 and np.isnan(one.low) and np.isnan(one.high), "one seed has no interval"
+    clipped = mean_interval([0.02, 0.0, 0.3], bounds=(0.0, 1.0))
+    assert clipped.low == 0.0 and clipped.high < 1.0
+
+
+def test_t_interval_covers_the_true_mean_at_its_nominal_rate() -> None:
+    from dynconv.stats import mean_interval
+
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(2000):
+        ci = mean_interval(rng.normal(0.7, 0.03, size=3))
+        hits += ci.low <= 0.7 <= ci.high
+    assert 0.93 <= hits / 2000 <= 0.97
+
+
+def test_welch_matches_scipy_and_hedges_g_its_definition() -> None:
+    from scipy import stats as sp
+
+    from dynconv.stats import welch
+
+    a, b = [0.71, 0.74, 0.69, 0.73], [0.66, 0.70, 0.64]
+    got = welch(a, b)
+    ref = sp.ttest_ind(a, b, equal_var=False)
+    assert (got.t, got.p_value, got.df) == pytest.approx((ref.statistic, ref.pvalue, ref.df))
+    pooled = np.sqrt(
+        ((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (len(a) + len(b) - 2)
+    )
+    d = (np.mean(a) - np.mean(b)) / pooled
+    assert got.hedges_g == pytest.approx(d * (1 - 3 / (4 * (len(a) + len(b)) - 9)))
+    assert np.isnan(welch([0.5], [0.4, 0.6]).p_value), "one seed: no test"
+    assert welch([0.5, 0.5], [0.5, 0.5]).p_value == 1.0, "identical, spread-free groups: no difference"

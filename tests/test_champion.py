@@ -1,0 +1,82 @@
+"""The champion's rule (dynconv.tune.champion): best mean, Welch's t-test against the runner-up, the tie
+rule when the lead is noise; each case built so that a wrong rule picks another configuration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dynconv.errors import DynconvError
+from dynconv.tune.champion import Configuration, SeedRun, decide
+
+
+def config(rank: int, values: list[float], flops: float = 1e6, worst: float = 0.5) -> Configuration:
+    runs = [
+        SeedRun(f"run{rank}{i}", i + 1, v, {"RGB": 0.8, "R": worst, "GB": worst + 0.1})
+        for i, v in enumerate(values)
+    ]
+    return Configuration(f"trial{rank}", f"t{rank}", rank, {"lr": 0.01 * rank}, flops, runs)
+
+
+def test_a_significant_lead_is_the_champion() -> None:
+    a, b = config(1, [0.80, 0.82, 0.81]), config(2, [0.60, 0.62, 0.61])
+    v = decide([b, a], "val_acc", "max")
+    assert v.champion is a and v.significant and v.alias == "champion"
+    assert v.test.p_value < 0.05 and v.test.hedges_g > 0
+    assert "significant at alpha=0.05; registered @champion" in v.lines()[-1]
+
+
+def test_min_mode_takes_the_lowest_mean() -> None:
+    low, high = config(2, [0.30, 0.31, 0.29]), config(1, [0.50, 0.52, 0.51])
+    v = decide([high, low], "val_loss", "min")
+    assert v.champion is low and v.significant
+    assert v.oriented_score() == pytest.approx(-0.30), "higher is better for the registry"
+    assert "Hedges' g=+" in v.lines()[-1], (
+        "the effect size is signed so that positive means the best is better"
+    )
+
+
+def test_noise_goes_to_the_tie_rule_better_worst_subset_first_when_flops_are_equal() -> None:
+    best_mean = config(1, [0.80, 0.70, 0.75], worst=0.30)
+    robust = config(2, [0.74, 0.76, 0.72], worst=0.40)
+    v = decide([best_mean, robust], "val_acc", "max")
+    assert not v.significant and v.alias == "candidate"
+    assert v.best_mean is best_mean and v.champion is robust
+    assert v.rule == "better mean worst-subset test accuracy"
+    assert any("NOT significant" in line for line in v.lines())
+
+
+def test_fewer_flops_decide_before_accuracy() -> None:
+    big = config(1, [0.80, 0.70, 0.75], flops=2e6, worst=0.45)
+    small = config(2, [0.74, 0.76, 0.72], flops=1e6, worst=0.30)
+    v = decide([big, small], "val_acc", "max")
+    assert v.champion is small and v.rule == "fewer FLOPs"
+
+
+def test_a_significantly_worse_configuration_is_not_tied() -> None:
+    a = config(1, [0.80, 0.70, 0.75], worst=0.30)
+    b = config(2, [0.74, 0.76, 0.72], worst=0.31)
+    c = config(3, [0.20, 0.21, 0.19], worst=0.90)  # the best worst-subset, but clearly worse
+    v = decide([a, b, c], "val_acc", "max")
+    assert set(v.tied) == {"trial1", "trial2"} and v.champion is b
+
+
+def test_failed_seeds_count_without_a_value_and_nothing_scored_is_one_line() -> None:
+    a = config(1, [0.8, float("nan"), 0.82])
+    assert a.score().n == 2
+    with pytest.raises(DynconvError, match="no confirmation run reported a finite val_acc"):
+        decide([config(1, [math.nan, math.nan])], "val_acc", "max")
+
+
+def test_representative_seed_is_the_one_closest_to_the_mean() -> None:
+    c = config(1, [0.70, 0.74, 0.90])
+    assert c.representative().run_id == "run11"  # mean 0.78: 0.74 is closest
+
+
+def test_the_verdict_round_trips_to_json() -> None:
+    import json
+
+    v = decide([config(1, [0.8, 0.82]), config(2, [0.6, 0.61])], "val_acc", "max")
+    data = json.loads(json.dumps(v.to_json()))
+    assert data["champion"] == "trial1" and data["alias"] == v.alias and data["lines"] == v.lines()

@@ -374,3 +374,95 @@ def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_wo
     (results,) = Path(result.tune_path).glob("*/result.json")
     pids = [json.loads(line)["pid"] for line in results.read_text().splitlines()]
     assert killed in pids and pids[-1] != killed, "the killed trial actor was replaced and finished the trial"
+
+
+# ------------------------------------------------- confirmation over seeds (issue 21), same Ray instance
+
+
+@pytest.fixture(scope="module")
+def confirmed_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """2 trials of 1 epoch trained in their actors, then both configurations confirmed with 2 new seeds."""
+    from dynconv.tune.study import run_study
+
+    tmp = tmp_path_factory.mktemp("confirmed")
+    data = tiny_spec_dict(
+        tmp,
+        tiny_dataset,
+        train={"epochs": 1, "schedule": {"name": "constant", "warmup_epochs": 0}},
+        scheduler={"name": "none"},
+        resources={"workers_per_trial": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.1},
+        evaluate={"enabled": False, "subsets": ["RGB", "R", "GB"]},
+        confirm={"enabled": True, "top_k": 2, "seeds": 2},
+    )
+    spec = parse_spec(data)
+    return spec, run_study(spec)
+
+
+def _confirmation_runs(result) -> list:
+    return _children(result, "confirmation")
+
+
+def test_confirmation_retrains_the_top_configurations_with_new_seeds(confirmed_study) -> None:
+    spec, result = confirmed_study
+    runs = _confirmation_runs(result)
+    top = {t.run_id for t in result.ranked[:2]}
+    assert len(runs) == 4
+    assert {r.data.tags["dynconv.confirms"] for r in runs} == top
+    for source in top:
+        mine = [r for r in runs if r.data.tags["dynconv.confirms"] == source]
+        assert sorted(int(r.data.params["train.seed"]) for r in mine) == [1, 2], "new seeds, not the search's 0"
+        lrs = {r.data.params["lr"] for r in mine}
+        assert len(lrs) == 1 and float(lrs.pop()) == pytest.approx(
+            next(t.params["lr"] for t in result.trials if t.run_id == source)
+        )
+    for r in runs:
+        assert (r.info.status, r.data.tags["dynconv.outcome"]) == ("FINISHED", "finished")
+        assert {"test_acc_RGB", "test_acc_R", "test_acc_GB", "val_acc", "flops"} <= set(r.data.metrics)
+
+
+def test_the_verdict_is_computed_from_the_seeds_and_recorded_on_the_study_run(confirmed_study) -> None:
+    from scipy import stats as sp
+
+    from dynconv.tracking.artifacts import download_yaml
+
+    spec, result = confirmed_study
+    verdict = result.confirmation.verdict
+    runs = _confirmation_runs(result)
+    by_source: dict[str, list[float]] = {}
+    for r in runs:
+        by_source.setdefault(r.data.tags["dynconv.confirms"], []).append(r.data.metrics["val_acc"])
+    means = {k: sum(v) / len(v) for k, v in by_source.items()}
+    best = max(means, key=means.get)
+    assert verdict.best_mean.source_run_id == best
+    values = by_source[best]
+    half = sp.t.ppf(0.975, len(values) - 1) * sp.tstd(values) / len(values) ** 0.5
+    score = verdict.best_mean.score()
+    assert (score.mean, score.high - score.mean) == pytest.approx((means[best], half))
+    other = next(v for k, v in by_source.items() if k != best)
+    expected_p = sp.ttest_ind(values, other, equal_var=False).pvalue
+    if verdict.test is not None and verdict.test.p_value == verdict.test.p_value:  # not NaN
+        assert verdict.test.p_value == pytest.approx(expected_p)
+    assert verdict.significant == (verdict.test.p_value < 0.05)
+
+    c = client(result.tracking_uri)
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.tags["dynconv.verdict"].startswith(("champion:", "best mean:"))
+    assert parent.data.metrics["confirmed_val_acc"] == pytest.approx(verdict.champion.score().mean)
+    assert "Confirmation over seeds" in parent.data.tags["mlflow.note.content"]
+    recorded = download_yaml(result.tracking_uri, result.parent_run_id, "confirmation.json")
+    assert recorded["champion"] == verdict.champion.source_run_id
+    assert recorded["alias"] == ("champion" if verdict.significant else "candidate")
+    assert {c["source_run_id"] for c in recorded["configurations"]} == set(by_source)
+    assert parent.data.tags["dynconv.champion_run_id"] in {r.info.run_id for r in runs}
+
+
+def test_confirm_again_trains_no_seed_twice(confirmed_study, capsys) -> None:
+    """`dynconv confirm` with the same top-k and seeds continues (here: re-reads) the same confirmation."""
+    from dynconv.cli import main
+
+    spec, result = confirmed_study
+    before = {r.info.run_id for r in _confirmation_runs(result)}
+    code = main(["confirm", "tiny", "--top-k", "2", "--seeds", "2", "--tracking-uri", result.tracking_uri])
+    assert code == 0, capsys.readouterr().err
+    assert {r.info.run_id for r in _confirmation_runs(result)} == before
+    assert "Verdict" in capsys.readouterr().out

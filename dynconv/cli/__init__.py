@@ -102,6 +102,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from dynconv.tracking.store import readable_store
+    from dynconv.tune.study import confirm_study
+
+    uri = readable_store(args.tracking_uri)
+    outcome = confirm_study(
+        args.study, args.top_k, args.seeds, address=args.address, tracking_uri=uri, verbose=args.verbose
+    )
+    return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dynconv.cli.ui import serve_ui
 
@@ -282,6 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(CHILD_FLAG, dest="study_process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser(
+        "confirm", help="retrain a finished study's top configurations with new seeds; decide and register"
+    )
+    p.add_argument("study", type=arg.non_empty, help="study name or study (parent) run id")
+    p.add_argument(
+        "--top-k", type=arg.int_range(1, 100), default=None, help="default: the spec's confirm.top_k"
+    )
+    p.add_argument(
+        "--seeds", type=arg.int_range(2, 100), default=None, help="default: the spec's confirm.seeds"
+    )
+    p.add_argument(
+        "--address", type=arg.non_empty, default=None, help="Ray address ('auto': a running cluster)"
+    )
+    p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
+    p.set_defaults(func=_cmd_confirm)
     _add_tracking_parsers(sub)
     return parser
 

@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec.checks import SAFE_NAME_PATTERN, check_metrics, short_repr, shorten
 from dynconv.spec.sections import (
+    ConfirmSpec,
     DataSpec,
     EvaluateSpec,
     FailureSpec,
@@ -58,6 +59,7 @@ class JobSpec(StrictModel):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
     storage_path: str = "ray_results"
 
     @field_validator("study")

@@ -398,6 +398,17 @@ class EvaluateSpec(StrictModel):
         return subsets
 
 
+class ConfirmSpec(StrictModel):
+    """Confirmation over seeds after the search: the `top_k` best configurations by the study's ranking
+    are trained again with `seeds` new seeds each, and the champion is decided on their means (see
+    `dynconv.tune.champion`). Off by default: it multiplies the study's cost by top_k x seeds runs."""
+
+    enabled: bool = False
+    top_k: int = Field(3, ge=1, le=100, description="configurations confirmed; at least 2 to compare")
+    seeds: int = Field(3, ge=2, le=100, description="new seeds per configuration; at least 2 for an interval")
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the champion's verdict")
+
+
 def safe_name(name: str, pattern: str, allowed: str, max_len: int) -> str:
     """Names that become directories (Tune storage, MLflow artifact root) must not escape them."""
     if not re.fullmatch(pattern, name):

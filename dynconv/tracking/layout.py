@@ -24,7 +24,7 @@ from typing import Any
 from dynconv.tracking import retry as tracking_retry
 from dynconv.tracking.store import artifact_root, client, store_errors
 
-TAG_ROLE = "dynconv.role"  # study | trial | evaluation | rerun
+TAG_ROLE = "dynconv.role"  # study | trial | confirmation | evaluation | rerun
 TAG_STUDY = "dynconv.study"
 TAG_TRIAL_ID = "dynconv.trial_id"
 TAG_TUNE_PATH = "dynconv.tune_path"
@@ -42,6 +42,11 @@ TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # study: their MLflow run ids, in
 # trial: finished | stopped_early | failed | diverged | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
+TAG_CONFIRMS = "dynconv.confirms"  # confirmation -> the trial run whose configuration it retrains
+TAG_CHAMPION_RUN = "dynconv.champion_run_id"  # study -> the confirmation run registered as its model
+TAG_VERDICT = "dynconv.verdict"  # study: the confirmation's verdict, one line
+TAG_REPRODUCED = "dynconv.reproduced"  # rerun: reproduced, or outside the confirmed interval by how much
+CONFIRMATION_ARTIFACT = "confirmation.json"  # study: configurations x seeds, intervals, the verdict
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 SPEC_ARTIFACT = "spec.yaml"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -171,6 +176,11 @@ def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
 
 def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
     client(tracking_uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def log_dict(tracking_uri: str, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+    """A JSON (or YAML, by extension) artifact written from `data`."""
+    tracking_retry.call(client(tracking_uri).log_dict, run_id, data, artifact_file)
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:

@@ -1,4 +1,5 @@
-"""What `dynconv tune` prints: a short plan, one line per trial event, the tables; Ray's logs stay on disk.
+"""What `dynconv tune` prints and how it stops: a short plan, one line per trial event, the tables; Ray's
+logs stay on disk; SIGTERM stops a fit the way Ctrl-C does.
 
 By default the study driver keeps Ray, Tune, Optuna and MLflow quiet: worker output is not forwarded
 (`log_to_driver=False`; every worker's stdout/stderr stays under the Ray session's `logs/` folder, whose
@@ -8,7 +9,11 @@ callback prints the trial events instead. `--verbose` restores Ray/Tune's own re
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +91,16 @@ def format_plan(spec: JobSpec, data: Any, resources: str, cluster: dict[str, flo
             f"  Ray logs  {where['logs']}  (Tune state: {where['tune_path']}; --verbose shows them here)",
         ]
     )
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """Let SIGTERM (a scheduler or `kill`) stop the study the way Ctrl-C does: Tune saves its state first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

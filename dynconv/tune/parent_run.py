@@ -92,11 +92,7 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
 
 def resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool | str) -> Any:
     """The one study run `--resume` [RUN_ID] means, or a one-line error (none, or several by that name)."""
-    runs = (
-        []
-        if experiment_id is None
-        else find_runs(uri, experiment_id, role="study", study=spec.study)
-    )
+    runs = [] if experiment_id is None else find_runs(uri, experiment_id, role="study", study=spec.study)
     if isinstance(resume, str):
         runs = [r for r in runs if r.info.run_id == resume]
     if not runs:

@@ -68,6 +68,7 @@ def pareto_front(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
 UNRANKED_STATUSES = ("FAILED", "DIVERGED")
 """A failed trial has no result; a diverged one has garbage weights, whatever its accuracy says."""
 
+
 class RankedTrial(Protocol):
     """What the ranking reads of a trial."""
 

@@ -37,6 +37,7 @@ from dynconv.spec import JobSpec
 from dynconv.spec.metrics import diverged
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import (
+    TAG_CONFIRMS,
     TAG_EPOCHS_DONE,
     TAG_OUTCOME,
     TAG_PARENT,
@@ -54,6 +55,7 @@ from dynconv.tracking.layout import (
 from dynconv.tracking.store import client
 from dynconv.tracking.writer import QueuedWriter
 from dynconv.train.ray_session import CHECKPOINT_FILE, read_state
+from dynconv.tune.trial import CONFIRMS, train_params
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +87,16 @@ class TrialRecorder(Callback):
     """The only writer of a study's trial runs (see the module doc)."""
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, spec: JobSpec, num_classes: int
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        spec: JobSpec,
+        num_classes: int,
+        role: str = "trial",
     ) -> None:
         self.uri = tracking_uri
+        self.role = role  # "trial" for the search, "confirmation" for the runs retraining its best
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.spec_json = spec.to_json_dict()
@@ -165,18 +174,22 @@ class TrialRecorder(Callback):
 
     def _create_run(self, trial: Any) -> None:
         """The trial's child run, with its params and the model's FLOPs and parameter count."""
-        spec = JobSpec.model_validate(self.spec_json).with_params(trial.config)
+        params = train_params(trial.config)
+        spec = JobSpec.model_validate(self.spec_json).with_params(params)
+        tags = {TAG_STUDY: spec.study}
+        if CONFIRMS in trial.config:
+            tags[TAG_CONFIRMS] = trial.config[CONFIRMS]
         run_id, _ = ensure_child_run(
             self.uri,
             self.experiment_id,
             self.parent_run_id,
-            role="trial",
+            role=self.role,
             key=trial.trial_id,
             run_name=str(trial),
-            tags={TAG_STUDY: spec.study},
+            tags=tags,
         )
         self._runs[trial.trial_id] = run_id
-        log_params(self.uri, run_id, run_params(spec, dict(trial.config)))
+        log_params(self.uri, run_id, run_params(spec, params))
         log_metrics(self.uri, run_id, self._model_facts(spec))
 
     def _model_facts(self, spec: JobSpec) -> dict[str, float]:
@@ -240,7 +253,7 @@ class TrialRecorder(Callback):
     def _reconcile(self, trials: list) -> None:
         """Match MLflow's trial runs of this study with the trials Tune restored (see the module doc)."""
         known = {t.trial_id: t for t in trials}
-        for run in find_runs(self.uri, self.experiment_id, role="trial"):
+        for run in find_runs(self.uri, self.experiment_id, role=self.role):
             if run.data.tags.get(TAG_PARENT) != self.parent_run_id:
                 continue
             tid, run_id = run.data.tags.get(TAG_TRIAL_ID, ""), run.info.run_id
@@ -271,4 +284,3 @@ def _end(uri: str, run_id: str, status: str, tags: dict[str, Any]) -> None:
 
 def _say_waiting(n: int, waited_s: float) -> None:
     print(f"waiting for MLflow to take {n} queued writes ({waited_s:.0f} s so far)", file=sys.stderr)
-

@@ -7,6 +7,7 @@ from typing import Any
 from dynconv.spec import JobSpec
 from dynconv.spec.metrics import diverged
 from dynconv.spec.sections import ParamSpec
+from dynconv.tune.trial import tune_max_failures
 
 
 def tune_domain(param: ParamSpec) -> Any:
@@ -112,3 +113,19 @@ def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float], gpu_resource
     ) in demand.items():  # a small tolerance: Ray keeps resources in 1e-4 units, 3 x (1/3) fit in 1
         fits = min(fits, int(cluster.get(name, 0) / need + 1e-6))
     return max(1, min(fits, spec.search.num_samples))
+
+
+def run_config(spec: JobSpec, name: str, callbacks: list, verbose: bool = False):
+    """Tune's `RunConfig` of a study phase (the search, the confirmation): its storage, failure and
+    checkpoint settings, the callbacks that record and print it, the divergence stopper."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=spec.storage_uri(),
+        failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
+        callbacks=callbacks,
+        stop=stop_diverged,
+        verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
+    )

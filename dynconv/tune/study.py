@@ -8,14 +8,11 @@ MLflow: the parent run (`dynconv.tune.parent_run`) and, from Tune's events, ever
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dynconv.environment import set_library_environment
@@ -33,7 +30,13 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tracking.store import check_storage_path, check_writable_store, client, masked
 from dynconv.tune.capacity import check_resources_fit, cluster_capacity
-from dynconv.tune.console import format_plan, quiet_libraries, ray_init_kwargs, ray_logs_dir
+from dynconv.tune.console import (
+    format_plan,
+    quiet_libraries,
+    ray_init_kwargs,
+    ray_logs_dir,
+    sigterm_as_sigint,
+)
 from dynconv.tune.parent_run import open_parent_run, record_best_trial, recorded_spec, resume_run
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
@@ -42,12 +45,12 @@ from dynconv.tune.search import (
     build_searcher,
     max_concurrent_trials,
     param_space,
-    stop_diverged,
+    run_config,
     tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.study_result import StudyResult, format_summary
-from dynconv.tune.trial import run_trial, tune_max_failures
+from dynconv.tune.trial import run_trial
 from dynconv.tune.trial_summaries import summarise_trials
 
 __all__ = ["run_study"]
@@ -110,15 +113,7 @@ def _build_tuner(
             # next trial; a TorchTrainer trial's actor is only a thin driver.
             reuse_actors=trains_in_trial_actor(spec),
         ),
-        run_config=tune.RunConfig(
-            name=run_name,
-            storage_path=spec.storage_uri(),
-            failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
-            callbacks=callbacks,
-            stop=stop_diverged,
-            verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
-        ),
+        run_config=run_config(spec, run_name, callbacks, verbose),
     )
 
 
@@ -173,10 +168,67 @@ def _run_study(
     if result.interrupted:
         _close_interrupted(result)
         return result
-    _finish_study(run, result, evaluate)
+    _finish_study(run, result, evaluate, lambda: _confirm(run, context, concurrent, verbose))
+    if result.interrupted:
+        return result
     if result.best is None:
         raise DynconvError(_nothing_ranked(result))
     return result
+
+
+def confirm_study(
+    study: str,
+    top_k: int | None = None,
+    seeds: int | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    verbose: bool = False,
+    gpu_resource: str = "GPU",
+) -> Any:
+    """`dynconv confirm STUDY`: the confirmation phase for a study that ran without one (or with other
+    `top_k`/`seeds`), on its recorded spec; returns the `ConfirmOutcome`. Run again after an interruption,
+    it continues the same confirmation (its Tune experiment is named for `top_k` and `seeds`)."""
+    from dynconv.spec import parse_spec, resolve_tracking_uri
+    from dynconv.tracking.artifacts import load_study_spec
+    from dynconv.tracking.find import find_study_run
+    from dynconv.tracking.layout import TAG_TUNE_PATH
+    from dynconv.tune.summary import append_confirmation_note
+
+    set_library_environment(verbose)
+    uri = resolve_tracking_uri(tracking_uri)
+    parent = find_study_run(uri, study)
+    if parent.info.status == "RUNNING":
+        raise DynconvError(
+            f"study {study!r} (run {parent.info.run_id}) is still running: confirm it once it ends"
+        )
+    data = load_study_spec(uri, parent).to_json_dict()
+    data["mlflow"]["tracking_uri"] = uri  # the recorded spec holds it masked
+    confirm = data["confirm"]
+    confirm.update(enabled=True, top_k=top_k or confirm["top_k"], seeds=seeds or confirm["seeds"])
+    spec = parse_spec(data, source=f"study run {parent.info.run_id}")
+    quiet_libraries(verbose)
+    with study_lock(spec.storage_uri(), spec.study):
+        tune_path = parent.data.tags.get(TAG_TUNE_PATH) or str(Path(spec.storage_uri()) / spec.study)
+        run = _StudyRun(
+            spec,
+            uri,
+            spec.storage_uri(),
+            prepare_for_spec(spec),
+            parent.info.experiment_id,
+            parent.info.run_id,
+            Path(tune_path).name,
+            tune_path,
+            {},
+        )
+        concurrent = _start_ray(run, address, verbose, gpu_resource)
+        outcome = _confirm(run, _study_context(run, "PACK", -1, gpu_resource), concurrent, verbose)
+    if outcome.interrupted:
+        again = f"dynconv confirm {study} --top-k {spec.confirm.top_k} --seeds {spec.confirm.seeds}"
+        print(f"\nConfirmation interrupted. Continue it with: {again}", file=sys.stderr)
+    else:
+        append_confirmation_note(uri, parent.info.run_id, outcome)
+    return outcome
 
 
 def _nothing_ranked(result: StudyResult) -> str:
@@ -276,7 +328,7 @@ def _build_or_restore_tuner(
 def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:
     """Run the trials (timed as `tune_seconds`); SIGTERM stops them the way Ctrl-C does. Returns the grid."""
     t0 = time.perf_counter()
-    with _sigterm_as_sigint():
+    with sigterm_as_sigint():
         grid = tuner.fit()
     timings["tune_seconds"] = time.perf_counter() - t0
     return grid
@@ -312,10 +364,11 @@ def _close_interrupted(result: StudyResult) -> None:
     )
 
 
-def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) -> None:
+def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None, confirm: Any) -> None:
     """A study that ran to its end: record the best trial by the study's ranking (and the Pareto set),
-    evaluate when asked, describe the study on its parent run, log the timings, close the run (FAILED
-    when no trial scored) and say where to browse it."""
+    evaluate when asked, `confirm()` its best over seeds when the spec asks, describe the study on its
+    parent run, log the timings, close the run (FAILED when no trial scored) and say where to browse it.
+    An interrupted confirmation closes the run KILLED instead (`--resume` continues it)."""
     spec, uri, parent = run.spec, run.uri, run.parent
     best = result.best
     if best is not None:
@@ -329,6 +382,12 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) ->
 
         evaluations = evaluate_study(spec, result)
         run.timings["evaluate_seconds"] = time.perf_counter() - t0
+    if spec.confirm.enabled and best is not None:
+        result.confirmation = confirm()
+        if result.confirmation.interrupted:
+            result.interrupted = True
+            _close_interrupted(result)
+            return
     from dynconv.tune.summary import describe_study_run
 
     describe_study_run(spec, result, evaluations)
@@ -338,6 +397,31 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None) ->
         f"\nBrowse it with: dynconv ui --tracking-uri {masked(uri)}   (then open "
         f"{runs_page_url('http://127.0.0.1:5000', run.experiment_id)}; study run {parent})"
     )
+
+
+def _confirm(run: _StudyRun, context: dict[str, Any], concurrent: int, verbose: bool):
+    """The confirmation phase of this study (`dynconv.tune.confirm`), on the same Ray and resources."""
+    from dynconv.evaluation.study import list_ranked_trials
+    from dynconv.tracking.find import get_run
+    from dynconv.tune.confirm import ConfirmPhase, chosen_trials, run_confirmation
+    from dynconv.tune.ranking import Ranking
+
+    spec = run.spec
+    parent = get_run(run.uri, run.parent)
+    trials = list_ranked_trials(run.uri, parent, Ranking.for_spec(spec))
+    phase = ConfirmPhase(
+        spec,
+        run.uri,
+        run.experiment_id,
+        run.parent,
+        run.run_name,
+        run.data,
+        context,
+        concurrent,
+        verbose,
+        run.timings,
+    )
+    return run_confirmation(phase, chosen_trials(spec, trials))
 
 
 def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
@@ -354,16 +438,3 @@ def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
     )
     names = " and ".join(f"{m} ({mode})" for m, mode in (spec.search.objectives or {}).items())
     print(f"\nPareto set on {names}, FIFO scheduler: {', '.join(t.trial_id for t in front) or 'empty'}")
-
-
-@contextlib.contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
-    """Let SIGTERM (a scheduler or `kill`) stop the study the way Ctrl-C does: Tune saves its state first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -47,6 +47,7 @@ class StudyResult:
     interrupted: bool
     trials: list[TrialSummary] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    confirmation: Any = None  # dynconv.tune.confirm.ConfirmOutcome, when the study confirmed its best
 
     @property
     def ranked(self) -> list[TrialSummary]:

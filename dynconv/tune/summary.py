@@ -58,12 +58,28 @@ def study_note(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -
             "|---|---:|",
         ]
         lines += [f"| {r.subset} | {100 * r.accuracy:.2f} |" for r in ev.results]
+    lines += confirmation_note(getattr(result, "confirmation", None))
     lines += [
         "",
         "Plots: `study/learning_curves.png`, `study/param_importances.png` (from "
         f"{MIN_TRIALS_FOR_IMPORTANCE} scored trials on, stopped ones with their partial value).",
     ]
     return "\n".join(lines)
+
+
+def confirmation_note(outcome: Any) -> list[str]:
+    """The description's lines on a confirmation over seeds: its verdict and what the registry did."""
+    if outcome is None or outcome.verdict is None:
+        return []
+    lines = ["", "**Confirmation over seeds** (`confirmation.json`; the search's own trials left out):", ""]
+    lines += [f"- {line}" for line in outcome.verdict.lines()]
+    return lines + ([f"- {outcome.registry}"] if outcome.registry else [])
+
+
+def append_confirmation_note(uri: str, run_id: str, outcome: Any) -> None:
+    """Add a later confirmation's lines to a study run's description (`dynconv confirm`)."""
+    note = client(uri).get_run(run_id).data.tags.get(NOTE_TAG, "")
+    set_tags(uri, run_id, {NOTE_TAG: note + "\n" + "\n".join(confirmation_note(outcome))})
 
 
 def trial_curves(uri: str, result: Any, metric: str) -> dict[str, list[tuple[int, float]]]:

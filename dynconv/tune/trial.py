@@ -24,7 +24,16 @@ from typing import Any
 from dynconv.spec import JobSpec
 from dynconv.tune.resources import GPU, trains_in_trial_actor, uses_cuda, worker_resources
 
-__all__ = ["run_trial", "tune_max_failures"]
+__all__ = ["CONFIRMS", "run_trial", "train_params", "tune_max_failures"]
+
+CONFIRMS = "confirms"
+"""The config key of a confirmation trial naming the trial run it retrains with another seed
+(`dynconv.tune.confirm`); every other key of a trial's config is a `train.*` field."""
+
+
+def train_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The `train.*` values of a trial's config (a confirmation trial's CONFIRMS key left out)."""
+    return {k: v for k, v in config.items() if k != CONFIRMS}
 
 
 def train_run_name(study_run_name: str, trial_id: str) -> str:
@@ -56,7 +65,7 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
     from dynconv.train.ray_session import quiet_ray_train_logs
 
     quiet_ray_train_logs()
-    spec = JobSpec.model_validate(spec_json).with_params(params)
+    spec = JobSpec.model_validate(spec_json).with_params(train_params(params))
     storage, trial_id = spec.storage_uri(), ray.tune.get_context().get_trial_id()
     local = "://" not in storage  # local or mounted shared storage: the trial's checkpoints readable
     train_loop_config = {

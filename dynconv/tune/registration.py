@@ -1,0 +1,63 @@
+"""The confirmed champion into MLflow's Model Registry: the configuration's representative seed run (the
+one closest to its mean) is logged as an MLflow model that needs nothing of dynconv to load
+(`dynconv.models.served.ServedClassifier`: [0, 1] images, any 1-3 channel slots) and registered under
+the study's name, `@champion` on a significant verdict and `@candidate` otherwise
+(`dynconv.tracking.registry` places the alias: a later study moves it only by beating the holder on the
+same test set).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynconv.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dynconv.evaluation.model import model_from_checkpoint
+from dynconv.models.served import ServedClassifier
+from dynconv.spec import JobSpec
+from dynconv.tracking.artifacts import load_checkpoint
+from dynconv.tracking.find import get_run
+from dynconv.tracking.layout import TAG_TEST_SET
+from dynconv.tracking.registry import log_served_model, register_champion
+from dynconv.tune.champion import Verdict
+
+
+def model_metadata(spec: JobSpec, verdict: Verdict, test_set: str) -> dict[str, Any]:
+    """What a user of the registered model needs to feed it and to know how good it is."""
+    c = verdict.champion
+    score = c.score()
+    return {
+        "study": spec.study,
+        "model": spec.model.name,
+        "model_args": dict(spec.model.args),
+        "input": "float32 (N, C, H, W) in [0, 1], C = 1..3; forward(x, channels=[slots]) names the slots",
+        "channel_slots": {"R": 0, "G": 1, "B": 2},
+        "default_channels": "the first C slots (R; R, G; R, G, B)",
+        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "applied_by_model": True},
+        "image_size": spec.data.image_size,
+        "ranked_metric": verdict.metric,
+        "confirmed": {"mean": score.mean, "low": score.low, "high": score.high, "seeds": score.n},
+        "test_accuracy": {s: c.test(s).mean for s in c.subsets()},
+        "test_set": test_set,
+        "verdict": verdict.one_line(),
+    }
+
+
+def register_champion_run(uri: str, spec: JobSpec, verdict: Verdict) -> str:
+    """Log and register the champion; its one line (the version, the alias and whether it moved)."""
+    run_id = verdict.champion.representative().run_id
+    test_set = get_run(uri, run_id).data.tags.get(TAG_TEST_SET, "")
+    model = model_from_checkpoint(load_checkpoint(uri, run_id), run_id)
+    served = ServedClassifier(model, IMAGENET_MEAN, IMAGENET_STD)
+    metadata = model_metadata(spec, verdict, test_set)
+    model_uri = log_served_model(uri, run_id, served, image_size=spec.data.image_size, metadata=metadata)
+    outcome = register_champion(
+        uri,
+        spec.study,
+        model_uri,
+        study=spec.study,
+        source_run_id=run_id,
+        alias=verdict.alias,
+        score=verdict.oriented_score(),
+        test_set_id=test_set,
+    )
+    return f"registry: {outcome.message}"

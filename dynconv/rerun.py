@@ -34,10 +34,13 @@ from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_evaluation
 from dynconv.tracking.find import find_study_run, get_run, latest_evaluation_metrics, metric_history
 from dynconv.tracking.layout import (
+    CONFIRMATION_ARTIFACT,
     RUN_ID_PATTERN,
+    TAG_CONFIRMS,
     TAG_DYNAMIC,
     TAG_MODEL,
     TAG_PARENT,
+    TAG_REPRODUCED,
     TAG_RERUN_OF,
     TAG_ROLE,
     TAG_SOURCE_RUN,
@@ -64,19 +67,25 @@ class RerunResult:
     history: list[dict[str, float]]
     evaluation: Evaluation | None
     notes: list[str]
+    verdict: str = ""  # reproduced, or outside the confirmed interval by how much (`reproduction_verdict`)
 
 
 def resolve_trial(uri: str, run: str) -> Any:
-    """The trial run to rerun: a trial (or rerun) run id as is, a study name or id -> its best trial
-    with a checkpoint by the study's ranking (as `dynconv evaluate` picks it), an evaluation run id ->
-    the trial it evaluated."""
+    """The trial run to rerun: a trial, confirmation (or rerun) run id as is, a registered model
+    (`models:/<study>@champion`, `models:/<study>/<version>`) -> the confirmation run it was made from, a
+    study name or id -> its best trial with a checkpoint by the study's ranking (as `dynconv evaluate`
+    picks it), an evaluation run id -> the trial it evaluated."""
+    if run.startswith("models:/"):
+        from dynconv.tracking.registry import registered_version
+
+        return get_run(uri, registered_version(uri, run).source_run_id)
     if RUN_ID_PATTERN.match(run):
         found = None
         with contextlib.suppress(DynconvError):
             found = get_run(uri, run)
         if found is not None:
             role = found.data.tags.get(TAG_ROLE)
-            if role in ("trial", "rerun"):
+            if role in ("trial", "confirmation", "rerun"):
                 return found
             if role == "evaluation":
                 return get_run(uri, found.data.tags.get(TAG_SOURCE_RUN, ""))
@@ -172,6 +181,71 @@ def format_side_by_side(uri: str, original, rerun_id: str, ev: Evaluation | None
     return "\n".join(lines)
 
 
+def recorded_interval(uri: str, original) -> dict[str, Any] | None:
+    """The confirmed interval of the configuration `original` belongs to (a confirmation run, or the
+    search trial it confirms), from its study run's confirmation.json; None when it was never confirmed."""
+    from dynconv.tracking.artifacts import download_yaml
+
+    parent = original.data.tags.get(TAG_PARENT)
+    recorded = download_yaml(uri, parent, CONFIRMATION_ARTIFACT) if parent else None
+    source = original.data.tags.get(TAG_CONFIRMS, original.info.run_id)
+    for config in (recorded or {}).get("configurations", []):
+        if config.get("source_run_id") == source:
+            return {"metric": recorded["metric"], **config}
+    return None
+
+
+def reproduction_verdict(interval: dict[str, Any] | None, history: list[dict[str, float]]) -> str:
+    """'reproduced' when the rerun's last value of the ranked metric lands inside the configuration's
+    confirmed 95 % interval over seeds, else by how far it missed; says so when there is no interval."""
+    if interval is None:
+        return "no confirmed interval to check against (the configuration was never confirmed over seeds)"
+    metric, low, high = interval["metric"], interval.get("low"), interval.get("high")
+    value = next((h[metric] for h in reversed(history) if metric in h), None)
+    if value is None or low is None or high is None:
+        return f"cannot tell: the rerun reported no {metric}, or the recorded interval is unknown"
+    shown = (
+        f"{metric} {value:.4f} vs the confirmed interval [{low:.4f}, {high:.4f}] over {interval['n']} seeds"
+    )
+    if low <= value <= high:
+        return f"reproduced: {shown}"
+    miss = (low - value) if value < low else (value - high)
+    by = f"{100 * miss:.1f} points" if "acc" in metric else f"{miss:.4g}"
+    return f"outside the interval, by {by}: {shown}"
+
+
+def reproducibility(spec, data, dev) -> dict[str, str]:
+    """What a rerun needs to be reproduced again: package versions, the git commit of the code, the data
+    fingerprint, the device, precision and seed (params `repro.*` of the rerun run)."""
+    import importlib.metadata
+    import subprocess
+
+    from dynconv.train.loop import Precision
+
+    out = {}
+    for package in ("dynconv", "torch", "torchvision", "numpy", "mlflow", "ray"):
+        try:
+            out[f"repro.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[f"repro.{package}"] = "not installed"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    out["repro.git_commit"] = commit or "unknown (not a git checkout)"
+    out["repro.data_fingerprint"] = data.fingerprint
+    out["repro.device"] = str(dev)
+    out["repro.precision"] = "bf16" if Precision.resolve(spec.train.precision, dev).bf16 else "fp32"
+    out["repro.seed"] = str(spec.train.seed)
+    return out
+
+
 def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
@@ -251,6 +325,7 @@ def rerun(
     data = prepare_for_spec(spec, progress=False)
 
     run_id = _open_rerun_run(uri, original, spec, dev)
+    log_params(uri, run_id, reproducibility(spec, data, dev))
     with closed_on_error(uri, run_id):  # FINISHED only once trained, checkpointed, evaluated
         print(
             f"Rerun of {original.info.run_name} (run {oid}) as run {run_id}: {spec.model.name} "
@@ -265,6 +340,9 @@ def rerun(
         if session.last_state is not None:
             title = f"rerun of {original.info.run_name}"
             ev = _evaluate_rerun(uri, run_id, session.last_state, spec, data, dev, names, speed, title, out)
+        verdict = reproduction_verdict(recorded_interval(uri, original), session.history)
+        set_tags(uri, run_id, {TAG_REPRODUCED: verdict[:5000]})
         end_run(uri, run_id, "FINISHED")
     print("\nOriginal vs rerun\n" + format_side_by_side(uri, original, run_id, ev), file=out)
-    return RerunResult(run_id, oid, spec, session.history, ev, notes)
+    print(f"\nReproduction: {verdict}", file=out)
+    return RerunResult(run_id, oid, spec, session.history, ev, notes, verdict)

@@ -26,7 +26,14 @@ from dynconv.report.roles import DEFAULT_STEM, SUBSET_ORDER
 from dynconv.tracking.artifacts import download_yaml, load_predictions
 from dynconv.tracking.find import experiments as find_experiments
 from dynconv.tracking.find import search_runs, try_get_run
-from dynconv.tracking.layout import TAG_PARENT, TAG_RANK, TAG_SOURCE_RUN, TAG_STUDY
+from dynconv.tracking.layout import (
+    CONFIRMATION_ARTIFACT,
+    TAG_PARENT,
+    TAG_RANK,
+    TAG_SOURCE_RUN,
+    TAG_STUDY,
+    TAG_VERDICT,
+)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class EvalRecord:
     dataset: str
     uri: str = field(repr=False)
     channel_drop: float | None = None  # train.channel_drop of the evaluated trial (None: unknown)
+    confirmation: dict[str, Any] | None = None  # the study's confirmation over seeds, when it has one
     _correct: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _y_true: np.ndarray | None = field(default=None, repr=False)
 
@@ -175,16 +183,21 @@ def load_records(uri: str, experiments: Sequence[str] | None = None) -> list[Eva
     )
     parents: dict[str, Any] = {}
     specs: dict[str, Any] = {}
+    confirmations: dict[str, Any] = {}
     records = []
     for run in best_evaluations(runs):
         tags = run.data.tags
         parent_id = tags.get(TAG_PARENT, "")
         if parent_id not in parents:
             parents[parent_id] = try_get_run(uri, parent_id)
-            specs[parent_id] = (
-                download_yaml(uri, parent_id, "spec.yaml") if parents[parent_id] else None
+            specs[parent_id] = download_yaml(uri, parent_id, "spec.yaml") if parents[parent_id] else None
+            confirmed = parents[parent_id] and TAG_VERDICT in parents[parent_id].data.tags
+            confirmations[parent_id] = (
+                download_yaml(uri, parent_id, CONFIRMATION_ARTIFACT) if confirmed else None
             )
         experiment = names.get(run.info.experiment_id, run.info.experiment_id)
-        records.append(_record(uri, run, experiment, parents[parent_id], specs[parent_id] or {}))
+        record = _record(uri, run, experiment, parents[parent_id], specs[parent_id] or {})
+        record.confirmation = confirmations[parent_id]
+        records.append(record)
     records.sort(key=lambda r: r.started_ms, reverse=True)
     return records

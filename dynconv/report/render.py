@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv import stats
+from dynconv.report.confirmation import confirmation_section, load_confirmations
 from dynconv.report.format import acc_ci, flops_cell, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord, load_records
 from dynconv.report.robustness import robustness_section
@@ -195,7 +196,8 @@ READING_NOTES = """## How to read this report
   missing channels zero-filled after normalisation (the dataset mean colour) at full cost.
 * FLOPs are fvcore multiply-adds per image at the study's image size.
 * Each column is the newest study of its kind; each study is represented by its best trial by
-  validation accuracy (the test set never chooses).
+  its own ranking (the test set never chooses). One trained model per study: unless a study was
+  confirmed over seeds (the last section), its verdicts do not cover seed-to-seed variation.
 """
 
 
@@ -239,6 +241,9 @@ def write_report(
         section = render_section(group, out, suffix, elsewhere, primary=i == 0)
         md += section.markdown
         files += section.files
+    confirmed, confirmed_files = confirmation_section(load_confirmations(uri, experiments), out)
+    md += confirmed
+    files += confirmed_files
     md.append(READING_NOTES)
     report = out / "report.md"
     report.write_text("\n".join(md))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.report.compare import Comparison, compare
+from dynconv.report.confirmation import SINGLE_SEED, compare_over_seeds
 from dynconv.report.format import acc_ci, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord
 from dynconv.report.roles import SUBSET_ORDER
@@ -148,7 +149,17 @@ def attribution(arms: dict[str, EvalRecord], subsets: Sequence[str]) -> str:
         )
     else:
         text += " Neither step improved the worst subset on this test set."
-    return text + " A step marked noise may vanish on another draw of the test set.\n"
+    text += " A step marked noise may vanish on another draw of the test set."
+    over = [
+        compare_over_seeds(drop.confirmation, base.confirmation, s),
+        compare_over_seeds(dyn.confirmation, drop.confirmation, s),
+    ]
+    if all(over):
+        return (
+            text
+            + f" Over the confirmed seeds on {s}: channel-drop training {over[0]}; DynamicConv2D {over[1]}.\n"
+        )
+    return text + f" Note: {SINGLE_SEED}.\n"
 
 
 def _missing_arm_lines(arms: dict[str, EvalRecord], elsewhere: Sequence[EvalRecord]) -> list[str]:

@@ -35,6 +35,10 @@ TAG_MODEL = "dynconv.model"
 TAG_DYNAMIC = "dynconv.dynamic"
 TAG_RANK = "dynconv.rank"  # evaluation: the trial's rank in its study (1 = best), "manual" = chosen by id
 TAG_TEST_SET = "dynconv.test_set"
+# registered model version (tracking/registry.py): the ranked metric's mean, oriented so higher is better
+TAG_SCORE = "dynconv.score"
+REGISTRY_ALIASES = ("champion", "candidate")  # the aliases a study moves on its registered model
+SERVED_MODEL = "model"  # the name of a served model logged into a run (`mlflow.pytorch.log_model`)
 TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
 TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # study: its Pareto trials' Tune ids, in rank order
@@ -42,10 +46,6 @@ TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # study: their MLflow run ids, in
 # trial: finished | stopped_early | failed | diverged | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
-# registered model version (tracking/registry.py): the ranked metric's mean, oriented so higher is better
-TAG_SCORE = "dynconv.score"
-REGISTRY_ALIASES = ("champion", "candidate")  # the aliases a study moves on its registered model
-SERVED_MODEL = "model"  # the name of a served model logged into a run (`mlflow.pytorch.log_model`)
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 SPEC_ARTIFACT = "spec.yaml"
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")

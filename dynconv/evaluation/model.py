@@ -12,7 +12,8 @@ What one evaluation measures, per subset (RGB, RG, RB, GB, R, G, B):
   one image and the throughput at a large batch (`dynconv.evaluation.speed`; a plain model runs the
   same full-width input for every subset, so it is timed once).
 
-Also `model_from_checkpoint`: the model a checkpoint dict was saved from. Takes a model and data, knows
+Also `model_from_checkpoint`: the model a checkpoint dict was saved from, and `served_from_checkpoint`:
+that model wrapped to take [0, 1] images and any channel subset without dynconv. Takes a model and data, knows
 nothing of MLflow or Ray (imports torch, `dynconv.data`, `dynconv.flops`, `dynconv.models` lazily).
 """
 
@@ -155,3 +156,12 @@ def model_from_checkpoint(state: dict[str, Any], run_id: str = "?"):
         # weights of another shape
         raise DynconvError(f"checkpoint of run {run_id} does not fit its model ({one_line(exc)})") from None
     return model
+
+
+def served_from_checkpoint(state: dict[str, Any], run_id: str = "?"):
+    """The checkpoint's model as a `ServedClassifier` in eval mode: it normalises with the statistics
+    training used (`dynconv.data.augment`) and feeds subsets as evaluation does, so users need neither."""
+    from dynconv.data.augment import IMAGENET_MEAN, IMAGENET_STD
+    from dynconv.models.served import ServedClassifier
+
+    return ServedClassifier(model_from_checkpoint(state, run_id), IMAGENET_MEAN, IMAGENET_STD).eval()

@@ -3,6 +3,9 @@
 Every model's forward is `forward(x, channels=None)`; `model.dynamic` says whether `channels` may
 name a subset (dynamic models) or x must carry all `model.max_in_channels` channels (plain models).
 
+`served.ServedClassifier` wraps a trained model for users outside dynconv ([0, 1] images, any channel
+subset, normalised inside).
+
 Models import torch, `dynconv.layers` and `dynconv.errors` only; never Ray, MLflow or data.
 """
 

@@ -13,6 +13,8 @@ module that holds it:
 - `writer`: MLflow writes off the caller's thread, held while the store is unreachable (the study
   driver's recorder).
 - `retry`: calls retried while the store is busy (sqlite locks, a saturated server).
+- `registry`: a study's champion in the Model Registry: the served model logged into a run (loadable
+  without dynconv), its registered version, the `champion` / `candidate` alias, a version read back.
 
 `dynconv ui` (the MLflow server as a child process) is a command of `dynconv.cli`.
 

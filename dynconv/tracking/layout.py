@@ -35,6 +35,10 @@ TAG_MODEL = "dynconv.model"
 TAG_DYNAMIC = "dynconv.dynamic"
 TAG_RANK = "dynconv.rank"  # evaluation: the trial's rank in its study (1 = best), "manual" = chosen by id
 TAG_TEST_SET = "dynconv.test_set"
+# registered model version (tracking/registry.py): the ranked metric's mean, oriented so higher is better
+TAG_SCORE = "dynconv.score"
+REGISTRY_ALIASES = ("champion", "candidate")  # the aliases a study moves on its registered model
+SERVED_MODEL = "model"  # the name of a served model logged into a run (`mlflow.pytorch.log_model`)
 TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluation
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
 TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # study: its Pareto trials' Tune ids, in rank order

@@ -1,0 +1,382 @@
+"""A study's champion in MLflow's Model Registry: the served model logged into a run, its registration
+under the study's name with the `champion` / `candidate` alias, and a registered version read back.
+
+What a registered version is, so a user can load it with torch and mlflow alone
+(`mlflow.pytorch.load_model("models:/<name>@champion")`, see docs/registry.md): a
+`dynconv.models.served.ServedClassifier` pickled by `mlflow.pytorch` with the part of dynconv it
+unpickles with (`__init__`, `errors`, `layers/`, `models/`) as its `code_paths`, a signature whose
+channel dimension is variable, and the caller's metadata (channel slots, normalisation, per-subset
+accuracies, study, test set). Pickle, not MLflow's default `pt2` export: an exported graph is traced for
+one channel count and takes no `channels=` argument.
+
+Who holds an alias (`register_champion`): the registered model belongs to one study (its
+`dynconv.study` tag) and holds only versions dynconv registered for it; one version per source run (a
+resumed study reuses it); an alias moves to a new version only if no version holds it, the holder was
+scored on another test set, or the new score beats the holder's (higher is better). Every store failure,
+a store without a registry among them, is one `DynconvError` line: the caller prints it and goes on.
+
+Writes go through `MlflowClient` with explicit run ids. `mlflow.pytorch.log_model` takes no client: it
+writes through MLflow's process-wide tracking URI, which `log_served_model` sets for the call and puts
+back, and into a logged model created here in the run's experiment (never the active run, which the
+code base does not use).
+
+Imports `dynconv.errors` and `dynconv.tracking`; `mlflow` and torch inside functions only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dynconv.errors import DynconvError, one_line
+from dynconv.tracking import retry as tracking_retry
+from dynconv.tracking.layout import (
+    REGISTRY_ALIASES,
+    SERVED_MODEL,
+    TAG_SCORE,
+    TAG_SOURCE_RUN,
+    TAG_STUDY,
+    TAG_TEST_SET,
+)
+from dynconv.tracking.store import client, masked, store_errors
+
+if TYPE_CHECKING:
+    from dynconv.models.served import ServedClassifier
+
+PACKAGE = Path(__file__).resolve().parents[1]
+CODE_COPY = ("__init__.py", "errors.py", "layers", "models")
+"""What of `dynconv/` a served model needs to unpickle: the model classes and what they import
+(`tests/test_registry.py` checks that this is closed under imports)."""
+NO_REGISTRY = frozenset({"ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "NOT_IMPLEMENTED"})
+"""MLflow error codes of a store without a model registry: a server that does not serve the registry
+API (HTTP 404), a registry URI MLflow has no store for, an endpoint the server leaves out."""
+_MODEL_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class RegistryOutcome:
+    """What `register_champion` did: the version registered (or reused), the alias, whether the alias
+    now points at it because of this call, and one line saying so and why."""
+
+    version: str
+    alias: str
+    moved: bool
+    message: str
+
+
+class RegisteredVersion(NamedTuple):
+    """A registered model version: its number, the run it was registered from, its tags."""
+
+    version: str
+    source_run_id: str
+    tags: dict[str, str]
+
+
+def log_served_model(
+    uri: str, run_id: str, model: ServedClassifier, *, image_size: int, metadata: dict[str, Any]
+) -> str:
+    """Log `model` (a CPU copy, in eval mode) into run `run_id` as MLflow model "model", loadable where
+    dynconv is not installed; returns its URI (`models:/<model id>`), what `register_champion` takes.
+
+    `metadata` (channel slots, normalisation, accuracies, study, test set: the caller's) is stored in the
+    model's MLmodel file; the input example is one (1, 3, image_size, image_size) image in [0, 1]. A
+    store that fails is one `DynconvError` line.
+    """
+    import mlflow.pytorch
+
+    served = copy.deepcopy(model).cpu().eval()
+    example, signature = _example_and_signature(served, image_size)
+    with _store_calls(uri, f"logging the served model into run {run_id}"):
+        c = client(uri)
+        experiment_id = tracking_retry.call(c.get_run, run_id).info.experiment_id
+        logged = tracking_retry.call(
+            c.create_logged_model, experiment_id, name=SERVED_MODEL, source_run_id=run_id
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="dynconv-code-") as tmp,
+            _mlflow_tracking_uri(uri),
+            _sys_path_kept(),
+        ):
+            info = mlflow.pytorch.log_model(
+                served,
+                name=SERVED_MODEL,
+                model_id=logged.model_id,
+                run_id=run_id,
+                code_paths=[_package_copy(Path(tmp))],
+                signature=signature,
+                input_example=example,
+                metadata=metadata,
+                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                serialization_format="pickle",
+            )
+    return info.model_uri
+
+
+def _example_and_signature(served: ServedClassifier, image_size: int):
+    """(input example, signature) of a served model: one RGB image in [0, 1]; input (-1, -1, H, W)
+    float32, as any batch of 1..3 channels goes, output (-1, num_classes) logits."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = torch.rand((1, 3, image_size, image_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        num_classes = int(served(example).shape[1])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, image_size, image_size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
+    )
+    return example.numpy(), signature
+
+
+def _package_copy(root: Path) -> str:
+    """`root/dynconv`: a copy of the files of `CODE_COPY`, the package a served model unpickles with."""
+    target = root / "dynconv"
+    target.mkdir()
+    for name in CODE_COPY:
+        source = PACKAGE / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target / name)
+    return str(target)
+
+
+@contextlib.contextmanager
+def _mlflow_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI (and `MLFLOW_TRACKING_URI`) set to `uri` for the block, both
+    put back after it. For the MLflow calls that take no client: `mlflow.pytorch.log_model`, and a model
+    version of a `models:/<model id>` source, which the sqlite registry looks up through the global URI."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+@contextlib.contextmanager
+def _sys_path_kept() -> Iterator[None]:
+    """`sys.path` as it was after the block: validating an input example loads the model, which puts its
+    code copy (a temporary folder, gone afterwards) in front of `sys.path`."""
+    path = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+
+
+def register_champion(
+    uri: str,
+    name: str,
+    model_uri: str,
+    *,
+    study: str,
+    source_run_id: str,
+    alias: str,
+    score: float,
+    test_set_id: str,
+) -> RegistryOutcome:
+    """Register `model_uri` as a version of registered model `name` (study `study`'s) and move `alias`
+    to it when it earns it (module doc); one version per `source_run_id`, reused when called again.
+
+    `score` is the ranked metric's mean, oriented so that higher is better; `test_set_id` says what it
+    was measured on (scores on different test sets do not compare).
+    """
+    if alias not in REGISTRY_ALIASES:
+        raise DynconvError(f"alias {alias!r}: a study moves only {' or '.join(REGISTRY_ALIASES)}")
+    if not math.isfinite(score):
+        raise DynconvError(f"registered model {name!r}: score {score} is not a finite number")
+    if "'" in name:
+        raise DynconvError(f"registered model name {name!r}: quotes are not allowed")
+    with _store_calls(uri, f"registering {alias} of {name!r}"):
+        c = client(uri)
+        aliases = _own_registered_model(c, name, study).aliases
+        tags = {TAG_STUDY: study, TAG_SOURCE_RUN: source_run_id, TAG_SCORE: repr(float(score))}
+        version, reused = _version_for_run(c, name, model_uri, {**tags, TAG_TEST_SET: test_set_id})
+        outcome = _place_alias(c, name, alias, version, aliases.get(alias), score, test_set_id)
+    if reused:
+        return replace(outcome, message=f"reused version {version} (same source run); {outcome.message}")
+    return outcome
+
+
+def _own_registered_model(c: Any, name: str, study: str) -> Any:
+    """Registered model `name`, created for `study` when missing; a one-line refusal when it belongs to
+    another study or holds versions dynconv did not register for this one."""
+    try:
+        registered = tracking_retry.call(c.get_registered_model, name)
+    except store_errors() as exc:
+        if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        registered = _create_registered_model(c, name, study)
+    owner = registered.tags.get(TAG_STUDY)
+    if owner != study:
+        whose = f"study {owner!r}" if owner else "no dynconv study (no dynconv.study tag)"
+        raise DynconvError(
+            f"registered model {name!r} belongs to {whose}, not study {study!r}; register under another name"
+        )
+    foreign = [v.version for v in _versions(c, name) if v.tags.get(TAG_STUDY) != study]
+    if foreign:
+        raise DynconvError(
+            f"registered model {name!r} holds versions {', '.join(map(str, foreign))} not registered by "
+            f"dynconv for study {study!r}; register under another name"
+        )
+    return registered
+
+
+def _create_registered_model(c: Any, name: str, study: str) -> Any:
+    """A new registered model tagged with its study (or the one another process just created)."""
+    try:
+        return tracking_retry.call(
+            c.create_registered_model,
+            name,
+            tags={TAG_STUDY: study},
+            description=f"dynconv study {study}: its champion and candidate models",
+        )
+    except store_errors() as exc:
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return tracking_retry.call(c.get_registered_model, name)
+
+
+def _versions(c: Any, name: str) -> list[Any]:
+    """Every version of registered model `name`, oldest first."""
+    found = tracking_retry.call(c.search_model_versions, f"name = '{name}'")
+    return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
+
+
+def _version_for_run(c: Any, name: str, model_uri: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """(version, reused): the version registered from `tags`' source run, else a new one of
+    `model_uri`. A reused version's score and test set tags are brought up to the ones given."""
+    run_id = tags[TAG_SOURCE_RUN]
+    same_run = [v for v in _versions(c, name) if v.tags.get(TAG_SOURCE_RUN) == run_id]
+    if same_run:
+        version = same_run[0]
+        for key in (TAG_SCORE, TAG_TEST_SET):
+            if version.tags.get(key) != tags[key]:
+                tracking_retry.call(c.set_model_version_tag, name, version.version, key, tags[key])
+        return str(version.version), True
+    with _mlflow_tracking_uri(c.tracking_uri):
+        created = tracking_retry.call(
+            c.create_model_version,
+            name,
+            model_uri,
+            run_id=run_id,
+            tags=tags,
+            model_id=_logged_model_id(model_uri),
+        )
+    return str(created.version), False
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """The logged model id of a `models:/<model id>` URI (what `log_served_model` returns), else None."""
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and "/" not in rest and "@" not in rest else None
+
+
+def _place_alias(
+    c: Any, name: str, alias: str, version: str, holder: Any, score: float, test_set_id: str
+) -> RegistryOutcome:
+    """Move `alias` to `version` unless its `holder` (a version number, or None) keeps it (module doc)."""
+    what = f"registered model {name!r}"
+    if holder is not None and str(holder) == version:
+        return RegistryOutcome(version, alias, False, f"version {version} of {what} already holds {alias}")
+    if holder is None:
+        why = "no version held it"
+    else:
+        held = tracking_retry.call(c.get_model_version, name, str(holder))
+        held_score, held_set = _score(held), held.tags.get(TAG_TEST_SET)
+        if held_set != test_set_id:
+            why = (
+                f"version {holder} held it, scored on test set {held_set}, this one on {test_set_id}: "
+                "scores on different test sets do not compare"
+            )
+        elif held_score is None or score > held_score:
+            why = f"its score {score:.6g} beats version {holder}'s {_shown(held_score)}"
+        else:
+            return RegistryOutcome(
+                version,
+                alias,
+                False,
+                f"version {holder} of {what} keeps {alias}: its score {held_score:.6g} is not beaten by "
+                f"version {version}'s {score:.6g}",
+            )
+    tracking_retry.call(c.set_registered_model_alias, name, alias, version)
+    return RegistryOutcome(version, alias, True, f"version {version} of {what} is now {alias}: {why}")
+
+
+def _score(version: Any) -> float | None:
+    """A version's `dynconv.score` tag as a number (None: missing or not a finite number)."""
+    try:
+        value = float(version.tags.get(TAG_SCORE, "nan"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _shown(score: float | None) -> str:
+    return "no score" if score is None else f"{score:.6g}"
+
+
+def registered_version(uri: str, model_ref: str) -> RegisteredVersion:
+    """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names, with the run it was
+    registered from (its `dynconv.source_run_id` tag, else MLflow's run id); one-line errors."""
+    match = _MODEL_REF.match(model_ref)
+    if match is None:
+        raise DynconvError(
+            f"{model_ref!r} is no registered model: use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    name, alias, number = match["name"], match["alias"], match["version"]
+    with _store_calls(uri, f"reading {model_ref}"):
+        c = client(uri)
+        try:
+            if alias is not None:
+                version = tracking_retry.call(c.get_model_version_by_alias, name, alias)
+            else:
+                version = tracking_retry.call(c.get_model_version, name, number)
+        except store_errors() as exc:
+            if getattr(exc, "error_code", None) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise DynconvError(
+                f"{model_ref}: no such registered model version ({one_line(exc, 200)})"
+            ) from None
+    source_run = version.tags.get(TAG_SOURCE_RUN) or version.run_id
+    if not source_run:
+        raise DynconvError(f"{model_ref} (version {version.version}) records no source run")
+    return RegisteredVersion(str(version.version), source_run, dict(version.tags))
+
+
+@contextlib.contextmanager
+def _store_calls(uri: str, what: str) -> Iterator[None]:
+    """Turn a failed store call in the block into one `DynconvError` line saying what failed, and
+    whether the store has no model registry at all."""
+    try:
+        yield
+    except store_errors() as exc:
+        reason = masked(one_line(exc, 200))
+        if (
+            getattr(exc, "error_code", None) in NO_REGISTRY
+            or "registry functionality is unavailable" in reason
+        ):
+            raise DynconvError(
+                f"{what}: the MLflow store {masked(uri)} has no model registry ({reason})"
+            ) from None
+        raise DynconvError(f"{what}: the MLflow store {masked(uri)} refused ({reason})") from None

@@ -127,10 +127,10 @@ def seed_from(spec: JobSpec, trials: Iterable[TrialInfo], study: str, run_id: st
         else:
             rewards.append(float(trial.value))  # type: ignore[arg-type]
     if not points:
-        why = f": {_reasons(skipped)}" if skipped else ""
+        n = _counted(skipped)
+        why = f"{n} trial{'s' if n != 1 else ''}: {_reasons(skipped)}" if n else "it recorded no trial"
         raise DynconvError(
-            f"--warm-start: no trial of study {study!r} (run {run_id}) can seed this search "
-            f"({_counted(skipped)} trial{'s' if _counted(skipped) != 1 else ''}{why})"
+            f"--warm-start: no trial of study {study!r} (run {run_id}) can seed this search ({why})"
         )
     return WarmStart(study, run_id, tuple(points), tuple(rewards), dict(skipped))
 
@@ -179,7 +179,7 @@ def _ranked_on(spec: JobSpec) -> str:
 
 
 def _metrics(ranking: Ranking) -> str:
-    return ", ".join(m for m, _ in ranking.objectives) if ranking.objectives else ranking.metric
+    return " or ".join(m for m, _ in ranking.objectives) if ranking.objectives else ranking.metric
 
 
 def _params(keys: list[str]) -> str:

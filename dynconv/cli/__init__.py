@@ -96,7 +96,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.spec).expanduser(), overrides=args.set, num_samples=args.num_samples)
     stdout, sys.stdout = sys.stdout, _ClosedStdoutStops(sys.stdout)
     try:
-        result = run_study(spec, address=args.address, resume=args.resume, verbose=args.verbose)
+        result = run_study(
+            spec,
+            address=args.address,
+            resume=args.resume,
+            warm_start=args.warm_start,
+            verbose=args.verbose,
+        )
     finally:
         sys.stdout = stdout
     return EXIT_INTERRUPTED if result.interrupted else 0
@@ -279,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=arg.run_id,
         metavar="RUN_ID",
         help="continue an interrupted study of the same name (RUN_ID: which one, when there are several)",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=arg.non_empty,
+        default=None,
+        metavar="STUDY",
+        help="seed the search with the finished trials of an earlier study (name or study run id) in the "
+        "same store; its search must rank on the same metric and search the same parameters",
     )
     p.add_argument(
         "--num-samples", type=arg.int_range(1, 100_000), default=None, help="override search.num_samples"

@@ -43,6 +43,8 @@ TAG_EVALUATION_RUN = "dynconv.evaluation_run_id"  # study -> its rank-1 evaluati
 TAG_RERUN_OF = "dynconv.rerun_of"  # rerun -> the original run
 TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # study: its Pareto trials' Tune ids, in rank order
 TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # study: their MLflow run ids, in the same order
+TAG_WARM_START = "dynconv.warm_start"  # study: the earlier study run whose trials seeded its search
+PARAM_WARM_START_TRIALS = "warm_start.trials"  # study: how many of those trials seeded it
 # trial: finished | stopped_early | failed | diverged | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained

@@ -1,4 +1,5 @@
-"""The study's MLflow parent run: open a new one (named, tagged with its Tune path, spec.yaml logged) or
+"""The study's MLflow parent run: open a new one (named, tagged with its Tune path and, warm-started, the
+earlier study run that seeded its search; spec.yaml logged) or
 find the one `--resume` continues, refusing a spec that changed since the study started; at the end,
 record its best trial (`record_best_trial`).
 
@@ -12,7 +13,7 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,7 +22,9 @@ from dynconv.spec import JobSpec
 from dynconv.spec.checks import spec_diff
 from dynconv.tracking.find import one_study_run
 from dynconv.tracking.layout import (
+    PARAM_WARM_START_TRIALS,
     TAG_TUNE_PATH,
+    TAG_WARM_START,
     find_runs,
     log_artifact,
     log_metrics,
@@ -32,15 +35,22 @@ from dynconv.tracking.store import client, masked, store_errors
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
 
+if TYPE_CHECKING:
+    from dynconv.tune.warm_start import WarmStart
+
 TAG_BEST_TRIAL = "dynconv.best_trial_id"  # parent run: the Tune id of the study's rank-1 trial
 TAG_BEST_RUN = "dynconv.best_run_id"  # parent run: that trial's MLflow run id
 TAG_RANKED_ON = "dynconv.ranked_on"  # parent run: what the trials were ranked on, `val_loss (min)`
 
 
-def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | str) -> tuple[str, str, str]:
+def open_parent_run(
+    spec: JobSpec, uri: str, experiment_id: str, resume: bool | str, warm: WarmStart | None = None
+) -> tuple[str, str, str]:
     """(parent_run_id, run_name, tune_path): a new study run, or the one of this study to resume.
 
     `resume` is True (the study's only run) or a study run id (when the name matches several runs).
+    `warm`: the earlier study whose trials seed a new study's search; the new run is tagged with its
+    study run id (`dynconv.warm_start`) and logs how many trials seeded it (`warm_start.trials`).
     """
     if resume:
         run = resume_run(spec, uri, experiment_id, resume)
@@ -53,8 +63,12 @@ def open_parent_run(spec: JobSpec, uri: str, experiment_id: str, resume: bool | 
     run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # never collides
     tune_path = f"{spec.storage_uri().rstrip('/')}/{run_name}"
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
+    tags = {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name}
+    if warm is not None:
+        params[PARAM_WARM_START_TRIALS] = len(warm.points)
+        tags[TAG_WARM_START] = warm.run_id
     parent = start_study_run(uri, experiment_id, spec.study, params)
-    set_tags(uri, parent, {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name})
+    set_tags(uri, parent, tags)
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(recorded_spec(spec), sort_keys=False))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynconv.spec import JobSpec
 from dynconv.spec.metrics import diverged
 from dynconv.spec.sections import ParamSpec
 from dynconv.tune.trial import tune_max_failures
+
+if TYPE_CHECKING:
+    from dynconv.tune.warm_start import WarmStart
 
 
 def tune_domain(param: ParamSpec) -> Any:
@@ -50,19 +53,25 @@ def _sampler(spec: JobSpec):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def build_searcher(spec: JobSpec):
+def build_searcher(spec: JobSpec, warm: WarmStart | None = None):
     """Seeded Optuna TPE / NSGA-II (or random, the benchmark's baseline) through Ray Tune's OptunaSearch.
 
     Single objective: metric and mode reach the searcher from `TuneConfig` (`tune_metric_mode`). Several
     objectives: the searcher itself gets the lists, and `TuneConfig` none (Ray's rule for OptunaSearch).
+    `warm`: an earlier study's trials (`dynconv.tune.warm_start`), given to OptunaSearch as its
+    `points_to_evaluate` with their `evaluated_rewards`: Optuna holds them as COMPLETE trials before its
+    first suggestion, and Tune runs none of them again.
     """
     from dynconv.tune.searcher import EpochOptunaSearch
 
     objectives, epochs = spec.search.objectives, spec.train.epochs
+    seeds: dict[str, Any] = {}
+    if warm is not None:
+        seeds = {"points_to_evaluate": list(warm.points), "evaluated_rewards": list(warm.rewards)}
     if objectives is not None:
         metric, mode = list(objectives), list(objectives.values())
-        return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, metric=metric, mode=mode)
-    return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs)
+        return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, metric=metric, mode=mode, **seeds)
+    return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, **seeds)
 
 
 def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 from ray.tune.search.optuna import OptunaSearch
 
 from dynconv.spec.metrics import diverged
@@ -24,6 +24,12 @@ class EpochOptunaSearch(OptunaSearch):
       (`dynconv.spec.metrics.diverged`), whatever epoch it reached: its values are not to be trusted, and
       a NaN told as a value would leave the Optuna trial running forever.
 
+    - An earlier study's trials (`--warm-start`, `dynconv.tune.warm_start`) come in through Ray's own
+      `points_to_evaluate` + `evaluated_rewards`, added to the Optuna study as COMPLETE trials when the
+      space is known (`set_search_properties`), before the first suggestion. Ray 2.60 hands a
+      multi-objective reward (a list) to Optuna as one `value`, which Optuna refuses (TypeError);
+      here it goes in as `values`.
+
     Its state (the Optuna study with every trial told so far) is saved and restored by Tune with the
     experiment, so a resumed study suggests from the whole history.
     """
@@ -36,6 +42,20 @@ class EpochOptunaSearch(OptunaSearch):
     def optuna_study(self) -> Any:
         """The Optuna study behind the searcher: every trial it suggested and what it was told."""
         return self._ot_study
+
+    def add_evaluated_point(
+        self,
+        parameters: dict,
+        value: Any,
+        error: bool = False,
+        pruned: bool = False,
+        intermediate_values: list[float] | None = None,
+    ) -> None:
+        if not isinstance(value, (list, tuple)) or error or pruned or not isinstance(self._space, dict):
+            super().add_evaluated_point(parameters, value, error, pruned, intermediate_values)  # or its error
+            return
+        trial = create_trial(values=[float(v) for v in value], params=parameters, distributions=self._space)
+        self._ot_study.add_trial(trial)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:

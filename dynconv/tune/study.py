@@ -52,6 +52,7 @@ from dynconv.tune.study_lock import study_lock
 from dynconv.tune.study_result import StudyResult, format_summary
 from dynconv.tune.trial import run_trial
 from dynconv.tune.trial_summaries import summarise_trials
+from dynconv.tune.warm_start import WarmStart, load_warm_start
 
 __all__ = ["run_study"]
 
@@ -69,6 +70,7 @@ class _StudyRun:
     run_name: str
     tune_path: str
     timings: dict[str, float]  # becomes StudyResult.timings (the same dict)
+    warm: WarmStart | None = None  # an earlier study's trials that seed the search (--warm-start)
 
 
 def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
@@ -92,10 +94,16 @@ def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
 
 
 def _build_tuner(
-    spec: JobSpec, trainable: Any, run_name: str, callbacks: list, concurrent: int, verbose: bool = False
+    spec: JobSpec,
+    trainable: Any,
+    run_name: str,
+    callbacks: list,
+    concurrent: int,
+    verbose: bool = False,
+    warm: WarmStart | None = None,
 ):
-    """A new Tuner for `trainable`: the spec's searcher and scheduler, its storage, failure and checkpoint
-    settings, and `concurrent` trials at once."""
+    """A new Tuner for `trainable`: the spec's searcher (seeded with `warm`'s trials) and scheduler, its
+    storage, failure and checkpoint settings, and `concurrent` trials at once."""
     from ray import tune
 
     metric, mode = tune_metric_mode(spec)
@@ -105,7 +113,7 @@ def _build_tuner(
         tune_config=tune.TuneConfig(
             metric=metric,
             mode=mode,
-            search_alg=build_searcher(spec),
+            search_alg=build_searcher(spec, warm),
             scheduler=build_scheduler(spec),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=concurrent,
@@ -118,14 +126,26 @@ def _build_tuner(
 
 
 def run_study(
-    spec: JobSpec, address: str | None = None, resume: bool | str = False, **options: Any
+    spec: JobSpec,
+    address: str | None = None,
+    resume: bool | str = False,
+    warm_start: str | None = None,
+    **options: Any,
 ) -> StudyResult:
     """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table.
     A study that ran but has no trial to rank (all failed or diverged) raises a one-line DynconvError.
 
+    `warm_start`: an earlier study (name or study run id, in the same store) whose finished trials seed
+    the search (`dynconv.tune.warm_start`); refused with `resume`, and when the searches differ.
+
     Holds the study's lock (`dynconv.tune.study_lock`) throughout: a second driver of the same study
     name refuses in one line instead of interleaving its trials with this one's.
     """
+    if warm_start and resume:
+        raise DynconvError(
+            "--warm-start and --resume together: a resumed study's searcher already holds its history "
+            "(with the trials that seeded it, if any); drop --warm-start"
+        )
     set_library_environment(options.get("verbose", False))
     spec = spec.resolved()
     uri = spec.tracking_uri()
@@ -135,7 +155,11 @@ def run_study(
         if resume:  # a wrong --resume fails before the data cache is built
             exp = client(uri).get_experiment_by_name(spec.experiment)
             resume_run(spec, uri, exp.experiment_id if exp else None, resume)
-        return _run_study(spec, address, resume, **options)
+        warm = None
+        if warm_start:  # so does a --warm-start that cannot seed this search: no run created yet
+            warm = load_warm_start(spec, uri, warm_start)
+            print(warm.describe(), flush=True)
+        return _run_study(spec, address, resume, warm=warm, **options)
 
 
 def _run_study(
@@ -143,6 +167,7 @@ def _run_study(
     address: str | None = None,
     resume: bool | str = False,
     *,
+    warm: WarmStart | None = None,
     placement_strategy: str = "PACK",
     controller_failure_limit: int = -1,
     evaluate: bool | None = None,
@@ -159,7 +184,7 @@ def _run_study(
 
     from dynconv.tune import callbacks  # noqa: F401
 
-    run = _prepare_study(spec, resume, verbose)
+    run = _prepare_study(spec, resume, verbose, warm)
     concurrent = _start_ray(run, address, verbose, gpu_resource)
     context = _study_context(run, placement_strategy, controller_failure_limit, gpu_resource)
     tuner = _build_or_restore_tuner(run, context, resume, concurrent, verbose)
@@ -240,9 +265,12 @@ def _nothing_ranked(result: StudyResult) -> str:
     )
 
 
-def _prepare_study(spec: JobSpec, resume: bool | str, verbose: bool) -> _StudyRun:
-    """Quiet the libraries, build (or reuse) the data cache, open (or resume) the parent run. Nothing of
-    Ray has started yet; `run_study` checked both stores."""
+def _prepare_study(
+    spec: JobSpec, resume: bool | str, verbose: bool, warm: WarmStart | None = None
+) -> _StudyRun:
+    """Quiet the libraries, build (or reuse) the data cache, open (or resume) the parent run (tagged with
+    the study that seeds its search, `warm`). Nothing of Ray has started yet; `run_study` checked both
+    stores."""
     spec = spec.resolved()
     timings: dict[str, float] = {}
     uri, storage = spec.tracking_uri(), spec.storage_uri()
@@ -252,8 +280,8 @@ def _prepare_study(spec: JobSpec, resume: bool | str, verbose: bool) -> _StudyRu
     timings["data_seconds"] = time.perf_counter() - t0
 
     experiment_id = ensure_experiment(uri, spec.experiment)
-    parent, run_name, tune_path = open_parent_run(spec, uri, experiment_id, resume)
-    return _StudyRun(spec, uri, storage, data, experiment_id, parent, run_name, tune_path, timings)
+    parent, run_name, tune_path = open_parent_run(spec, uri, experiment_id, resume, warm)
+    return _StudyRun(spec, uri, storage, data, experiment_id, parent, run_name, tune_path, timings, warm)
 
 
 def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource: str) -> int:
@@ -322,7 +350,7 @@ def _build_or_restore_tuner(
             spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
         ),
     ]
-    return _build_tuner(spec, trainable, run.run_name, callbacks, concurrent, verbose)
+    return _build_tuner(spec, trainable, run.run_name, callbacks, concurrent, verbose, run.warm)
 
 
 def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:

@@ -74,9 +74,7 @@ def test_mlflow_holds_parent_and_one_child_per_trial(study) -> None:
         trial = by_trial[run.data.tags[TAG_TRIAL_ID]]
         assert run.data.metrics["flops"] > 0 and run.data.metrics["params"] > 0
         assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
-        assert [a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")] == [
-            "checkpoint/state.pt"
-        ]
+        assert [a.path for a in c.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/state.pt"]
         # ASHA's stop is an ordinary end: FINISHED, the outcome tag says which.
         assert run.info.status == "FINISHED"
         outcome = "finished" if trial.epochs == spec.train.epochs else "stopped_early"
@@ -403,14 +401,15 @@ def _confirmation_runs(result) -> list:
 
 
 def test_confirmation_retrains_the_top_configurations_with_new_seeds(confirmed_study) -> None:
-    spec, result = confirmed_study
+    _, result = confirmed_study
     runs = _confirmation_runs(result)
     top = {t.run_id for t in result.ranked[:2]}
     assert len(runs) == 4
     assert {r.data.tags["dynconv.confirms"] for r in runs} == top
     for source in top:
         mine = [r for r in runs if r.data.tags["dynconv.confirms"] == source]
-        assert sorted(int(r.data.params["train.seed"]) for r in mine) == [1, 2], "new seeds, not the search's 0"
+        seeds = sorted(int(r.data.params["train.seed"]) for r in mine)
+        assert seeds == [1, 2], "new seeds, not the search's 0"
         lrs = {r.data.params["lr"] for r in mine}
         assert len(lrs) == 1 and float(lrs.pop()) == pytest.approx(
             next(t.params["lr"] for t in result.trials if t.run_id == source)
@@ -425,7 +424,7 @@ def test_the_verdict_is_computed_from_the_seeds_and_recorded_on_the_study_run(co
 
     from dynconv.tracking.artifacts import download_yaml
 
-    spec, result = confirmed_study
+    _, result = confirmed_study
     verdict = result.confirmation.verdict
     runs = _confirmation_runs(result)
     by_source: dict[str, list[float]] = {}
@@ -460,9 +459,97 @@ def test_confirm_again_trains_no_seed_twice(confirmed_study, capsys) -> None:
     """`dynconv confirm` with the same top-k and seeds continues (here: re-reads) the same confirmation."""
     from dynconv.cli import main
 
-    spec, result = confirmed_study
+    _, result = confirmed_study
     before = {r.info.run_id for r in _confirmation_runs(result)}
+    versions = client(result.tracking_uri).search_model_versions("name = 'tiny'")
     code = main(["confirm", "tiny", "--top-k", "2", "--seeds", "2", "--tracking-uri", result.tracking_uri])
-    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert code == 0, out
     assert {r.info.run_id for r in _confirmation_runs(result)} == before
-    assert "Verdict" in capsys.readouterr().out
+    assert "Verdict" in out and "reused version" in out
+    again = client(result.tracking_uri).search_model_versions("name = 'tiny'")
+    assert len(again) == len(versions) == 1, "no duplicate registry version"
+
+
+def test_the_champion_is_registered_with_the_verdicts_alias(confirmed_study) -> None:
+    _, result = confirmed_study
+    verdict = result.confirmation.verdict
+    c = client(result.tracking_uri)
+    model = c.get_registered_model("tiny")
+    version = c.get_model_version_by_alias("tiny", verdict.alias)
+    assert version.run_id == verdict.champion.representative().run_id
+    assert version.tags["dynconv.test_set"] and model.tags["dynconv.study"] == "tiny"
+    other = "candidate" if verdict.alias == "champion" else "champion"
+    assert other not in model.aliases
+    assert "registry: " in result.confirmation.registry
+
+
+def test_rerun_of_the_registered_model_says_whether_it_reproduced(confirmed_study, capsys) -> None:
+    from dynconv.rerun import rerun
+
+    _, result = confirmed_study
+    alias = result.confirmation.verdict.alias
+    done = rerun(f"models:/tiny@{alias}", tracking_uri=result.tracking_uri, subsets=["RGB"])
+    assert done.original_run_id == result.confirmation.verdict.champion.representative().run_id
+    assert done.verdict.startswith(("reproduced: val_acc", "outside the interval, by "))
+    assert f"Reproduction: {done.verdict}" in capsys.readouterr().out
+    run = client(result.tracking_uri).get_run(done.run_id)
+    assert run.data.tags["dynconv.reproduced"] == done.verdict
+    params = run.data.params
+    assert params["repro.seed"] == params["train.seed"] and params["repro.precision"] == "fp32"
+    assert params["repro.torch"] and params["repro.data_fingerprint"] and params["repro.git_commit"]
+
+
+def test_the_report_shows_the_confirmation_table_and_verdict(confirmed_study, tmp_path: Path) -> None:
+    from dynconv.report.render import write_report
+
+    _, result = confirmed_study
+    verdict = result.confirmation.verdict
+    report = write_report(out_dir=tmp_path, tracking_uri=result.tracking_uri).read_text()
+    section = report[report.index("## Confirmation over seeds") :]
+    assert "### `tiny`" in section and "val_acc mean [95% CI]" in section
+    assert verdict.lines()[-1] in section
+    assert (tmp_path / "confirmation.csv").is_file()
+
+
+def test_an_interrupted_confirmation_continues_without_training_a_seed_twice(confirmed_study) -> None:
+    """SIGINT once the first of 6 runs (2 configurations x 3 seeds) finished; run again: the finished runs
+    are kept, every (configuration, seed) ends up trained exactly once, and no version is registered twice."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from dynconv.tune.study import confirm_study
+
+    _, result = confirmed_study
+    uri, earlier = result.tracking_uri, {r.info.run_id for r in _confirmation_runs(result)}
+
+    def new_runs() -> list:
+        return [r for r in _confirmation_runs(result) if r.info.run_id not in earlier]
+
+    def finished(runs: list) -> set[str]:
+        return {r.info.run_id for r in runs if r.data.tags.get("dynconv.outcome") == "finished"}
+
+    def interrupt_after_the_first_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not finished(new_runs()):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's handler: stop the trials, save the state
+
+    watcher = threading.Thread(target=interrupt_after_the_first_run, daemon=True)
+    watcher.start()
+    first = confirm_study("tiny", top_k=2, seeds=3, tracking_uri=uri)
+    watcher.join()
+    assert first.interrupted and first.verdict is None
+    kept = finished(new_runs())
+    assert 1 <= len(kept) < 6
+
+    second = confirm_study("tiny", top_k=2, seeds=3, tracking_uri=uri)
+    assert not second.interrupted and second.verdict is not None
+    runs = [r for r in new_runs() if r.info.run_id in finished(new_runs())]
+    pairs = [(r.data.tags["dynconv.confirms"], r.data.params["train.seed"]) for r in runs]
+    assert len(pairs) == 6 and len(set(pairs)) == 6, "each configuration x seed trained once"
+    assert kept <= {r.info.run_id for r in runs}, "runs finished before the interruption were kept"
+    sources = [v.tags["dynconv.source_run_id"] for v in client(uri).search_model_versions("name = 'tiny'")]
+    assert len(sources) == len(set(sources)), "one registry version per source run"

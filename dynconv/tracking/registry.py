@@ -184,6 +184,19 @@ def _sys_path_kept() -> Iterator[None]:
         sys.path[:] = path
 
 
+def served_model_of_run(uri: str, run_id: str) -> str | None:
+    """The URI of the served model already logged into run `run_id` (a resumed study logs it once), or
+    None."""
+    with _store_calls(uri, f"looking up the served model of run {run_id}"):
+        c = client(uri)
+        experiment_id = tracking_retry.call(c.get_run, run_id).info.experiment_id
+        found = tracking_retry.call(
+            c.search_logged_models, [experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    ready = [m for m in found if m.name == SERVED_MODEL and str(m.status).endswith("READY")]
+    return f"models:/{ready[0].model_id}" if ready else None
+
+
 def register_champion(
     uri: str,
     name: str,

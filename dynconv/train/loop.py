@@ -228,6 +228,10 @@ def fit(spec: JobSpec, session: Session, data: PreparedData) -> dict[str, float]
     scheduler = build_scheduler(spec.train, optimizer, len(train_batches))
     start_epoch, history = _resume(session, model, optimizer, scheduler)
     metrics = history[-1] if history else {}
+    if history and start_epoch >= spec.train.epochs:  # resumed from the final checkpoint: whoever drives
+        # the session may have been interrupted before it received that epoch, so it hears it again
+        state = checkpoint_state(spec, model, optimizer, scheduler, start_epoch, data.num_classes, history)
+        session.report(metrics, state)
 
     for epoch in range(start_epoch, spec.train.epochs):
         t0 = time.perf_counter()

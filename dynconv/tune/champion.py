@@ -82,8 +82,10 @@ class Configuration:
     def to_json(self) -> dict[str, Any]:
         """The configuration, its seeds and intervals, JSON-ready (NaN where unknown)."""
         s = self.score()
+        data = asdict(self)
         return {
-            **asdict(self),
+            **{k: v for k, v in data.items() if k != "runs"},
+            "seeds": data["runs"],
             "mean": s.mean,
             "low": s.low,
             "high": s.high,

@@ -148,6 +148,8 @@ class TrialRecorder(Callback):
             return
         tid, epoch = trial.trial_id, int(result["epoch"])
         done = self._logged.get(tid, 0)
+        if epoch <= done:  # heard again: a trial resumed from its final checkpoint reports it once more
+            return
         if epoch > done + 1:  # epochs this driver never saw (a killed driver's orphaned trial trained them)
             self._fill_in(trial, checkpoint_dir(trial, result), done, epoch - 1)
         stamp = int(time.time() * 1000)  # when the driver heard of it, not when MLflow took it

@@ -11,13 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from dynconv.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from dynconv.evaluation.model import model_from_checkpoint
-from dynconv.models.served import ServedClassifier
+from dynconv.evaluation.model import served_from_checkpoint
 from dynconv.spec import JobSpec
 from dynconv.tracking.artifacts import load_checkpoint
 from dynconv.tracking.find import get_run
 from dynconv.tracking.layout import TAG_TEST_SET
-from dynconv.tracking.registry import log_served_model, register_champion
+from dynconv.tracking.registry import log_served_model, register_champion, served_model_of_run
 from dynconv.tune.champion import Verdict
 
 
@@ -46,10 +45,11 @@ def register_champion_run(uri: str, spec: JobSpec, verdict: Verdict) -> str:
     """Log and register the champion; its one line (the version, the alias and whether it moved)."""
     run_id = verdict.champion.representative().run_id
     test_set = get_run(uri, run_id).data.tags.get(TAG_TEST_SET, "")
-    model = model_from_checkpoint(load_checkpoint(uri, run_id), run_id)
-    served = ServedClassifier(model, IMAGENET_MEAN, IMAGENET_STD)
-    metadata = model_metadata(spec, verdict, test_set)
-    model_uri = log_served_model(uri, run_id, served, image_size=spec.data.image_size, metadata=metadata)
+    model_uri = served_model_of_run(uri, run_id)
+    if model_uri is None:
+        served = served_from_checkpoint(load_checkpoint(uri, run_id), run_id)
+        metadata = model_metadata(spec, verdict, test_set)
+        model_uri = log_served_model(uri, run_id, served, image_size=spec.data.image_size, metadata=metadata)
     outcome = register_champion(
         uri,
         spec.study,

@@ -156,13 +156,43 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = StudyResult("tiny", "tiny-20240101-000000", parent, exp, uri, "", False, trials)
     write_study_summary(spec, result, [(eval_run, _)])
     end_run(uri, parent, "FINISHED")
+    champion = register_as_champion(uri, trials[0].run_id, spec.data.image_size)
     port = free_port()
     proc = start_ui(uri, port)
     try:
         wait_healthy(port, proc)
-        yield {"uri": uri, "exp": exp, "parent": parent, "trials": trials, "eval": eval_run, "port": port}
+        yield {
+            "uri": uri,
+            "exp": exp,
+            "parent": parent,
+            "trials": trials,
+            "eval": eval_run,
+            "port": port,
+            "champion": champion,
+        }
     finally:
         stop(proc)
+
+
+def register_as_champion(uri: str, run_id: str, image_size: int) -> str:
+    """Trial `run_id`'s model registered as `tiny@champion`, as a confirmed study registers its champion."""
+    from dynconv.evaluation.model import served_from_checkpoint
+    from dynconv.tracking.artifacts import load_checkpoint
+    from dynconv.tracking.registry import log_served_model, register_champion
+
+    served = served_from_checkpoint(load_checkpoint(uri, run_id), run_id)
+    model_uri = log_served_model(uri, run_id, served, image_size=image_size, metadata={"study": "tiny"})
+    outcome = register_champion(
+        uri,
+        "tiny",
+        model_uri,
+        study="tiny",
+        source_run_id=run_id,
+        alias="champion",
+        score=0.5,
+        test_set_id="t",
+    )
+    return outcome.version
 
 
 def runs_url(port: int, experiment_id: str, tail: str = "") -> str:
@@ -195,6 +225,17 @@ def test_browser_shows_study_trials_and_subset_table(finished_study, tmp_path: P
     assert "View as table" in table, table[:2000]
     rows = table.split("subset n accuracy", 1)[1]
     assert [w for w in rows.split() if w in ("RGB", "RB", "G")][:3] == ["RGB", "RB", "G"]
+
+
+def test_browser_shows_the_registered_champion_with_its_alias_and_source_run(
+    finished_study, tmp_path
+) -> None:
+    s = finished_study
+    base = f"http://127.0.0.1:{s['port']}/#/models/tiny"
+    model = page_text(render(base, tmp_path))
+    assert "tiny" in model and f"Version {s['champion']}" in model and "@ champion" in model, model[:3000]
+    version = page_text(render(f"{base}/versions/{s['champion']}", tmp_path))
+    assert "champion" in version and "trial_a" in version, version[:3000]  # its source run, by name
 
 
 @pytest.mark.skipif(not os.environ.get("DYNCONV_SCREENSHOT"), reason="writes docs/img; run by hand")

@@ -188,6 +188,13 @@ def test_a_study_whose_trials_all_diverge_says_so_and_fails(
     assert find_runs(uri, exp, role="evaluation") == []
     assert [r.info.status for r in find_runs(uri, exp, role="study")] == ["FAILED"]
 
+    from dynconv.cli import main  # nothing to confirm either: one line, before Ray is asked for anything
+
+    assert main(["confirm", "tiny", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "dynconv: error: study 'tiny' has no finished trial to confirm (trials: failed)"
+    assert find_runs(uri, exp, role="confirmation") == []
+
 
 # -------------------------------------------------------- multi-objective study (issue 14), same Ray instance
 
@@ -553,3 +560,94 @@ def test_an_interrupted_confirmation_continues_without_training_a_seed_twice(con
     assert kept <= {r.info.run_id for r in runs}, "runs finished before the interruption were kept"
     sources = [v.tags["dynconv.source_run_id"] for v in client(uri).search_model_versions("name = 'tiny'")]
     assert len(sources) == len(set(sources)), "one registry version per source run"
+
+
+def test_a_registry_name_held_by_another_study_costs_one_line_and_nothing_else(confirmed_study) -> None:
+    from dynconv.tune.confirm import ConfirmPhase, register
+
+    spec, result = confirmed_study
+    c = client(result.tracking_uri)
+    c.create_registered_model("clash", tags={"dynconv.study": "someone-else"})
+    phase = ConfirmPhase(
+        spec.model_copy(update={"study": "clash"}),
+        result.tracking_uri,
+        result.experiment_id,
+        result.parent_run_id,
+        result.run_name,
+        data=None,
+        context={},
+        concurrent=1,
+    )
+    line = register(phase, result.confirmation.verdict)
+    assert line.startswith(
+        "registry: not registered: registered model 'clash' belongs to study 'someone-else'"
+    )
+    assert "\n" not in line
+    assert c.get_run(result.parent_run_id).data.tags["dynconv.registry_error"].startswith("registered model")
+    assert [v.version for v in c.search_model_versions("name = 'clash'")] == []
+
+
+def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
+    ray_local, tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    """A worker that cannot open the study's data cache (a `data.cache_dir` on a disk its node does not
+    see) fails identically on every retry: the trial runs once, says why in one line, and is FAILED in
+    MLflow (with the line), in the searcher and in the table; Tune's two retries are not spent."""
+    import pickle
+
+    from optuna.trial import TrialState
+    from ray import tune
+
+    from dynconv.tracking.layout import ensure_experiment, start_study_run
+    from dynconv.tune.callbacks import ConsoleReporter
+    from dynconv.tune.recorder import TrialRecorder
+    from dynconv.tune.resources import trial_resources
+    from dynconv.tune.search import build_searcher, param_space, run_config, tune_metric_mode
+    from dynconv.tune.trial import run_trial
+    from dynconv.tune.trial_summaries import summarise_trials
+
+    data = tiny_spec_dict(
+        tmp_path,
+        tiny_dataset,
+        resources={"workers_per_trial": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.1},
+        search={"num_samples": 1},
+        failure={"trial_max_failures": 2},
+    )
+    spec = parse_spec(data).resolved()
+    uri = spec.tracking_uri()
+    exp = ensure_experiment(uri, spec.study)
+    parent = start_study_run(uri, exp, spec.study, {})
+    context = {
+        "run_name": "lost-cache",
+        "cache_dir": str(tmp_path / "not-on-this-node"),
+        "cache_fingerprint": "0",
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=context),
+        trial_resources(spec, "GPU"),
+    )
+    metric, mode = tune_metric_mode(spec)
+    callbacks = [
+        TrialRecorder(uri, exp, parent, spec, 3),
+        ConsoleReporter(spec.train.epochs, metric, mode, list(spec.search.space)),
+    ]
+    grid = tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=build_searcher(spec), num_samples=1),
+        run_config=run_config(spec, "lost-cache", callbacks),
+    ).fit()
+
+    out = capsys.readouterr().out
+    assert out.count(" started ") == 1 and "retrying" not in out, out
+    [failed] = [line for line in out.splitlines() if "FAILED: " in line]
+    assert "no dynconv cache here" in failed and failed.endswith("(not retried: it would fail the same way)")
+    [run] = find_runs(uri, exp, role="trial")
+    assert (run.info.status, run.data.tags["dynconv.outcome"]) == ("FAILED", "failed")
+    assert "no dynconv cache here" in run.data.tags["dynconv.error"]
+    assert "val_acc" not in run.data.metrics, "no NaN logged as if it were a score"
+    [row] = summarise_trials(grid, spec, uri, exp, parent)
+    assert row.status == "FAILED" and row.rank is None
+    [saved] = (Path(spec.storage_uri()) / "lost-cache").glob("searcher-state-*.pkl")
+    [told] = pickle.loads(saved.read_bytes())["_ot_study"].trials
+    assert told.state == TrialState.FAIL

@@ -38,6 +38,25 @@ def diverged(metrics: Mapping[str, object]) -> str | None:
     return None
 
 
+ERROR_RESULT = "error"
+"""The key of a trial's last result when one of dynconv's own errors ended it (a data cache a worker
+cannot open, a device that is not there): such an error recurs identically on every retry, so the trial
+reports its one line and ends instead of raising, the driver closes it FAILED with that line, and Tune
+does not retry it (its `FailureConfig` retries any exception and has no filter)."""
+
+
+def error_result(ranked: Sequence[str], message: str) -> dict[str, object]:
+    """The final result of a trial ended by `message`: the line, epoch 0, and the `ranked` metrics as
+    NaN (Tune refuses a result without the metric it ranks on)."""
+    return {ERROR_RESULT: message, "epoch": 0, **dict.fromkeys(ranked, math.nan)}
+
+
+def ended_by_error(result: Mapping[str, object]) -> str | None:
+    """The one line of the dynconv error that ended the trial whose last result is `result`, or None."""
+    message = result.get(ERROR_RESULT)
+    return message if isinstance(message, str) else None
+
+
 def subset_metric(subset: str) -> str:
     """`val_acc_RB` for subset `RB`: validation accuracy with only the subset's channels."""
     return f"val_acc_{subset}"

@@ -48,6 +48,7 @@ PARAM_WARM_START_TRIALS = "warm_start.trials"  # study: how many of those trials
 # trial: finished | stopped_early | failed | diverged | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
+TAG_ERROR = "dynconv.error"  # trial: the one line of the dynconv error that ended it (not retried)
 TAG_CONFIRMS = "dynconv.confirms"  # confirmation -> the trial run whose configuration it retrains
 TAG_CHAMPION_RUN = "dynconv.champion_run_id"  # study -> the confirmation run registered as its model
 TAG_VERDICT = "dynconv.verdict"  # study: the confirmation's verdict, one line

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dynconv.errors import DynconvError, one_line
+
 CHECKPOINT_FILE = "state.pt"
 
 log = logging.getLogger(__name__)
@@ -107,10 +109,10 @@ class RaySession:
 
         return latest_state(ray.train.get_checkpoint(), self._resume_globs, warn=self.rank == 0)
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
 
-        if self.rank != 0:
+        if self.rank != 0 or state is None:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
@@ -144,9 +146,12 @@ class TuneSession:
 
         return latest_state(ray.tune.get_checkpoint(), self._resume_globs)
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.tune
 
+        if state is None:
+            ray.tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory(prefix="dynconv_ckpt_") as tmp:
             torch.save(state, Path(tmp) / CHECKPOINT_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
@@ -161,13 +166,19 @@ def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
     """Rebuild the spec from `config`, open the cached data and run `fit` in `make_session(spec)`."""
     from dynconv.data.cache_files import PreparedData
     from dynconv.spec import JobSpec
+    from dynconv.spec.metrics import error_result
     from dynconv.train.loop import fit
 
     spec = JobSpec.model_validate(config["spec"])
-    # Exactly the data the driver prepared: a cache rebuilt since (another study, changed files) is an error.
-    data = PreparedData.open(Path(config["cache_dir"]), fingerprint=config["cache_fingerprint"])
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    fit(spec, make_session(spec), data)
+    session = make_session(spec)
+    try:
+        # Exactly the data the driver prepared: a cache rebuilt since, or not there, is an error.
+        data = PreparedData.open(Path(config["cache_dir"]), fingerprint=config["cache_fingerprint"])
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+        fit(spec, session, data)
+    except DynconvError as err:  # a retry would fail the same way: end the trial with its line
+        ranked = [spec.search.tune_metric, *(spec.search.objectives or {})]
+        session.report(error_result(ranked, one_line(err)), None)
 
 
 def train_worker(config: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from dynconv.spec.metrics import diverged
+from dynconv.spec.metrics import diverged, ended_by_error
 
 
 class ConsoleReporter(Callback):
@@ -70,8 +70,10 @@ class ConsoleReporter(Callback):
         done = int(last.get("epoch", 0))
         value = last.get(self.metric)
         tail = f", last {self.metric} {value:.4f}" if value is not None else ""
-        loss = diverged(last)
-        if loss is not None:
+        loss, error = diverged(last), ended_by_error(last)
+        if error is not None:
+            self._print(trial, f"FAILED: {error}  (not retried: it would fail the same way)")
+        elif loss is not None:
             self._print(trial, f"DIVERGED at epoch {done}: {loss} {last[loss]}; not ranked, not evaluated")
         elif done >= self.epochs:
             if trial.trial_id not in self.announced:  # else its last epoch line said so

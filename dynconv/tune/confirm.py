@@ -188,10 +188,10 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
 
 def _unfinished(result: Any, spec: JobSpec) -> bool:
     """A confirmation trial the interruption left short: no error, not diverged, fewer epochs than asked."""
-    from dynconv.spec.metrics import diverged
+    from dynconv.spec.metrics import diverged, ended_by_error
 
     metrics = result.metrics or {}
-    if result.error is not None or diverged(metrics) is not None:
+    if result.error is not None or diverged(metrics) is not None or ended_by_error(metrics) is not None:
         return False
     return int(metrics.get("epoch", 0)) < spec.train.epochs
 

@@ -7,7 +7,8 @@ workers only report to Tune, and this callback, in the driver,
 - logs each reported result at step = epoch,
 - logs the final checkpoint and closes the run with the trial's outcome: FINISHED when it ran all its
   epochs (`dynconv.outcome=finished`) or when the scheduler stopped it early (`stopped_early`: ASHA
-  stopping a trial is the search working, not a failure), FAILED when it failed for good (`failed`)
+  stopping a trial is the search working, not a failure), FAILED when it failed for good (`failed`; with
+  the line in `dynconv.error` when one of dynconv's own errors ended it without a retry)
   or its loss stopped being finite (`diverged`), KILLED when the study was interrupted
   (`interrupted`) or when it belongs to no trial of the resumed study (`orphaned`).
 
@@ -34,11 +35,12 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import diverged
+from dynconv.spec.metrics import diverged, ended_by_error
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import (
     TAG_CONFIRMS,
     TAG_EPOCHS_DONE,
+    TAG_ERROR,
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_STUDY,
@@ -144,7 +146,7 @@ class TrialRecorder(Callback):
         self.writer.submit(tid, lambda: self._create_run(trial), f"run of trial {tid}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "epoch" not in result:
+        if "epoch" not in result or ended_by_error(result) is not None:  # the error is logged at close
             return
         tid, epoch = trial.trial_id, int(result["epoch"])
         done = self._logged.get(tid, 0)
@@ -231,13 +233,16 @@ class TrialRecorder(Callback):
         done = max(ckpt_epoch, self._logged.get(tid, 0))
         if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
             self._submit(tid, "checkpoint", log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
-        if failed:
+        tags = {}
+        if failed or ended_by_error(last) is not None:
             status, outcome = "FAILED", "failed"
+            if ended_by_error(last) is not None:
+                tags[TAG_ERROR] = ended_by_error(last)
         elif diverged(last):
             status, outcome = "FAILED", "diverged"
         else:
             status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
-        tags = {TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done}
+        tags.update({TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done})
         self._submit(tid, "close", _end, status, tags)
 
     def flush(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import diverged
+from dynconv.spec.metrics import diverged, ended_by_error
 from dynconv.spec.sections import ParamSpec
 from dynconv.tune.trial import tune_max_failures
 
@@ -77,7 +77,7 @@ def build_searcher(spec: JobSpec, warm: WarmStart | None = None):
 def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
     """Tune's stopper (`RunConfig(stop=...)`): stop a trial at the first epoch whose loss is not finite
     (`dynconv.spec.metrics.diverged`); the recorder, the console and the searcher then call it diverged."""
-    return diverged(result) is not None
+    return diverged(result) is not None or ended_by_error(result) is not None
 
 
 def tune_metric_mode(spec: JobSpec) -> tuple[str | None, str | None]:

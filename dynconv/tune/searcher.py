@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import TrialState, create_trial
 from ray.tune.search.optuna import OptunaSearch
 
-from dynconv.spec.metrics import diverged
+from dynconv.spec.metrics import diverged, ended_by_error
 
 
 class EpochOptunaSearch(OptunaSearch):
@@ -23,6 +23,9 @@ class EpochOptunaSearch(OptunaSearch):
       trials that ran all epochs, as the study's own ranking does. So is a trial that diverged
       (`dynconv.spec.metrics.diverged`), whatever epoch it reached: its values are not to be trusted, and
       a NaN told as a value would leave the Optuna trial running forever.
+
+    - A trial ended by one of dynconv's own errors (`dynconv.spec.metrics.ended_by_error`: it reports the
+      error instead of raising it, so that Tune does not retry it) is told to Optuna as FAIL.
 
     - An earlier study's trials (`--warm-start`, `dynconv.tune.warm_start`) come in through Ray's own
       `points_to_evaluate` + `evaluated_rewards`, added to the Optuna study as COMPLETE trials when the
@@ -64,6 +67,14 @@ class EpochOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if (
+            result is not None
+            and ended_by_error(result) is not None
+            and trial_id not in self._completed_trials
+        ):
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL)  # its NaNs are no value
+            self._completed_trials.add(trial_id)
+            return
         stopped = (
             not error
             and result is not None

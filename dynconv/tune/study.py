@@ -214,10 +214,12 @@ def confirm_study(
     """`dynconv confirm STUDY`: the confirmation phase for a study that ran without one (or with other
     `top_k`/`seeds`), on its recorded spec; returns the `ConfirmOutcome`. Run again after an interruption,
     it continues the same confirmation (its Tune experiment is named for `top_k` and `seeds`)."""
+    from dynconv.evaluation.study import list_ranked_trials
     from dynconv.spec import parse_spec, resolve_tracking_uri
     from dynconv.tracking.artifacts import load_study_spec
     from dynconv.tracking.find import find_study_run
     from dynconv.tracking.layout import TAG_TUNE_PATH
+    from dynconv.tune.confirm import chosen_trials
     from dynconv.tune.summary import append_confirmation_note
 
     set_library_environment(verbose)
@@ -232,6 +234,7 @@ def confirm_study(
     confirm = data["confirm"]
     confirm.update(enabled=True, top_k=top_k or confirm["top_k"], seeds=seeds or confirm["seeds"])
     spec = parse_spec(data, source=f"study run {parent.info.run_id}")
+    chosen_trials(spec, list_ranked_trials(uri, parent, Ranking.for_spec(spec)))  # one line before Ray
     quiet_libraries(verbose)
     with study_lock(spec.storage_uri(), spec.study):
         tune_path = parent.data.tags.get(TAG_TUNE_PATH) or str(Path(spec.storage_uri()) / spec.study)

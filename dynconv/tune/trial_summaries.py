@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import diverged
+from dynconv.spec.metrics import diverged, ended_by_error
 from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, find_runs
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import TrialSummary, apply_ranking
@@ -36,7 +36,7 @@ def summarise_trials(
         trial_id = metrics.get("trial_id") or Path(result.path).name
         value = _last_values(df, [ranking.metric])[ranking.metric]
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
-        if result.error is not None:
+        if result.error is not None or ended_by_error(metrics) is not None:
             status = "FAILED"
         elif diverged(metrics) is not None:
             status = "DIVERGED"

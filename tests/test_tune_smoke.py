@@ -384,9 +384,31 @@ def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_wo
 # ------------------------------------------------- confirmation over seeds (issue 21), same Ray instance
 
 
+def _interrupt_once_a_confirmation_run_finished(spec, timeout_s: float = 180) -> None:
+    """SIGINT to this process (Tune's handler: stop the trials, save the state) once the study's
+    confirmation phase has finished its first run."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if list(Path(spec.storage_uri()).glob("*-confirm-k*")):  # the phase has begun: MLflow is set up
+            exp = client(spec.tracking_uri()).get_experiment_by_name(spec.experiment)
+            runs = find_runs(spec.tracking_uri(), exp.experiment_id, role="confirmation")
+            if any(r.data.tags.get("dynconv.outcome") == "finished" for r in runs):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def confirmed_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """2 trials of 1 epoch trained in their actors, then both configurations confirmed with 2 new seeds."""
+    """2 trials of 1 epoch trained in their actors, then both configurations confirmed with 3 new seeds;
+    the confirmation is interrupted (SIGINT) once its first run finished, and `--resume` continues it.
+    Returns (spec, the resumed study's result, the interrupted one's, the runs finished before)."""
+    import threading
+
     from dynconv.tune.study import run_study
 
     tmp = tmp_path_factory.mktemp("confirmed")
@@ -397,10 +419,19 @@ def confirmed_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.Temp
         scheduler={"name": "none"},
         resources={"workers_per_trial": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.1},
         evaluate={"enabled": False, "subsets": ["RGB", "R", "GB"]},
-        confirm={"enabled": True, "top_k": 2, "seeds": 2},
+        confirm={"enabled": True, "top_k": 2, "seeds": 3},
     )
-    spec = parse_spec(data)
-    return spec, run_study(spec)
+    spec = parse_spec(data).resolved()
+    watcher = threading.Thread(target=_interrupt_once_a_confirmation_run_finished, args=(spec,), daemon=True)
+    watcher.start()
+    interrupted = run_study(spec)
+    watcher.join()
+    kept = {
+        r.info.run_id
+        for r in _confirmation_runs(interrupted)
+        if r.data.tags.get("dynconv.outcome") == "finished"
+    }
+    return spec, run_study(spec, resume=True), interrupted, kept
 
 
 def _confirmation_runs(result) -> list:
@@ -408,15 +439,15 @@ def _confirmation_runs(result) -> list:
 
 
 def test_confirmation_retrains_the_top_configurations_with_new_seeds(confirmed_study) -> None:
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     runs = _confirmation_runs(result)
     top = {t.run_id for t in result.ranked[:2]}
-    assert len(runs) == 4
+    assert len(runs) == 6
     assert {r.data.tags["dynconv.confirms"] for r in runs} == top
     for source in top:
         mine = [r for r in runs if r.data.tags["dynconv.confirms"] == source]
         seeds = sorted(int(r.data.params["train.seed"]) for r in mine)
-        assert seeds == [1, 2], "new seeds, not the search's 0"
+        assert seeds == [1, 2, 3], "new seeds, not the search's 0"
         lrs = {r.data.params["lr"] for r in mine}
         assert len(lrs) == 1 and float(lrs.pop()) == pytest.approx(
             next(t.params["lr"] for t in result.trials if t.run_id == source)
@@ -431,7 +462,7 @@ def test_the_verdict_is_computed_from_the_seeds_and_recorded_on_the_study_run(co
 
     from dynconv.tracking.artifacts import download_yaml
 
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     verdict = result.confirmation.verdict
     runs = _confirmation_runs(result)
     by_source: dict[str, list[float]] = {}
@@ -466,10 +497,10 @@ def test_confirm_again_trains_no_seed_twice(confirmed_study, capsys) -> None:
     """`dynconv confirm` with the same top-k and seeds continues (here: re-reads) the same confirmation."""
     from dynconv.cli import main
 
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     before = {r.info.run_id for r in _confirmation_runs(result)}
     versions = client(result.tracking_uri).search_model_versions("name = 'tiny'")
-    code = main(["confirm", "tiny", "--top-k", "2", "--seeds", "2", "--tracking-uri", result.tracking_uri])
+    code = main(["confirm", "tiny", "--top-k", "2", "--seeds", "3", "--tracking-uri", result.tracking_uri])
     out = capsys.readouterr().out
     assert code == 0, out
     assert {r.info.run_id for r in _confirmation_runs(result)} == before
@@ -479,7 +510,7 @@ def test_confirm_again_trains_no_seed_twice(confirmed_study, capsys) -> None:
 
 
 def test_the_champion_is_registered_with_the_verdicts_alias(confirmed_study) -> None:
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     verdict = result.confirmation.verdict
     c = client(result.tracking_uri)
     model = c.get_registered_model("tiny")
@@ -494,7 +525,7 @@ def test_the_champion_is_registered_with_the_verdicts_alias(confirmed_study) -> 
 def test_rerun_of_the_registered_model_says_whether_it_reproduced(confirmed_study, capsys) -> None:
     from dynconv.rerun import rerun
 
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     alias = result.confirmation.verdict.alias
     done = rerun(f"models:/tiny@{alias}", tracking_uri=result.tracking_uri, subsets=["RGB"])
     assert done.original_run_id == result.confirmation.verdict.champion.representative().run_id
@@ -510,7 +541,7 @@ def test_rerun_of_the_registered_model_says_whether_it_reproduced(confirmed_stud
 def test_the_report_shows_the_confirmation_table_and_verdict(confirmed_study, tmp_path: Path) -> None:
     from dynconv.report.render import write_report
 
-    _, result = confirmed_study
+    _, result, *_ = confirmed_study
     verdict = result.confirmation.verdict
     report = write_report(out_dir=tmp_path, tracking_uri=result.tracking_uri).read_text()
     section = report[report.index("## Confirmation over seeds") :]
@@ -519,53 +550,22 @@ def test_the_report_shows_the_confirmation_table_and_verdict(confirmed_study, tm
     assert (tmp_path / "confirmation.csv").is_file()
 
 
-def test_an_interrupted_confirmation_continues_without_training_a_seed_twice(confirmed_study) -> None:
-    """SIGINT once the first of 6 runs (2 configurations x 3 seeds) finished; run again: the finished runs
-    are kept, every (configuration, seed) ends up trained exactly once, and no version is registered twice."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from dynconv.tune.study import confirm_study
-
-    _, result = confirmed_study
-    uri, earlier = result.tracking_uri, {r.info.run_id for r in _confirmation_runs(result)}
-
-    def new_runs() -> list:
-        return [r for r in _confirmation_runs(result) if r.info.run_id not in earlier]
-
-    def finished(runs: list) -> set[str]:
-        return {r.info.run_id for r in runs if r.data.tags.get("dynconv.outcome") == "finished"}
-
-    def interrupt_after_the_first_run() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not finished(new_runs()):
-            time.sleep(0.2)
-        os.kill(os.getpid(), signal.SIGINT)  # Tune's handler: stop the trials, save the state
-
-    watcher = threading.Thread(target=interrupt_after_the_first_run, daemon=True)
-    watcher.start()
-    first = confirm_study("tiny", top_k=2, seeds=3, tracking_uri=uri)
-    watcher.join()
-    assert first.interrupted and first.verdict is None
-    kept = finished(new_runs())
+def test_an_interrupted_confirmation_continues_with_resume_and_trains_no_seed_twice(confirmed_study) -> None:
+    _, result, interrupted, kept = confirmed_study
+    assert interrupted.interrupted and interrupted.confirmation.interrupted
+    assert client(result.tracking_uri).get_run(result.parent_run_id).info.status == "FINISHED"
     assert 1 <= len(kept) < 6
-
-    second = confirm_study("tiny", top_k=2, seeds=3, tracking_uri=uri)
-    assert not second.interrupted and second.verdict is not None
-    runs = [r for r in new_runs() if r.info.run_id in finished(new_runs())]
+    runs = [r for r in _confirmation_runs(result) if r.data.tags.get("dynconv.outcome") == "finished"]
     pairs = [(r.data.tags["dynconv.confirms"], r.data.params["train.seed"]) for r in runs]
     assert len(pairs) == 6 and len(set(pairs)) == 6, "each configuration x seed trained once"
     assert kept <= {r.info.run_id for r in runs}, "runs finished before the interruption were kept"
-    sources = [v.tags["dynconv.source_run_id"] for v in client(uri).search_model_versions("name = 'tiny'")]
-    assert len(sources) == len(set(sources)), "one registry version per source run"
+    assert len(_confirmation_runs(result)) == 6, "no run of a seed started twice"
 
 
 def test_a_registry_name_held_by_another_study_costs_one_line_and_nothing_else(confirmed_study) -> None:
     from dynconv.tune.confirm import ConfirmPhase, register
 
-    spec, result = confirmed_study
+    spec, result, *_ = confirmed_study
     c = client(result.tracking_uri)
     c.create_registered_model("clash", tags={"dynconv.study": "someone-else"})
     phase = ConfirmPhase(

@@ -16,6 +16,7 @@ from typing import Any
 
 from dynconv import stats
 from dynconv.report.compare import Comparison, compare
+from dynconv.report.confirmation import SINGLE_SEED, compare_over_seeds
 from dynconv.report.format import acc_ci, flops_cell, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord
 from dynconv.report.roles import (
@@ -184,22 +185,26 @@ def table2(chosen: dict[str, EvalRecord], section: Section, out: Path, suffix: s
         a, b = chosen.get(ka), chosen.get(kb)
         if a is None or b is None:
             missing = [ROLES[k].spec_file for k, r in ((ka, a), (kb, b)) if r is None]
-            rows.append([name, "-", "-", "-", "not run: " + "; ".join(missing)])
+            rows.append([name, "-", "-", "-", "not run: " + "; ".join(missing), "-"])
             continue
         comp = compare(f"Table 2: {name}", a, b)
         section.comparisons.append(comp)
         fa, fb = a.m("flops"), b.m("flops")
         ratio = f"{fa / fb:.2f}x" if fa and fb else "-"
         counts = "-" if comp.test is None else f"{comp.test.b} / {comp.test.c}"
-        rows.append([name, f"{100 * (comp.acc_a - comp.acc_b):+.2f}", counts, ratio, comp.verdict])
+        seeds = compare_over_seeds(a.confirmation, b.confirmation, "RGB") or "not confirmed (one seed each)"
+        rows.append([name, f"{100 * (comp.acc_a - comp.acc_b):+.2f}", counts, ratio, comp.verdict, seeds])
     head = [
         "effect (first minus second)",
         "Δ accuracy (points)",
         "only first / only second right",
         "FLOPs ratio",
-        "McNemar",
+        "McNemar (test images)",
+        "over seeds (training randomness)",
     ]
     md.append(md_table(head, rows) + "\n")
+    if not all(r[-1].startswith(("+", "-")) for r in rows if r[1] != "-"):
+        md.append(f"Where a pair was not confirmed: {SINGLE_SEED}.\n")
     section.files.append(
         write_csv(
             out / f"table2{suffix}.csv",

@@ -121,7 +121,8 @@ repo, uri, name, inputs, outputs = sys.argv[1:6]
 editable = lambda hook: "__editable__" in str(getattr(hook, "__module__", "") or type(hook).__module__)
 sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
 sys.path_hooks[:] = [h for h in sys.path_hooks if not editable(h)]
-sys.path[:] = [p for p in sys.path if "__editable__" not in p and not (p or ".").startswith(repo)]
+inside_repo = lambda p: (p or ".").startswith(repo) and not p.startswith(sys.prefix)  # a .venv in it stays
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and not inside_repo(p)]
 sys.path_importer_cache.clear()
 try:
     import dynconv

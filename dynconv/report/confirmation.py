@@ -16,6 +16,7 @@ from typing import Any
 
 from dynconv import stats
 from dynconv.report.format import md_table, write_csv
+from dynconv.report.roles import SUBSET_ORDER
 from dynconv.tracking.artifacts import download_yaml
 from dynconv.tracking.find import experiments as find_experiments
 from dynconv.tracking.find import search_runs
@@ -83,9 +84,7 @@ def confirmation_section(
     files, csv_rows = [], []
     for study, run_id, data in confirmations:
         metric = data["metric"]
-        subsets = sorted(
-            {s for c in data["configurations"] for s in c.get("test", {})}, key=lambda s: -len(s)
-        )
+        subsets = [s for s in SUBSET_ORDER if any(s in c.get("test", {}) for c in data["configurations"])]
         head = [
             "search rank",
             "trial",

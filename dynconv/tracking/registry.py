@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import re
@@ -106,6 +107,7 @@ def log_served_model(
             tempfile.TemporaryDirectory(prefix="dynconv-code-") as tmp,
             _mlflow_tracking_uri(uri),
             _sys_path_kept(),
+            _pickle_warning_off(),
         ):
             info = mlflow.pytorch.log_model(
                 served,
@@ -195,6 +197,18 @@ def served_model_of_run(uri: str, run_id: str) -> str | None:
         )
     ready = [m for m in found if m.name == SERVED_MODEL and str(m.status).endswith("READY")]
     return f"models:/{ready[0].model_id}" if ready else None
+
+
+@contextlib.contextmanager
+def _pickle_warning_off() -> Iterator[None]:
+    """Pickle is chosen on purpose (module doc): MLflow's warning that recommends `pt2` is not for us."""
+    logger = logging.getLogger("mlflow.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def register_champion(

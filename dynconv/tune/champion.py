@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.errors import DynconvError
 from dynconv.stats import MeanInterval, Welch, mean_interval, welch
 
@@ -235,4 +236,6 @@ def _g(v: Any) -> str:
 
 
 def _subset_order(subset: str) -> tuple[int, str]:
-    return (-len(subset), subset)
+    """RGB, RG, RB, GB, R, G, B (the seed's order), then anything else by name."""
+    known = list(SUBSET_NAMES)
+    return (known.index(subset), "") if subset in known else (len(known), subset)

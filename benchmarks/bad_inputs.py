@@ -106,6 +106,9 @@ def _cases() -> list[Case]:
         ),
         Case("`rerun` on a missing sqlite store", ["rerun", "tiny", "--tracking-uri", "{nodb}"], t3, nodir),
         Case("`report` on a missing sqlite store", ["report", "--tracking-uri", "{nodb}"], t3, nodir),
+        Case(
+            "`confirm` on a missing sqlite store", ["confirm", "tiny", "--tracking-uri", "{nodb}"], t3, nodir
+        ),
         Case("`evaluate` with no ./mlflow.db", ["evaluate", "tiny"], t3, "{cwd}/mlflow.db"),
         Case("`report` with no ./mlflow.db", ["report"], t3, "{cwd}/mlflow.db"),
         Case("`evaluate` against a down HTTP server", ["evaluate", "tiny", "--tracking-uri", "{down}"], t3),
@@ -116,6 +119,12 @@ def _cases() -> list[Case]:
         Case("`--resume` of a name with two study runs", ["tune", "{spec}", "--resume"], t4),
         Case("`evaluate NAME` with two study runs", ["evaluate", "tiny", "--tracking-uri", "{uri}"], t4),
         Case("`rerun NAME` with two study runs", ["rerun", "tiny", "--tracking-uri", "{uri}"], t4),
+        Case("`confirm NAME` with two study runs", ["confirm", "tiny", "--tracking-uri", "{uri}"], t4),
+        Case(
+            "`rerun` of a registered model that does not exist",
+            ["rerun", "models:/tiny@champion", "--tracking-uri", "{uri}"],
+            "tests/test_registry.py",
+        ),
         Case("`tune` of a study whose driver holds its lock", ["tune", "{spec}"], tl),
     ]
     from tests.test_cli_args import BAD_ARGS

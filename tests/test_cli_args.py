@@ -75,6 +75,12 @@ BAD_ARGS: list[tuple[list[str], str]] = [
     (["rerun", RUN_ID, "--epochs", "1e3"], "expected an integer"),
     (["rerun", RUN_ID, "--device", "tpu"], "invalid choice: 'tpu'"),
     (["rerun", ""], "must not be empty"),
+    (["confirm"], "required: study"),
+    (["confirm", "s", "--seeds", "1"], "between 2 and 100, got 1"),
+    (["confirm", "s", "--top-k", "0"], "between 1 and 100, got 0"),
+    (["confirm", "s", "--seeds", "three"], "expected an integer"),
+    (["confirm", "s", "--tracking-uri", "bogus://x"], "unknown scheme 'bogus'"),
+    (["tune", "{spec}", "--warm-start", ""], "must not be empty"),
 ]
 
 

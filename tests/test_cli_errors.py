@@ -76,7 +76,9 @@ def test_unknown_tracking_scheme_fails_before_the_cache_is_built(spec_file, tmp_
     assert not (tmp_path / "cache").exists() and not (tmp_path / "ray_results").exists()
 
 
-@pytest.mark.parametrize("command", [["evaluate", "tiny"], ["rerun", "tiny"], ["report"]])
+@pytest.mark.parametrize(
+    "command", [["evaluate", "tiny"], ["rerun", "tiny"], ["confirm", "tiny"], ["report"]]
+)
 def test_read_only_commands_never_create_a_store(command, tmp_path, monkeypatch, capsys) -> None:
     db = tmp_path / "no" / "such" / "mlflow.db"
     code = cli.main([*command, "--tracking-uri", f"sqlite:///{db}"])

@@ -71,7 +71,7 @@ def test_find_study_run_refuses_an_ambiguous_name(twin_store) -> None:
     assert find_study_run(uri, "solo").info.run_id == twin_store["solo"]  # a unique name still works
 
 
-@pytest.mark.parametrize("command", ["evaluate", "rerun"])
+@pytest.mark.parametrize("command", ["evaluate", "rerun", "confirm"])
 def test_cli_lists_the_run_ids(command, twin_store, capsys) -> None:
     code = cli.main([command, "twin", "--tracking-uri", twin_store["uri"]])
     err = capsys.readouterr().err.strip()

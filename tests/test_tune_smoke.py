@@ -444,6 +444,8 @@ def test_confirmation_retrains_the_top_configurations_with_new_seeds(confirmed_s
     top = {t.run_id for t in result.ranked[:2]}
     assert len(runs) == 6
     assert {r.data.tags["dynconv.confirms"] for r in runs} == top
+    [phase] = {r.data.tags["dynconv.confirmation"] for r in runs}
+    assert phase == f"{result.run_name}-confirm-k2-s3", "which confirmation: top_k x seeds"
     for source in top:
         mine = [r for r in runs if r.data.tags["dynconv.confirms"] == source]
         seeds = sorted(int(r.data.params["train.seed"]) for r in mine)

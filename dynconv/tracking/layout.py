@@ -50,6 +50,7 @@ TAG_OUTCOME = "dynconv.outcome"
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
 TAG_ERROR = "dynconv.error"  # trial: the one line of the dynconv error that ended it (not retried)
 TAG_CONFIRMS = "dynconv.confirms"  # confirmation -> the trial run whose configuration it retrains
+TAG_CONFIRMATION = "dynconv.confirmation"  # confirmation: which confirmation (its Tune experiment's name)
 TAG_CHAMPION_RUN = "dynconv.champion_run_id"  # study -> the confirmation run registered as its model
 TAG_VERDICT = "dynconv.verdict"  # study: the confirmation's verdict, one line
 TAG_REPRODUCED = "dynconv.reproduced"  # rerun: reproduced, or outside the confirmed interval by how much

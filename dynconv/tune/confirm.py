@@ -28,10 +28,10 @@ from dynconv.tracking.find import TrialInfo, search_runs
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
     TAG_CHAMPION_RUN,
+    TAG_CONFIRMATION,
     TAG_CONFIRMS,
     TAG_OUTCOME,
     TAG_TEST_SET,
-    TAG_TRIAL_ID,
     TAG_VERDICT,
     log_dict,
     log_metrics,
@@ -126,11 +126,10 @@ def run_confirmation(phase: ConfirmPhase, chosen: list[tuple[int, TrialInfo]]) -
     t0 = time.perf_counter()
     grid = _fit(phase, points)
     phase.timings["confirm_seconds"] = time.perf_counter() - t0
-    trial_ids = {(r.metrics or {}).get("trial_id") or Path(r.path).name for r in grid}
-    if len(trial_ids) < len(points) or any(_unfinished(r, spec) for r in grid):
+    if len(grid) < len(points) or any(_unfinished(r, spec) for r in grid):
         return ConfirmOutcome([], None, interrupted=True)
-    _evaluate_runs(phase, _confirmation_runs(phase, trial_ids))
-    configs = configurations(spec, chosen, _confirmation_runs(phase, trial_ids))
+    _evaluate_runs(phase, _confirmation_runs(phase))
+    configs = configurations(spec, chosen, _confirmation_runs(phase))
     ranking = Ranking.for_spec(spec)
     verdict = decide(configs, ranking.metric, ranking.mode, n.alpha)
     record_verdict(phase.uri, phase.parent_run_id, verdict, configs)
@@ -165,7 +164,13 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
     else:
         metric, mode = tune_metric_mode(spec)
         recorder = TrialRecorder(
-            phase.uri, phase.experiment_id, phase.parent_run_id, spec, phase.data.num_classes, "confirmation"
+            phase.uri,
+            phase.experiment_id,
+            phase.parent_run_id,
+            spec,
+            phase.data.num_classes,
+            role="confirmation",
+            run_tags={TAG_CONFIRMATION: phase.tune_name},
         )
         keys = [*spec.search.space, "seed"]
         console = ConsoleReporter(spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, keys)
@@ -196,14 +201,16 @@ def _unfinished(result: Any, spec: JobSpec) -> bool:
     return int(metrics.get("epoch", 0)) < spec.train.epochs
 
 
-def _confirmation_runs(phase: ConfirmPhase, trial_ids: set[str]) -> list[Any]:
-    """The MLflow runs of this confirmation's trials (not of an earlier confirmation of the study)."""
+def _confirmation_runs(phase: ConfirmPhase) -> list[Any]:
+    """The MLflow runs of this confirmation (not of another `top_k` x `seeds` confirmation of the study),
+    a run lost by a killed driver (`orphaned`) left out."""
     runs = search_runs(
         phase.uri,
-        f"tags.`mlflow.parentRunId` = '{phase.parent_run_id}' and tags.`dynconv.role` = 'confirmation'",
+        f"tags.`mlflow.parentRunId` = '{phase.parent_run_id}' and tags.`dynconv.role` = 'confirmation' "
+        f"and tags.`{TAG_CONFIRMATION}` = '{phase.tune_name}'",
         [phase.experiment_id],
     )
-    return [r for r in runs if r.data.tags.get(TAG_TRIAL_ID) in trial_ids]
+    return [r for r in runs if r.data.tags.get(TAG_OUTCOME) != "orphaned"]
 
 
 def _acc_key(split: str, subset: str) -> str:

@@ -96,9 +96,11 @@ class TrialRecorder(Callback):
         spec: JobSpec,
         num_classes: int,
         role: str = "trial",
+        run_tags: dict[str, str] | None = None,
     ) -> None:
         self.uri = tracking_uri
         self.role = role  # "trial" for the search, "confirmation" for the runs retraining its best
+        self.run_tags = dict(run_tags or {})  # set on every run it creates
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.spec_json = spec.to_json_dict()
@@ -180,7 +182,7 @@ class TrialRecorder(Callback):
         """The trial's child run, with its params and the model's FLOPs and parameter count."""
         params = train_params(trial.config)
         spec = JobSpec.model_validate(self.spec_json).with_params(params)
-        tags = {TAG_STUDY: spec.study}
+        tags = {TAG_STUDY: spec.study, **self.run_tags}
         if CONFIRMS in trial.config:
             tags[TAG_CONFIRMS] = trial.config[CONFIRMS]
         run_id, _ = ensure_child_run(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.environment import set_library_environment
-from dynconv.errors import DynconvError
+from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
 from dynconv.tracking.layout import (
@@ -414,8 +414,15 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None, co
         evaluations = evaluate_study(spec, result)
         run.timings["evaluate_seconds"] = time.perf_counter() - t0
     if spec.confirm.enabled and best is not None:
-        result.confirmation = confirm()
-        if result.confirmation.interrupted:
+        try:
+            result.confirmation = confirm()
+        except DynconvError as err:  # the search and its record stand; `dynconv confirm` retries later
+            print(
+                f"dynconv: confirmation skipped: {one_line(err)}; retry: dynconv confirm {spec.study}",
+                file=sys.stderr,
+            )
+            set_tags(uri, parent, {"dynconv.confirmation_error": str(err)[:5000]})
+        if result.confirmation is not None and result.confirmation.interrupted:
             result.interrupted = True
             _close_interrupted(result)
             return

@@ -310,6 +310,25 @@ def test_searched_fields_that_are_not_set_load_and_survive_their_json_form(tmp_p
     assert parse_spec(trial.to_json_dict()) == trial and parse_spec(spec.resolved().to_json_dict())
 
 
+@pytest.mark.parametrize(
+    ("section", "overrides"),
+    [({"top_k": 2, "seeds": 2}, None), (None, ["confirm.seeds=5"])],
+    ids=["in the file", "by --set"],
+)
+def test_a_confirmation_sized_but_never_switched_on_is_refused(tmp_path: Path, section, overrides) -> None:
+    data = _spec() if section is None else {**_spec(), "confirm": section}
+    message = _load_error(tmp_path, data, overrides)
+    assert "set, but confirm.enabled is not" in message and "add confirm.enabled: true" in message
+
+
+def test_a_confirmation_switched_on_or_explicitly_off_loads(tmp_path: Path) -> None:
+    on = _load(tmp_path, {**_spec(), "confirm": {"enabled": True, "top_k": 2, "seeds": 2}})
+    assert (on.confirm.enabled, on.confirm.top_k, on.confirm.seeds) == (True, 2, 2)
+    off = _load(tmp_path, {**_spec(), "confirm": {"enabled": True, "top_k": 2}}, ["confirm.enabled=false"])
+    assert not off.confirm.enabled, "turning a spec's confirmation off for one run is respected"
+    assert parse_spec(on.to_json_dict()) == on and parse_spec(off.to_json_dict()) == off
+
+
 # ------------------------------------------------------------------ YAML: repeated keys, aliases
 
 

@@ -212,6 +212,21 @@ def _refuse_searched_values(spec: JobSpec, source: str) -> None:
             )
 
 
+def _refuse_confirm_left_off(spec: JobSpec, source: str) -> None:
+    """Refuse a `confirm` section that sizes a confirmation (top_k, seeds, alpha) but never says
+    `enabled`: it is off by default, so the sizes would be silently ignored. An explicit
+    `enabled: false` (or `--set confirm.enabled=false`) is respected. Applied to what a user wrote, as
+    `_refuse_searched_values`."""
+    given = spec.confirm.model_fields_set
+    sized = sorted(given - {"enabled"})
+    if sized and "enabled" not in given:
+        keys = ", ".join(f"confirm.{k}" for k in sized)
+        raise SpecError(
+            f"{source}: {keys} set, but confirm.enabled is not, and a confirmation is off by default, so "
+            "the values would be ignored; add confirm.enabled: true (or enabled: false to keep it off)"
+        )
+
+
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> JobSpec:
     """Validate a dict into a JobSpec, turning pydantic's report into one line naming file and keys."""
     try:
@@ -321,4 +336,5 @@ def load_spec(path: Path, overrides: list[str] | None = None, num_samples: int |
         _set_dotted(data, "search.num_samples", num_samples)
     spec = parse_spec(data, source=str(path))
     _refuse_searched_values(spec, source=str(path))
+    _refuse_confirm_left_off(spec, source=str(path))
     return spec

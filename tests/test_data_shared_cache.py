@@ -88,6 +88,8 @@ def test_worker_refuses_a_cache_other_than_the_prepared_one(tmp_path: Path, monk
     reports = []
 
     class Session:  # stands in for the Ray Train worker's session: records what the worker reports
+        world_size = 1
+
         def __init__(self, resume_globs=()) -> None:
             pass
 
@@ -100,6 +102,11 @@ def test_worker_refuses_a_cache_other_than_the_prepared_one(tmp_path: Path, monk
     message = ended_by_error(result)
     assert "\n" not in message and "holds other data" in message and data_b.fingerprint[:12] in message
     assert state is None and math.isnan(result["val_acc"]), "no checkpoint, and no value to rank"
+
+    Session.world_size = 2  # a DDP worker raises: its peers must fail with it, not wait for it
+    with pytest.raises(DataError, match="holds other data"):
+        train_worker(config)
+    assert len(reports) == 1
 
 
 def test_worker_refuses_a_cache_rebuilt_after_the_driver_prepared_it(tmp_path: Path) -> None:

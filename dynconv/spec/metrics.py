@@ -42,7 +42,8 @@ ERROR_RESULT = "error"
 """The key of a trial's last result when one of dynconv's own errors ended it (a data cache a worker
 cannot open, a device that is not there): such an error recurs identically on every retry, so the trial
 reports its one line and ends instead of raising, the driver closes it FAILED with that line, and Tune
-does not retry it (its `FailureConfig` retries any exception and has no filter)."""
+does not retry it (its `FailureConfig` retries any exception and has no filter). A multi-worker (DDP)
+trial still raises: its workers fail together, and Ray Train and Tune retry it as before."""
 
 
 def error_result(ranked: Sequence[str], message: str) -> dict[str, object]:

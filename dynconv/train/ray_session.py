@@ -177,6 +177,8 @@ def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
         fit(spec, session, data)
     except DynconvError as err:  # a retry would fail the same way: end the trial with its line
+        if session.world_size > 1:  # DDP: every worker must fail for Ray Train to end the group; one
+            raise  # that returned would leave the others waiting in the model's first collective
         ranked = [spec.search.tune_metric, *(spec.search.objectives or {})]
         session.report(error_result(ranked, one_line(err)), None)
 

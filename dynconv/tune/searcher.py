@@ -40,6 +40,7 @@ class EpochOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.epochs = epochs
+        self.reported_epochs: dict[str, int] = {}  # trial id -> the last epoch told to Optuna
 
     @property
     def optuna_study(self) -> Any:
@@ -64,7 +65,10 @@ class EpochOptunaSearch(OptunaSearch):
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             return  # Optuna takes no intermediate values of several objectives
         if self.metric in result and "epoch" in result and math.isfinite(result[self.metric]):
-            self._ot_trials[trial_id].report(result[self.metric], int(result["epoch"]))
+            epoch = int(result["epoch"])
+            if epoch > self.reported_epochs.get(trial_id, 0):  # a trial resumed from its last checkpoint
+                self._ot_trials[trial_id].report(result[self.metric], epoch)  # reports that epoch again
+                self.reported_epochs[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if (

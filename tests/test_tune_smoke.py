@@ -521,6 +521,15 @@ def test_the_champion_is_registered_with_the_verdicts_alias(confirmed_study) -> 
     assert version.tags["dynconv.test_set"] and model.tags["dynconv.study"] == "tiny"
     other = "candidate" if verdict.alias == "champion" else "champion"
     assert other not in model.aliases
+    import yaml
+
+    model_id = version.model_id or version.source.removeprefix("models:/")
+    where = c.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    metadata = yaml.safe_load((Path(where) / "MLmodel").read_text())["metadata"]
+    seed_run = verdict.champion.representative()
+    assert metadata["test_accuracy"] == pytest.approx(seed_run.test_acc), "the registered model's own"
+    assert set(metadata["confirmed_test_accuracy"]) == {"RGB", "R", "GB"}
+    assert metadata["channel_slots"] == {"R": 0, "G": 1, "B": 2} and metadata["verdict"] == verdict.one_line()
     assert "registry: " in result.confirmation.registry
 
 

@@ -35,7 +35,8 @@ def model_metadata(spec: JobSpec, verdict: Verdict, test_set: str) -> dict[str, 
         "image_size": spec.data.image_size,
         "ranked_metric": verdict.metric,
         "confirmed": {"mean": score.mean, "low": score.low, "high": score.high, "seeds": score.n},
-        "test_accuracy": {s: c.test(s).mean for s in c.subsets()},
+        "test_accuracy": dict(c.representative().test_acc),  # this model's own, per subset
+        "confirmed_test_accuracy": {s: c.test(s)._asdict() for s in c.subsets()},  # over the seeds
         "test_set": test_set,
         "verdict": verdict.one_line(),
     }

@@ -166,7 +166,12 @@ def format_side_by_side(uri: str, original, rerun_id: str, ev: Evaluation | None
         diff = f"{b - a:+.4f}" if a is not None and b is not None else "-"
         lines.append(f"{epoch:>5}  {_f(a):>16}  {_f(b):>13}  {diff:>10}")
     if ev is not None:
-        o_metrics = latest_evaluation_metrics(uri, original)
+        confirmed = f"{ev.split}_acc_"  # a confirmation run holds its own per-subset accuracies
+        o_metrics = latest_evaluation_metrics(uri, original) or {
+            f"acc_{k.removeprefix(confirmed)}": v
+            for k, v in original.data.metrics.items()
+            if k.startswith(confirmed)
+        }
         lines.append("")
         lines.append("subset  original test acc  rerun test acc  [95% CI]")
         for r in ev.results:

@@ -541,7 +541,11 @@ def test_rerun_of_the_registered_model_says_whether_it_reproduced(confirmed_stud
     done = rerun(f"models:/tiny@{alias}", tracking_uri=result.tracking_uri, subsets=["RGB"])
     assert done.original_run_id == result.confirmation.verdict.champion.representative().run_id
     assert done.verdict.startswith(("reproduced: val_acc", "outside the interval, by "))
-    assert f"Reproduction: {done.verdict}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Reproduction: {done.verdict}" in out
+    original = client(result.tracking_uri).get_run(done.original_run_id).data.metrics["test_acc_RGB"]
+    [row] = [line for line in out.splitlines() if line.startswith("RGB ")]
+    assert row.split()[1] == f"{original:.4f}", "the original's own test accuracy, side by side"
     run = client(result.tracking_uri).get_run(done.run_id)
     assert run.data.tags["dynconv.reproduced"] == done.verdict
     params = run.data.params

@@ -65,12 +65,14 @@ def compare_over_seeds(a: dict | None, b: dict | None, subset: str) -> str:
 
 
 def _cell(entry: dict[str, Any] | None, scale: float = 1.0) -> str:
+    """mean [low, high]: a metric as is (4 decimals), an accuracy in percent (`scale` 100, 2 decimals)."""
     if not entry or entry.get("mean") is None:
         return "-"
+    digits = 4 if scale == 1 else 2
     mean, low, high = entry["mean"], entry.get("low"), entry.get("high")
     if low is None or high is None:
-        return f"{scale * mean:.2f}"
-    return f"{scale * mean:.2f} [{scale * low:.2f}, {scale * high:.2f}]"
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
 
 
 def confirmation_section(

@@ -13,9 +13,10 @@ The rule, fixed here once:
    per-seed values (unequal variances; effect size Hedges' g, positive when the best is better).
 3. p < alpha: the best mean is the champion, registered as `@champion`.
 4. Otherwise the configurations the best does not significantly beat are tied, and the tie rule picks
-   among them: fewer FLOPs, then the better mean worst-subset test accuracy (the robustness this project
-   is about), then the better mean. The choice is registered as `@candidate`, and the verdict names the
-   criterion that decided it.
+   among them: fewer FLOPs, then the better mean worst-subset validation accuracy (`val_acc_worst`, the
+   robustness this project is about), then the better mean. Validation, not test: the test split
+   measures the champion, it never chooses it. The choice is registered as `@candidate`, and the
+   verdict names the criterion that decided it.
 
 Pure: numbers in, numbers and words out (no Ray, no MLflow).
 """
@@ -30,7 +31,7 @@ from dynconv.data.channels import SUBSET_NAMES
 from dynconv.errors import DynconvError
 from dynconv.stats import MeanInterval, Welch, mean_interval, welch
 
-TIE_RULE = "fewer FLOPs, then better mean worst-subset test accuracy, then better mean"
+TIE_RULE = "fewer FLOPs, then better mean worst-subset validation accuracy, then better mean"
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SeedRun:
     seed: int
     value: float | None  # the last value of the ranked metric
     test_acc: dict[str, float] = field(default_factory=dict)  # subset -> accuracy on the evaluated split
+    val_worst: float | None = None  # the last `val_acc_worst`: validation accuracy of its worst subset
 
 
 @dataclass
@@ -67,11 +69,9 @@ class Configuration:
     def subsets(self) -> list[str]:
         return sorted({s for r in self.runs for s in r.test_acc}, key=_subset_order)
 
-    def worst_subset(self) -> tuple[str, float] | None:
-        """The subset with the lowest mean test accuracy, and that mean."""
-        means = [(s, self.test(s).mean) for s in self.subsets()]
-        means = [(s, m) for s, m in means if math.isfinite(m)]
-        return min(means, key=lambda p: p[1]) if means else None
+    def val_worst(self) -> MeanInterval:
+        """The worst-subset validation accuracy over the seeds (what the tie rule compares)."""
+        return mean_interval([r.val_worst for r in self.runs if r.val_worst is not None], bounds=(0.0, 1.0))
 
     def representative(self) -> SeedRun:
         """The seed run whose value is closest to the mean: the model registered for the configuration
@@ -204,10 +204,10 @@ def _tie_break(tied: list[Configuration], sign: float) -> tuple[Configuration, s
         return c.flops if c.flops is not None and math.isfinite(c.flops) else math.inf
 
     def worst(c: Configuration) -> float:
-        w = c.worst_subset()
-        return -w[1] if w is not None else math.inf
+        w = c.val_worst().mean
+        return -w if math.isfinite(w) else math.inf
 
-    criteria = [("fewer FLOPs", flops), ("better mean worst-subset test accuracy", worst)]
+    criteria = [("fewer FLOPs", flops), ("better mean worst-subset validation accuracy", worst)]
     pool = tied
     for name, key in criteria:
         best = min(key(c) for c in pool)

@@ -24,6 +24,7 @@ from typing import Any
 
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
+from dynconv.spec.metrics import WORST_SUBSET_METRIC
 from dynconv.tracking.find import TrialInfo, search_runs
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
@@ -248,6 +249,10 @@ def configurations(
     """The chosen configurations with their confirmation `runs` as MLflow holds them (a failed or
     diverged seed counts with no value: it did not score)."""
     metric, prefix = Ranking.for_spec(spec).metric, f"{spec.evaluate.split}_acc_"
+
+    def finished(run: Any) -> bool:
+        return run.data.tags.get(TAG_OUTCOME) == "finished"
+
     out = []
     for rank, trial in chosen:
         mine = sorted(
@@ -258,8 +263,9 @@ def configurations(
             SeedRun(
                 run_id=r.info.run_id,
                 seed=int(float(r.data.params.get("train.seed", "0"))),
-                value=r.data.metrics.get(metric) if r.data.tags.get(TAG_OUTCOME) == "finished" else None,
+                value=r.data.metrics.get(metric) if finished(r) else None,
                 test_acc={k[len(prefix) :]: v for k, v in r.data.metrics.items() if k.startswith(prefix)},
+                val_worst=r.data.metrics.get(WORST_SUBSET_METRIC) if finished(r) else None,
             )
             for r in mine
         ]

@@ -87,3 +87,21 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["tune", "tune_jobs/quickstart.yaml"], ["confirm", "some-study", "--seeds", "2"]],
+    ids=["tune", "confirm"],
+)
+def test_the_commands_that_drive_ray_run_their_driver_in_its_own_session(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both commands that start Ray under them hand the command line to the own-session runner."""
+    import dynconv.cli as cli
+
+    handed: list[list[str]] = []
+    monkeypatch.setattr(cli, "run_study_process", lambda args: handed.append(args) or 7)
+    monkeypatch.setattr(sys, "argv", ["dynconv", *argv])
+    assert cli.main() == 7
+    assert handed == [argv]

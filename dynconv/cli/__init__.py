@@ -20,7 +20,7 @@ from typing import Any
 
 from dynconv.cli import args as arg
 from dynconv.cli.crash_log import write_crash_log
-from dynconv.cli.study_process import CHILD_FLAG, run_study_process
+from dynconv.cli.study_process import CHILD_FLAG, STUDY_COMMANDS, run_study_process
 from dynconv.environment import set_library_environment
 from dynconv.errors import DynconvError, one_line
 
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
     p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
+    p.add_argument(CHILD_FLAG, dest="study_process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_confirm)
     _add_tracking_parsers(sub)
     return parser
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad argument (2, already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
-    if argv is None and args.command == "tune" and not args.study_process and sys.platform == "linux":
+    if argv is None and args.command in STUDY_COMMANDS and not args.study_process and sys.platform == "linux":
         return run_study_process(sys.argv[1:])  # the study driver in its own session (see there)
     set_library_environment(verbose=getattr(args, "verbose", False))
     try:

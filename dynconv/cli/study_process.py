@@ -1,4 +1,4 @@
-"""The `dynconv tune` command runs its study driver in a child process of its own session.
+"""`dynconv tune` and `dynconv confirm` run their study driver in a child process of its own session.
 
 Ray starts its GCS, raylet and dashboard as children of the driver, in the driver's process group.
 They block SIGINT but not SIGTERM, so a SIGTERM sent to the command's whole process group (`timeout`,
@@ -21,8 +21,10 @@ import signal
 import subprocess
 import sys
 
+STUDY_COMMANDS = ("tune", "confirm")
+"""The commands that drive Ray Tune (and so start Ray's GCS under them when no cluster is given)."""
 CHILD_FLAG = "--study-process"
-"""The hidden `dynconv tune` flag that marks the driver process itself."""
+"""The hidden flag of those commands that marks the driver process itself."""
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 

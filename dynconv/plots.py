@@ -149,7 +149,7 @@ def learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    if curves:
+    if ax_acc.get_legend_handles_labels()[0]:
         ax_acc.legend(fontsize=7)
     return _save(fig, path)
 
@@ -157,26 +157,31 @@ def learning_curves(curves: Mapping[str, Mapping[str, Sequence[tuple[int, float]
 def hyperparameter_scatter(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Best validation accuracy of every trial against its learning rate (log axis) and augment strength.
 
-    ``points``: dicts with ``lr``, ``augment_strength``, ``val_acc`` and ``status`` (marker per outcome).
+    ``points``: dicts with ``lr``, ``augment_strength``, ``val_acc`` and ``outcome`` (the trial's
+    `dynconv.outcome`: finished, stopped_early, ...; a marker each).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    markers = {"FINISHED": ("o", "#4c72b0"), "KILLED": ("x", "#dd8452")}
-    for status in sorted({p.get("status", "") for p in points}):
-        group = [p for p in points if p.get("status", "") == status and p.get("val_acc") is not None]
-        marker, colour = markers.get(status, ("s", "#999999"))
+    markers = {
+        "finished": ("o", "#4c72b0"),
+        "stopped_early": ("v", "#55a868"),
+        "interrupted": ("x", "#dd8452"),
+    }
+    for outcome in sorted({p.get("outcome", "") for p in points}):
+        group = [p for p in points if p.get("outcome", "") == outcome and p.get("val_acc") is not None]
+        marker, colour = markers.get(outcome, ("s", "#999999"))
         for ax, key in zip(axes, ("lr", "augment_strength"), strict=True):
             xy = [(p[key], p["val_acc"]) for p in group if p.get(key) is not None]
             if xy:
                 xs, ys = zip(*xy, strict=True)
-                ax.scatter(xs, ys, marker=marker, color=colour, label=status.lower() or "?")
+                ax.scatter(xs, ys, marker=marker, color=colour, label=outcome.replace("_", " ") or "?")
     axes[0].set_xscale("log")
     axes[0].set_xlabel("learning rate")
     axes[1].set_xlabel("augment strength")
     axes[0].set_ylabel("best validation accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)
-    if points:
+    if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=7, title="trial outcome")
     fig.suptitle("Search: validation accuracy of every trial")
     return _save(fig, path)

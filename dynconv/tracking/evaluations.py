@@ -94,7 +94,7 @@ def log_study_plots(
                 "lr": t.param("lr"),
                 "augment_strength": t.param("augment_strength"),
                 "val_acc": t.best_val_acc,
-                "status": t.status,
+                "outcome": t.outcome,
             }
             for t in trials
         ]

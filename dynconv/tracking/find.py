@@ -124,6 +124,7 @@ class TrialInfo:
     has_checkpoint: bool
     params: dict[str, str]
     curves: dict[str, list[tuple[int, float]]]
+    outcome: str = ""  # the `dynconv.outcome` tag (finished, stopped_early, failed, ...); status when absent
 
     def param(self, key: str) -> float | None:
         """A searched value (`lr`) or its resolved train field (`train.lr`), as a float."""
@@ -172,6 +173,7 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
                 has_checkpoint=has_ckpt,
                 params=dict(run.data.params),
                 curves=curves,
+                outcome=outcome or run.info.status.lower(),
             )
         )
     return trials

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from dynconv.errors import DynconvError
+from dynconv.spec.metrics import metric_bounds
 from dynconv.tune.champion import Configuration, SeedRun, decide
 
 
@@ -80,3 +81,14 @@ def test_the_verdict_round_trips_to_json() -> None:
     v = decide([config(1, [0.8, 0.82]), config(2, [0.6, 0.61])], "val_acc", "max")
     data = json.loads(json.dumps(v.to_json()))
     assert data["champion"] == "trial1" and data["alias"] == v.alias and data["lines"] == v.lines()
+
+
+def test_an_accuracys_interval_over_seeds_stays_within_zero_and_one() -> None:
+    """Two far-apart seeds of an accuracy: Student-t reaches past 1 (0.63 [0.08, 1.18] was printed); the
+    interval of an accuracy is clipped to its range, a loss's is not."""
+    runs = [SeedRun("a", 1, 0.58), SeedRun("b", 2, 0.67)]
+    acc = Configuration("t", "t", 1, {}, None, runs, metric_bounds("val_acc_worst")).score()
+    assert acc.high == 1.0 and 0.0 <= acc.low < 0.58 and acc.mean == pytest.approx(0.625)
+    loss = Configuration("t", "t", 1, {}, None, runs, metric_bounds("val_loss")).score()
+    assert loss.high > 1.0
+    assert metric_bounds("objective") is None and metric_bounds("val_acc") == (0.0, 1.0)

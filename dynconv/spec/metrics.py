@@ -58,6 +58,12 @@ def ended_by_error(result: Mapping[str, object]) -> str | None:
     return message if isinstance(message, str) else None
 
 
+def metric_bounds(name: str) -> tuple[float, float] | None:
+    """(0, 1) for an accuracy (`val_acc`, `val_acc_<S>`, `val_acc_worst`, `val_top5`, `train_acc`), whose
+    interval over seeds is clipped there as a test accuracy's is; None for a loss or a weighted mix."""
+    return (0.0, 1.0) if name.startswith("val_acc") or name in ("val_top5", "train_acc") else None
+
+
 def subset_metric(subset: str) -> str:
     """`val_acc_RB` for subset `RB`: validation accuracy with only the subset's channels."""
     return f"val_acc_{subset}"

@@ -55,12 +55,13 @@ class Configuration:
     params: dict[str, Any]
     flops: float | None
     runs: list[SeedRun]
+    bounds: tuple[float, float] | None = None  # the ranked metric's range (`spec.metrics.metric_bounds`)
 
     def values(self) -> list[float]:
         return [r.value for r in self.runs if r.value is not None and math.isfinite(r.value)]
 
     def score(self) -> MeanInterval:
-        return mean_interval(self.values())
+        return mean_interval(self.values(), bounds=self.bounds)
 
     def test(self, subset: str) -> MeanInterval:
         accs = [r.test_acc[subset] for r in self.runs if subset in r.test_acc]
@@ -85,7 +86,7 @@ class Configuration:
         s = self.score()
         data = asdict(self)
         return {
-            **{k: v for k, v in data.items() if k != "runs"},
+            **{k: v for k, v in data.items() if k not in ("runs", "bounds")},
             "seeds": data["runs"],
             "mean": s.mean,
             "low": s.low,

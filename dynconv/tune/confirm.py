@@ -24,7 +24,7 @@ from typing import Any
 
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import WORST_SUBSET_METRIC
+from dynconv.spec.metrics import WORST_SUBSET_METRIC, metric_bounds
 from dynconv.tracking.find import TrialInfo, search_runs
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
@@ -270,7 +270,8 @@ def configurations(
             for r in mine
         ]
         flops = next((r.data.metrics["flops"] for r in mine if "flops" in r.data.metrics), None)
-        out.append(Configuration(trial.run_id, trial.name, rank, searched_values(spec, trial), flops, seeds))
+        params = searched_values(spec, trial)
+        out.append(Configuration(trial.run_id, trial.name, rank, params, flops, seeds, metric_bounds(metric)))
     return out
 
 

@@ -15,7 +15,7 @@ from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec, SpecError, load_spec, parse_spec
 from dynconv.spec.checks import spec_diff
 from dynconv.spec.metrics import reported_metrics
-from dynconv.tune.capacity import ResourcesError, check_resources_fit
+from dynconv.tune.resources import ResourcesError, check_resources_fit
 from tests.conftest import TINY_SPEC
 
 
@@ -186,11 +186,12 @@ def test_resources_that_cannot_fit_are_one_line() -> None:
     with pytest.raises(ResourcesError, match="2 workers x 1 GPU = 2 GPU but the cluster has at most 0"):
         check_resources_fit(gpu, {"CPU": 16.0})
     check_resources_fit(gpu, {"CPU": 16.0, "GPU": 2.0})  # fits exactly
-    custom = JobSpec.model_validate(
-        _spec(resources={"workers_per_trial": 1, "worker_resources": {"A100": 1}, "driver_resource": "drv"})
-    )
+    custom = {"worker_resources": {"A100": 1}, "driver_resource": "drv"}
+    ddp = JobSpec.model_validate(_spec(resources={"workers_per_trial": 2, **custom}))
     with pytest.raises(ResourcesError, match="resource 'drv'"):
-        check_resources_fit(custom, {"CPU": 4.0, "A100": 1.0})
+        check_resources_fit(ddp, {"CPU": 4.0, "A100": 2.0})
+    # one worker trains in its trial actor, which goes where a worker goes and does not ask for 'drv'
+    check_resources_fit(JobSpec.model_validate(_spec(resources=custom)), {"CPU": 4.0, "A100": 1.0})
     check_resources_fit(JobSpec.model_validate(TINY_SPEC), {"CPU": 2.0})  # the tests' own spec fits 2 CPUs
 
 
@@ -198,7 +199,7 @@ def test_cluster_capacity_counts_the_autoscalers_nodes(monkeypatch) -> None:
     import ray
     from ray._private import state
 
-    from dynconv.tune.capacity import cluster_capacity
+    from dynconv.tune.resources import cluster_capacity
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "trial_driver": 16.0})
     monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 40, "GPU": 8})

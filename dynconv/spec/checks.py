@@ -5,7 +5,7 @@ metrics a search names, and the differences between two specs.
 The section models (`dynconv.spec.sections`) call the first two from their validators, and `JobSpec`
 (`dynconv.spec`) calls `check_metrics` (so they run in `load_spec`, before Ray starts); the study
 driver calls `spec_diff` on `--resume`. Whether a trial fits the cluster needs Ray and is checked right
-after Ray starts (`dynconv.tune.capacity.check_resources_fit`).
+after Ray starts (`dynconv.tune.resources.check_resources_fit`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
-"""What one trial reserves from Ray, in one place: the trial driver, the DDP workers and their GPU share.
+"""What one trial reserves from Ray, in one place (the trial driver, the DDP workers and their GPU share),
+and what the connected cluster can offer it.
 
 The same functions feed Tune's trial-actor reservation and Ray Train's `ScalingConfig`
 (dynconv/tune/trial.py), the number of concurrent trials (dynconv/tune/search.py), the check that a
-trial fits the cluster (dynconv/tune/capacity.py) and the one-line summary printed when a study
+trial fits the cluster (`check_resources_fit`: a study that cannot fit fails in one line instead of Ray
+waiting forever for a placement that cannot exist) and the one-line summary printed when a study
 starts, so they cannot disagree. `gpu_resource` names the Ray resource that stands for a GPU: "GPU" in
 real use; tests on CPU machines pass a custom resource (e.g. "fake_gpu") so the fractional-GPU path runs
-without CUDA.
+without CUDA. Imports Ray only inside `cluster_capacity`.
 """
 
 from __future__ import annotations
 
+from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
 
 GPU = "GPU"
@@ -47,19 +50,12 @@ def trial_resources(spec: JobSpec, gpu_resource: str = GPU) -> dict[str, float]:
 
 
 def trial_demand(spec: JobSpec, gpu_resource: str = GPU) -> dict[str, float]:
-    """Everything one trial needs at once: its driver's CPUs plus `workers_per_trial` workers, each with
-    `worker_resources`, and 0.01 of `resources.driver_resource`.
-
-    The driver resource is counted for every trial, as before one-worker trials moved into their Tune
-    actor, although `trial_resources` no longer asks for it there: the capacity check keeps refusing a
-    cluster without it (a known mismatch, left for its own change).
-    """
-    r = spec.resources
-    demand = {"CPU": r.driver_cpus}
-    for name, amount in worker_resources(spec, gpu_resource).items():
-        demand[name] = demand.get(name, 0.0) + amount * r.workers_per_trial
-    if r.driver_resource:
-        demand[r.driver_resource] = demand.get(r.driver_resource, 0.0) + 0.01
+    """Everything one trial holds at once: its actor's reservation (`trial_resources`) plus, when it
+    trains in a TorchTrainer, the `workers_per_trial` workers that Ray Train reserves."""
+    demand = trial_resources(spec, gpu_resource)
+    if not trains_in_trial_actor(spec):
+        for name, amount in worker_resources(spec, gpu_resource).items():
+            demand[name] = demand.get(name, 0.0) + amount * spec.resources.workers_per_trial
     return demand
 
 
@@ -79,3 +75,51 @@ def describe_trial_resources(spec: JobSpec, concurrent: int, gpu_resource: str =
     if r.gpu and r.gpus < 1:
         line += f" ({1 / r.gpus:g} trials share one GPU)"
     return line
+
+
+class ResourcesError(DynconvError):
+    """A trial needs more than the cluster can ever offer."""
+
+
+def cluster_capacity() -> dict[str, float]:
+    """The most of each resource the cluster can offer: what it has now or, where larger, the
+    autoscaler's maximum (node types x max workers, as Ray Train's own check reads it). A cluster
+    launched from cluster.yaml starts without GPU nodes, so the current resources alone would refuse
+    every GPU study there."""
+    import ray
+
+    capacity = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:  # private API (Ray 2.60; no public one says this); without an autoscaler: the current resources
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+    except (ImportError, AttributeError, RuntimeError, ValueError):  # moved in another Ray, or unreadable
+        most = {}
+    for name, amount in most.items():
+        capacity[name] = max(capacity.get(name, 0.0), float(amount))
+    return capacity
+
+
+def check_resources_fit(spec: JobSpec, cluster_resources: dict[str, float], gpu_resource: str = GPU) -> None:
+    """Raise a one-line ResourcesError when one trial needs more of a resource than the cluster has.
+
+    `cluster_resources`: the most the cluster can offer (`cluster_capacity()`). `gpu_resource` names the
+    resource that stands for a GPU ("GPU"; tests on CPU use a stand-in).
+    """
+    r = spec.resources
+    for name, need in trial_demand(spec, gpu_resource).items():
+        have = float(cluster_resources.get(name, 0.0))
+        if need <= have + 1e-9:
+            continue
+        if name == "CPU":
+            what = f"{r.workers_per_trial} workers x {r.cpus_per_worker:g} CPU + {r.driver_cpus:g} driver CPU"
+            fix = "lower resources.workers_per_trial or resources.cpus_per_worker"
+        elif name == gpu_resource:
+            what = f"{r.workers_per_trial} workers x {r.gpus:g} GPU"
+            fix = "lower resources.workers_per_trial, set resources.gpu: false, or add GPU nodes"
+        else:
+            what = f"resource {name!r}"
+            fix = f"add nodes offering {name!r} or change resources.worker_resources / driver_resource"
+        raise ResourcesError(
+            f"resources: one trial needs {what} = {need:g} {name} but the cluster has at most {have:g}; {fix}"
+        )

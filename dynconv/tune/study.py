@@ -29,7 +29,6 @@ from dynconv.tracking.layout import (
     set_tags,
 )
 from dynconv.tracking.store import check_storage_path, check_writable_store, client, masked
-from dynconv.tune.capacity import check_resources_fit, cluster_capacity
 from dynconv.tune.console import (
     format_plan,
     quiet_libraries,
@@ -39,7 +38,13 @@ from dynconv.tune.console import (
 )
 from dynconv.tune.parent_run import open_parent_run, record_best_trial, recorded_spec, resume_run
 from dynconv.tune.ranking import Ranking
-from dynconv.tune.resources import describe_trial_resources, trains_in_trial_actor, trial_resources
+from dynconv.tune.resources import (
+    check_resources_fit,
+    cluster_capacity,
+    describe_trial_resources,
+    trains_in_trial_actor,
+    trial_resources,
+)
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,

@@ -58,6 +58,17 @@ def ended_by_error(result: Mapping[str, object]) -> str | None:
     return message if isinstance(message, str) else None
 
 
+def trial_outcome(last: Mapping[str, object], epochs_done: int, epochs: int, errored: bool = False) -> str:
+    """How a trial ended, from its last result: `failed` (an exception, or one of dynconv's own errors),
+    `diverged` (a loss stopped being finite), `finished` (all `epochs`) or `stopped_early` (the scheduler
+    stopped it). The console, the trial's MLflow run, the study summary and the searcher each say this."""
+    if errored or ended_by_error(last) is not None:
+        return "failed"
+    if diverged(last) is not None:
+        return "diverged"
+    return "finished" if epochs_done >= epochs else "stopped_early"
+
+
 def metric_bounds(name: str) -> tuple[float, float] | None:
     """(0, 1) for an accuracy (`val_acc`, `val_acc_<S>`, `val_acc_worst`, `val_top5`, `train_acc`), whose
     interval over seeds is clipped there as a test accuracy's is; None for a loss or a weighted mix."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from dynconv.spec.metrics import diverged, ended_by_error
+from dynconv.spec.metrics import diverged, ended_by_error, trial_outcome
 
 
 class ConsoleReporter(Callback):
@@ -70,12 +70,13 @@ class ConsoleReporter(Callback):
         done = int(last.get("epoch", 0))
         value = last.get(self.metric)
         tail = f", last {self.metric} {value:.4f}" if value is not None else ""
-        loss, error = diverged(last), ended_by_error(last)
-        if error is not None:
-            self._print(trial, f"FAILED: {error}  (not retried: it would fail the same way)")
-        elif loss is not None:
+        outcome = trial_outcome(last, done, self.epochs)
+        if outcome == "failed":
+            self._print(trial, f"FAILED: {ended_by_error(last)}  (not retried: it would fail the same way)")
+        elif outcome == "diverged":
+            loss = diverged(last)
             self._print(trial, f"DIVERGED at epoch {done}: {loss} {last[loss]}; not ranked, not evaluated")
-        elif done >= self.epochs:
+        elif outcome == "finished":
             if trial.trial_id not in self.announced:  # else its last epoch line said so
                 self._print(trial, f"finished   {done} epochs{tail}")
         else:

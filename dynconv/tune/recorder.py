@@ -35,7 +35,7 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import diverged, ended_by_error
+from dynconv.spec.metrics import ended_by_error, trial_outcome
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import (
     TAG_CONFIRMS,
@@ -235,16 +235,11 @@ class TrialRecorder(Callback):
         done = max(ckpt_epoch, self._logged.get(tid, 0))
         if ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
             self._submit(tid, "checkpoint", log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
-        tags = {}
-        if failed or ended_by_error(last) is not None:
-            status, outcome = "FAILED", "failed"
-            if ended_by_error(last) is not None:
-                tags[TAG_ERROR] = ended_by_error(last)
-        elif diverged(last):
-            status, outcome = "FAILED", "diverged"
-        else:
-            status, outcome = "FINISHED", "finished" if done >= self.epochs else "stopped_early"
-        tags.update({TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done})
+        outcome = trial_outcome(last, done, self.epochs, failed)
+        tags = {TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done}
+        if ended_by_error(last) is not None:
+            tags[TAG_ERROR] = ended_by_error(last)
+        status = "FAILED" if outcome in ("failed", "diverged") else "FINISHED"
         self._submit(tid, "close", _end, status, tags)
 
     def flush(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import TrialState, create_trial
 from ray.tune.search.optuna import OptunaSearch
 
-from dynconv.spec.metrics import diverged, ended_by_error
+from dynconv.spec.metrics import trial_outcome
 
 
 class EpochOptunaSearch(OptunaSearch):
@@ -71,20 +71,19 @@ class EpochOptunaSearch(OptunaSearch):
                 self.reported_epochs[trial_id] = epoch
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if (
-            result is not None
-            and ended_by_error(result) is not None
-            and trial_id not in self._completed_trials
-        ):
+        ended = (
+            None
+            if error or result is None
+            else trial_outcome(result, int(result.get("epoch", 0)), self.epochs)
+        )
+        if ended == "failed" and trial_id not in self._completed_trials:
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL)  # its NaNs are no value
             self._completed_trials.add(trial_id)
             return
         stopped = (
-            not error
-            and result is not None
+            ended in ("diverged", "stopped_early")
             and not isinstance(self.metric, list)
             and result.get(self.metric) is not None
-            and (int(result.get("epoch", 0)) < self.epochs or diverged(result) is not None)
         )
         if not stopped or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)

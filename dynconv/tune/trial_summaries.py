@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import diverged, ended_by_error
+from dynconv.spec.metrics import trial_outcome
 from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, find_runs
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import TrialSummary, apply_ranking
@@ -36,14 +36,11 @@ def summarise_trials(
         trial_id = metrics.get("trial_id") or Path(result.path).name
         value = _last_values(df, [ranking.metric])[ranking.metric]
         epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
-        if result.error is not None or ended_by_error(metrics) is not None:
-            status = "FAILED"
-        elif diverged(metrics) is not None:
-            status = "DIVERGED"
-        elif epochs >= spec.train.epochs:
-            status = "FINISHED"
-        else:
+        outcome = trial_outcome(metrics, epochs, spec.train.epochs, result.error is not None)
+        if outcome == "stopped_early":  # or interrupted, when Tune never saw it end
             status = "STOPPED" if metrics.get("done") else "UNFINISHED"
+        else:
+            status = {"failed": "FAILED", "diverged": "DIVERGED", "finished": "FINISHED"}[outcome]
         params = {k: result.config.get(k) for k in spec.search.space}
         objectives = _last_values(df, [m for m, _ in ranking.objectives])
         rows.append(TrialSummary(trial_id, params, value, epochs, status, runs.get(trial_id), objectives))

@@ -215,7 +215,7 @@ def test_predict_feeds_models_as_documented(dynamic: bool) -> None:
 
 def test_select_trials_follows_the_ranking_with_true_ranks(capsys) -> None:
     def t(name: str, status: str, value: float | None, ckpt: bool = True) -> TrialInfo:
-        return TrialInfo(name, name, name, status, status == "FINISHED", value, {}, None, ckpt, {}, {})
+        return TrialInfo(name, name, name, status, status.lower(), value, {}, None, ckpt, {}, {})
 
     trials = [
         t("k", "KILLED", 0.9),  # stopped early: after every trial that ran all epochs

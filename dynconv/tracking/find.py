@@ -117,14 +117,18 @@ class TrialInfo:
     name: str
     trial_id: str  # Tune's trial id (the `dynconv.trial_id` tag; the run id when untagged)
     status: str  # FINISHED (ran all epochs, or stopped early by the scheduler), FAILED, KILLED, RUNNING
-    completed: bool  # ran all its epochs (outcome `finished`)
+    outcome: str  # the `dynconv.outcome` tag (finished, stopped_early, failed, ...); status when absent
     value: float | None  # the last logged value of the ranked metric
     objectives: dict[str, float | None]  # the last logged values of the objectives (multi-objective)
     best_val_acc: float | None  # the best RGB val_acc over its epochs (plots and the printed header)
     has_checkpoint: bool
     params: dict[str, str]
     curves: dict[str, list[tuple[int, float]]]
-    outcome: str = ""  # the `dynconv.outcome` tag (finished, stopped_early, failed, ...); status when absent
+
+    @property
+    def completed(self) -> bool:
+        """Ran all its epochs: outcome `finished` (status FINISHED in a store older than the tag)."""
+        return self.outcome == "finished"
 
     def param(self, key: str) -> float | None:
         """A searched value (`lr`) or its resolved train field (`train.lr`), as a float."""
@@ -166,14 +170,13 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
                 trial_id=run.data.tags.get(TAG_TRIAL_ID, rid),
                 status=run.info.status,
                 # stores written before the outcome tag closed stopped trials KILLED
-                completed=outcome == "finished" if outcome else run.info.status == "FINISHED",
+                outcome=outcome or run.info.status.lower(),
                 value=last.get(metric),
                 objectives={m: last.get(m) for m in objectives},
                 best_val_acc=max(accs) if accs else None,
                 has_checkpoint=has_ckpt,
                 params=dict(run.data.params),
                 curves=curves,
-                outcome=outcome or run.info.status.lower(),
             )
         )
     return trials

@@ -237,8 +237,8 @@ class TrialRecorder(Callback):
             self._submit(tid, "checkpoint", log_artifact, ckpt / CHECKPOINT_FILE, "checkpoint")
         outcome = trial_outcome(last, done, self.epochs, failed)
         tags = {TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done}
-        if ended_by_error(last) is not None:
-            tags[TAG_ERROR] = ended_by_error(last)
+        if (error := ended_by_error(last)) is not None:
+            tags[TAG_ERROR] = error
         status = "FAILED" if outcome in ("failed", "diverged") else "FINISHED"
         self._submit(tid, "close", _end, status, tags)
 

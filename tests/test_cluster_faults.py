@@ -51,14 +51,14 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=200, size=32, seed=0)
 
 
-def _spec(tmp_path: Path, dataset: Path, num_samples: int) -> Any:
+def _spec(tmp_path: Path, dataset: Path, num_samples: int, epochs: int = EPOCHS) -> Any:
     return parse_spec(
         tiny_spec_dict(
             tmp_path,
             dataset,
             model={"args": {"stem": "small", "width": 16}},
             data={"image_size": 32},
-            train={"epochs": EPOCHS},
+            train={"epochs": epochs},
             scheduler={"name": "none"},
             search={"num_samples": num_samples, "max_concurrent": 1},
             resources={
@@ -133,20 +133,20 @@ def test_ddp_workers_of_a_trial_land_on_different_nodes(cluster, dataset: Path, 
     from dynconv.tune.study import run_study
 
     before = {a.actor_id for a in _train_workers()}
-    result = run_study(_spec(tmp_path, dataset, num_samples=2))
+    result = run_study(_spec(tmp_path, dataset, num_samples=1, epochs=1))  # placement, not training
 
     groups: dict[str, set[str]] = {}
     for actor in _train_workers():
         if actor.actor_id not in before:
             groups.setdefault(actor.placement_group_id, set()).add(actor.node_id)
-    assert len(groups) == 2, "one worker group per trial"
+    assert len(groups) == 1, "one worker group for the trial"
     head = cluster.head_node.node_id
     for nodes in groups.values():
         assert len(nodes) == 2 and head not in nodes, "two DDP workers on two GPU nodes"
 
     runs = find_runs(result.tracking_uri, result.experiment_id, role="trial")
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    assert all(t.epochs == EPOCHS for t in result.trials)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [t.epochs for t in result.trials] == [1]
 
 
 def test_killed_training_worker_resumes_from_checkpoint(cluster, dataset: Path, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The console of `dynconv tune`: trial-event lines, no library noise, one clear line for a failed trial.
 
-The unit tests drive `ConsoleReporter` with stand-in trials (no Ray). `test_cli_console_is_quiet` runs the
-real `dynconv tune` command on a 2-trial, 2-epoch study (1 worker per trial) and reads its whole console:
-about 60-80 s on 2 cores (a Ray start plus two trials).
+The unit tests drive `ConsoleReporter` with stand-in trials (no Ray). `test_cli_console_is_quiet` reads
+the whole console of the real `dynconv tune` command on a 2-trial, 2-epoch study (1 worker per trial;
+the `cli_study` fixture, shared with tests/test_study_lock.py).
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from dynconv.tune.callbacks import ConsoleReporter
-from tests.conftest import tiny_spec_dict
+from tests.conftest import CliStudy
 
 NOISE = re.compile(r"ERROR|WARNING| E | INFO |Reporting training result|core_worker|Traceback")
 
@@ -85,26 +82,13 @@ def test_reporter_survives_tune_pickling_its_state(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
-def test_cli_console_is_quiet(tiny_dataset: Path, tmp_path: Path) -> None:
-    data = tiny_spec_dict(tmp_path, tiny_dataset, resources={"workers_per_trial": 1, "cpus_per_worker": 0.5})
-    data["evaluate"] = {"enabled": False}
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dynconv", "tune", str(spec_file)],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=env,
-        cwd=tmp_path,
-    )
-    console = proc.stdout + proc.stderr
-    assert proc.returncode == 0, console[-3000:]
+def test_cli_console_is_quiet(cli_study: CliStudy) -> None:
+    console = cli_study.console
+    assert cli_study.returncode == 0, console[-3000:]
     noisy = [ln for ln in console.splitlines() if NOISE.search(ln)]
     assert noisy == [], "library noise on a healthy run:\n" + "\n".join(noisy)
     lines = console.splitlines()
-    Path(os.environ.get("DYNCONV_CONSOLE_LOG", tmp_path / "console.txt")).write_text(console)
+    Path(os.environ.get("DYNCONV_CONSOLE_LOG", cli_study.tmp_path / "console.txt")).write_text(console)
     plan = next(
         i for i, ln in enumerate(lines) if ln.startswith("Study 'tiny': 2 trials of resnet18_dynamic")
     )

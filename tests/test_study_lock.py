@@ -1,8 +1,8 @@
 """Same study twice (issue 15 item 5): a second driver of a running study refuses in one line.
 
 The lock is an OS file lock that dies with its holder, so a SIGKILLed driver never blocks `--resume`.
-Unit cases take ~1 s; the end-to-end case runs two real `dynconv tune` processes of one tiny spec
-(the first a 1-trial, 1-epoch study, ~40 s on 2 cores).
+Unit cases take ~1 s; the end-to-end case reads two real `dynconv tune` processes of one tiny spec, the
+second started while the first runs (the `cli_study` fixture, shared with tests/test_console.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dynconv.errors import DynconvError
 from dynconv.tune.study_lock import lock_path, study_lock
-from tests.conftest import tiny_spec_dict
+from tests.conftest import CliStudy
 
 HOLDER = textwrap.dedent(
     """
@@ -32,11 +31,6 @@ HOLDER = textwrap.dedent(
         time.sleep(120)
     """
 )
-
-
-def _parent(pid: int) -> int:
-    """The parent pid of `pid` (from /proc)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -72,41 +66,18 @@ def test_lock_refuses_a_second_holder_and_dies_with_sigkill(tmp_path: Path) -> N
 
 
 @pytest.mark.ray
-def test_second_dynconv_tune_of_a_running_study_refuses(tmp_path: Path, tiny_dataset: Path) -> None:
-    data = tiny_spec_dict(
-        tmp_path,
-        tiny_dataset,
-        train={"epochs": 1},
-        scheduler={"name": "none"},
-        search={"num_samples": 1},
-        resources={"workers_per_trial": 1, "cpus_per_worker": 0.5, "driver_cpus": 0.1},
-        evaluate={"enabled": False},
-    )
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dynconv", "tune", str(spec)]
-    first = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        lock = lock_path(str(tmp_path / "ray_results"), "tiny")
-        _wait_for(lambda: lock.exists() and "pid " in lock.read_text(), 60, "the first lock")
-        holder = int(re.search(r"pid (\d+) ", lock.read_text()).group(1))
-        # the command runs its study driver as its child (dynconv.cli.study_process): the driver holds it
-        assert holder == first.pid or _parent(holder) == first.pid
-        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        err = second.stderr.strip()
-        assert second.returncode == 2 and len(err.splitlines()) == 1, err
-        assert f"study 'tiny' is already running (pid {holder} on " in err
-        assert first.poll() is None  # the first study goes on
-        out, _ = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 0, out[-3000:]
-    assert "FINISHED" in out
+def test_second_dynconv_tune_of_a_running_study_refuses(cli_study: CliStudy) -> None:
+    holder = cli_study.holder
+    # the command runs its study driver as its child (dynconv.cli.study_process): the driver holds it
+    assert cli_study.pid in (holder, cli_study.holder_parent)
+    err = cli_study.second.stderr.strip()
+    assert cli_study.second.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"study 'tiny' is already running (pid {holder} on " in err
+    assert cli_study.returncode == 0, cli_study.console[-3000:]  # the first study went on to its end
+    assert "FINISHED" in cli_study.console
     tune_dirs = [
-        p for p in (tmp_path / "ray_results").iterdir() if re.fullmatch(r"tiny-\d{8}-\d{6}-\w{6}", p.name)
+        p
+        for p in (cli_study.tmp_path / "ray_results").iterdir()
+        if re.fullmatch(r"tiny-\d{8}-\d{6}-\w{6}", p.name)
     ]
     assert len(tune_dirs) == 1  # the second driver created no Tune experiment directory

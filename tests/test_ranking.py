@@ -57,7 +57,7 @@ def test_for_spec_reads_metric_mode_weighted_and_objectives() -> None:
 
     weighted = Ranking.for_spec(_spec(metric={"val_acc": 1.0, "val_loss": -0.5}))
     assert (weighted.metric, weighted.mode) == ("objective", "max")
-    assert weighted.describe() == "objective (max)"
+    assert weighted.describe() == "objective = 1*val_acc + -0.5*val_loss (max)"
 
     multi = Ranking.for_spec(_spec(objectives={"val_loss": "min", "val_acc": "max"}))
     assert (multi.metric, multi.mode) == ("val_loss", "min")

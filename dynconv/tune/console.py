@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
+from dynconv.tune.ranking import Ranking
 
 # Tune logs a trial's traceback when it fails; the ConsoleReporter prints one line + the error file instead.
 _TUNE_DUPLICATES = ("Trial task failed for trial", "Trials did not complete")
@@ -59,16 +60,6 @@ def ray_logs_dir(session_dir: str | None) -> str:
     return "/tmp/ray/session_latest/logs (on the head node)"
 
 
-def _ranked_on(search: Any) -> str:
-    """What the search ranks trials on: one metric, a weighted mix, or the objectives of a Pareto search."""
-    if search.objectives is not None:
-        return "the Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in search.objectives.items())
-    if isinstance(search.metric, dict):
-        mix = " + ".join(f"{w:g} x {m}" for m, w in search.metric.items())
-        return f"objective = {mix} ({search.mode})"
-    return f"{search.metric} ({search.mode})"
-
-
 def format_plan(spec: JobSpec, data: Any, resources: str, cluster: dict[str, float], where: dict) -> str:
     """The first lines of a study: what it trains on what, how many trials, where logs and results go.
 
@@ -79,13 +70,14 @@ def format_plan(spec: JobSpec, data: Any, resources: str, cluster: dict[str, flo
     args = ", ".join(f"{k}={v}" for k, v in spec.model.args.items())
     sched = "ASHA" if spec.scheduler.name == "asha" else "no early stopping"
     n = data.counts
+    ranked_on = Ranking.for_spec(spec).describe()
     cpus = f"{cluster.get('CPU', 0):g} CPUs" + (f", {cluster['GPU']:g} GPUs" if cluster.get("GPU") else "")
     return "\n".join(
         [
             f"Study {spec.study!r}: {s.num_samples} trials of {spec.model.name}({args}) "
             f"on {data.num_classes} classes ({n.get('train', 0)} train / {n.get('val', 0)} val images, "
             f"{data.size} px), "
-            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {_ranked_on(s)}",
+            f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {ranked_on}",
             f"  resources {resources}; Ray {where['ray']} ({cpus})",
             f"  MLflow    experiment {spec.experiment!r}, study run {where['run']} in {where['uri']}",
             f"  Ray logs  {where['logs']}  (Tune state: {where['tune_path']}; --verbose shows them here)",

@@ -103,6 +103,7 @@ class Ranking:
     metric: str
     mode: str
     objectives: tuple[tuple[str, str], ...] = ()
+    weights: tuple[tuple[str, float], ...] = ()  # the mix behind `objective` (a weighted search)
 
     def __post_init__(self) -> None:
         modes = [self.mode, *(m for _, m in self.objectives)]
@@ -113,7 +114,8 @@ class Ranking:
     def for_spec(cls, spec: Any) -> Ranking:
         """The ranking of the study `spec` describes (`search.tune_metric`, `tune_mode`, `objectives`)."""
         search = spec.search
-        return cls(search.tune_metric, search.tune_mode, tuple((search.objectives or {}).items()))
+        weights = tuple(search.metric.items()) if isinstance(search.metric, dict) else ()
+        return cls(search.tune_metric, search.tune_mode, tuple((search.objectives or {}).items()), weights)
 
     @property
     def best_metric(self) -> str:
@@ -121,10 +123,15 @@ class Ranking:
         return f"best_{self.metric}"
 
     def describe(self) -> str:
-        """What the trials are ranked on, in words: `val_loss (min)`, or for a multi-objective study
-        `Pareto set on val_loss (min), val_acc (max)` (the tie rule follows the objectives' order)."""
+        """What the trials are ranked on, in words, wherever it is shown (the plan, the parent run's
+        `dynconv.ranked_on`, the description, warm start): `val_loss (min)`, `objective = 0.5*val_acc +
+        0.5*val_acc_worst (max)`, or `Pareto set on val_loss (min), val_acc (max)` (the tie rule follows
+        the objectives' order)."""
         if self.objectives:
             return "Pareto set on " + ", ".join(f"{m} ({mode})" for m, mode in self.objectives)
+        if self.weights:
+            mix = " + ".join(f"{w:g}*{m}" for m, w in self.weights)
+            return f"{self.metric} = {mix} ({self.mode})"
         return f"{self.metric} ({self.mode})"
 
     def rankable(self, trial: RankedTrial) -> bool:

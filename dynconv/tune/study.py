@@ -479,5 +479,5 @@ def _record_pareto(result: StudyResult, spec: JobSpec) -> None:
             TAG_PARETO_RUN_IDS: ",".join(t.run_id or "" for t in front),
         },
     )
-    names = " and ".join(f"{m} ({mode})" for m, mode in (spec.search.objectives or {}).items())
-    print(f"\nPareto set on {names}, FIFO scheduler: {', '.join(t.trial_id for t in front) or 'empty'}")
+    trials = ", ".join(t.trial_id for t in front) or "empty"
+    print(f"\n{Ranking.for_spec(spec).describe()}, FIFO scheduler: {trials}")

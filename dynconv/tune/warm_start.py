@@ -75,10 +75,11 @@ def check_compatible(spec: JobSpec, earlier_spec: JobSpec, study: str) -> None:
     """Refuse, in one line naming what differs, an earlier study (`earlier_spec`, named `study`) whose
     trials cannot seed the search of `spec`."""
     new, earlier = spec.search, earlier_spec.search
-    here, there = _ranked_on(spec), _ranked_on(earlier_spec)
+    here, there = Ranking.for_spec(spec), Ranking.for_spec(earlier_spec)
     if here != there:
         raise DynconvError(
-            f"--warm-start: study {study!r} ranked its trials on {there}, this search ranks on {here}; "
+            f"--warm-start: study {study!r} ranked its trials on {there.describe()}, this search ranks on "
+            f"{here.describe()}; "
             "values of another metric or mode cannot seed this search"
         )
     missing = [k for k in new.space if k not in earlier.space]
@@ -167,15 +168,6 @@ def _same_choice(choice: Any, logged: str | None) -> bool:
         except ValueError:
             return False
     return False
-
-
-def _ranked_on(spec: JobSpec) -> str:
-    """What a study ranks its trials on, in words (`val_acc (max)`); equal words, comparable values."""
-    ranking = Ranking.for_spec(spec)
-    if isinstance(spec.search.metric, dict) and not ranking.objectives:
-        mix = " + ".join(f"{w:g}*{m}" for m, w in spec.search.metric.items())
-        return f"objective = {mix} ({ranking.mode})"
-    return ranking.describe()
 
 
 def _metrics(ranking: Ranking) -> str:

@@ -23,7 +23,7 @@ ALWAYS: dict[str, tuple[str, str]] = {
         "2",
         "a down tracking server fails a call in seconds, not after MLflow's minutes of retries (7 with "
         "backoff 2, 120 s each): read-only commands say so in one line, and the study driver's writer "
-        "holds its writes and retries them itself (dynconv.tracking.writer)",
+        "holds its writes and retries them itself (dynconv.tracking.retry)",
     ),
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": ("1", "as above"),
     "MLFLOW_HTTP_REQUEST_TIMEOUT": ("10", "as above"),

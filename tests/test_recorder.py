@@ -1,4 +1,4 @@
-"""The study driver's record of its trials (`dynconv.tune.recorder`, `dynconv.tracking.writer`).
+"""The study driver's record of its trials (`dynconv.tune.recorder`, `dynconv.tracking.retry.QueuedWriter`).
 
 Driven by Tune's callback events with stand-in trials on a real sqlite store, without starting Ray:
 what each event writes, the outcome each ending gets, writes held through an outage, and what a
@@ -20,8 +20,8 @@ import torch
 from dynconv.spec import parse_spec
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, ensure_experiment, find_runs, start_study_run
+from dynconv.tracking.retry import QueuedWriter
 from dynconv.tracking.store import client
-from dynconv.tracking.writer import QueuedWriter
 from dynconv.tune.recorder import TrialRecorder
 from tests.conftest import tiny_spec_dict
 

@@ -29,7 +29,7 @@ from dynconv.evaluation.study import evaluate_study_cli
 from dynconv.report.records import load_records
 from dynconv.rerun import resolve_trial
 from dynconv.spec import JobSpec
-from dynconv.tracking.find import get_run, latest_evaluation_metrics, search_runs
+from dynconv.tracking.find import get_run, latest_evaluation_metrics, search_runs, trial_run_ids
 from dynconv.tracking.layout import (
     TAG_STUDY,
     end_run,
@@ -40,9 +40,8 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tune.parent_run import record_best_trial
 from dynconv.tune.ranking import Ranking
-from dynconv.tune.study_result import StudyResult, format_summary
+from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
 from dynconv.tune.summary import study_note
-from dynconv.tune.trial_summaries import summarise_trials
 from tests.test_evaluate import EXPERIMENT, make_spec, open_study
 
 FAST = SpeedConfig(warmup=0, latency_iters=1, throughput_batch=4, throughput_iters=1)
@@ -146,7 +145,7 @@ def build_study(
             None if key in no_checkpoint else ckpt,
             "KILLED" if key in stopped else "FINISHED",
         )
-    rows = summarise_trials(tune_grid(trials, epochs), spec, uri, exp, parent)
+    rows = summarise_trials(tune_grid(trials, epochs), spec, trial_run_ids(uri, exp, parent))
     result = StudyResult(study, f"{study}-1", parent, exp, uri, "", False, rows)
     record_best_trial(uri, parent, result.best, Ranking.for_spec(spec))
     end_run(uri, parent, "FINISHED")

@@ -613,13 +613,14 @@ def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     from optuna.trial import TrialState
     from ray import tune
 
+    from dynconv.tracking.find import trial_run_ids
     from dynconv.tracking.layout import ensure_experiment, start_study_run
     from dynconv.tune.callbacks import ConsoleReporter
     from dynconv.tune.recorder import TrialRecorder
     from dynconv.tune.resources import trial_resources
     from dynconv.tune.search import build_searcher, param_space, run_config, tune_metric_mode
+    from dynconv.tune.study_result import summarise_trials
     from dynconv.tune.trial import run_trial
-    from dynconv.tune.trial_summaries import summarise_trials
 
     data = tiny_spec_dict(
         tmp_path,
@@ -661,7 +662,7 @@ def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     assert (run.info.status, run.data.tags["dynconv.outcome"]) == ("FAILED", "failed")
     assert "no dynconv cache here" in run.data.tags["dynconv.error"]
     assert "val_acc" not in run.data.metrics, "no NaN logged as if it were a score"
-    [row] = summarise_trials(grid, spec, uri, exp, parent)
+    [row] = summarise_trials(grid, spec, trial_run_ids(uri, exp, parent))
     assert row.status == "FAILED" and row.rank is None
     [saved] = (Path(spec.storage_uri()) / "lost-cache").glob("searcher-state-*.pkl")
     [told] = pickle.loads(saved.read_bytes())["_ot_study"].trials

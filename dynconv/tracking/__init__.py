@@ -10,9 +10,8 @@ module that holds it:
 - `artifacts`: reading back a trial's checkpoint, a study's spec, YAML/JSON files, per-image predictions.
 - `evaluations`: an evaluation's run, metrics, tables and plots (it imports `dynconv.evaluation`'s
   result types, which a study driver needs only at its end).
-- `writer`: MLflow writes off the caller's thread, held while the store is unreachable (the study
-  driver's recorder).
-- `retry`: calls retried while the store is busy (sqlite locks, a saturated server).
+- `retry`: calls retried while the store is busy (sqlite locks, a saturated server), and writes queued
+  off the caller's thread while it is unreachable (the study driver's recorder).
 - `registry`: a study's champion in the Model Registry: the served model logged into a run (loadable
   without dynconv), its registered version, the `champion` / `candidate` alias, a version read back.
 

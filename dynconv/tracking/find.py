@@ -182,6 +182,16 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
     return trials
 
 
+def trial_run_ids(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """{Tune trial id: MLflow run id} of the trial runs of study run `parent_run_id`."""
+    runs = search_runs(
+        uri,
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`dynconv.role` = 'trial'",
+        [experiment_id],
+    )
+    return {r.data.tags.get(TAG_TRIAL_ID, ""): r.info.run_id for r in runs}
+
+
 def try_get_run(uri: str, run_id: str) -> Any | None:
     """The run `run_id`, or None when the store does not have it."""
     try:

@@ -54,8 +54,8 @@ from dynconv.tracking.layout import (
     run_params,
     set_tags,
 )
+from dynconv.tracking.retry import QueuedWriter
 from dynconv.tracking.store import client
-from dynconv.tracking.writer import QueuedWriter
 from dynconv.train.ray_session import CHECKPOINT_FILE, read_state
 from dynconv.tune.trial import CONFIRMS, train_params
 

@@ -19,6 +19,7 @@ from dynconv.environment import set_library_environment
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
+from dynconv.tracking.find import trial_run_ids
 from dynconv.tracking.layout import (
     TAG_PARETO_RUN_IDS,
     TAG_PARETO_TRIALS,
@@ -54,9 +55,8 @@ from dynconv.tune.search import (
     tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
-from dynconv.tune.study_result import StudyResult, format_summary
+from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
 from dynconv.tune.trial import run_trial
-from dynconv.tune.trial_summaries import summarise_trials
 from dynconv.tune.warm_start import WarmStart, load_warm_start
 
 __all__ = ["run_study"]
@@ -372,7 +372,8 @@ def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:
 
 def _collect_results(run: _StudyRun, grid: Any) -> StudyResult:
     """The StudyResult of a finished or interrupted fit, its table printed."""
-    trials = summarise_trials(grid, run.spec, run.uri, run.experiment_id, run.parent)
+    runs = trial_run_ids(run.uri, run.experiment_id, run.parent)
+    trials = summarise_trials(grid, run.spec, runs)
     interrupted = any(t.status == "UNFINISHED" for t in trials)
     result = StudyResult(
         study=run.spec.study,

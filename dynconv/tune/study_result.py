@@ -1,16 +1,20 @@
-"""What a study produced: `StudyResult` (with one `TrialSummary` per trial) and `format_summary`, the
-end-of-study table.
+"""What a study produced: `StudyResult`, with one `TrialSummary` per trial read from Tune's ResultGrid
+(`summarise_trials`: last value of the ranked metric, epochs, outcome, rank by `dynconv.tune.ranking`),
+and `format_summary`, the end-of-study table.
 
 Plain data and formatting: built by the study driver (`dynconv.tune.study`) and read by the evaluation,
-the study summary and the UI. Must not import Ray, Optuna, MLflow or `dynconv.tracking`.
+the study summary and the UI. Reads the grid by attribute; must not import Ray, Optuna, MLflow or
+`dynconv.tracking`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
+from dynconv.spec.metrics import trial_outcome
 from dynconv.tune.ranking import Ranking
 
 
@@ -82,6 +86,39 @@ def apply_ranking(trials: list[TrialSummary], ranking: Ranking) -> None:
     for t in trials:
         t.rank = order.get(id(t))
         t.pareto = id(t) in front
+
+
+def summarise_trials(grid: Any, spec: JobSpec, runs: dict[str, str]) -> list[TrialSummary]:
+    """One TrialSummary per trial of `grid` (last value of the ranked metric, epochs, outcome, its MLflow
+    run id from `runs`, by trial id), ranked (`rank`), and in a multi-objective study the Pareto trials
+    marked."""
+    ranking = Ranking.for_spec(spec)
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        value = _last_values(df, [ranking.metric])[ranking.metric]
+        epochs = int(df["epoch"].max()) if df is not None and "epoch" in df else 0
+        outcome = trial_outcome(metrics, epochs, spec.train.epochs, result.error is not None)
+        if outcome == "stopped_early":  # or interrupted, when Tune never saw it end
+            status = "STOPPED" if metrics.get("done") else "UNFINISHED"
+        else:
+            status = {"failed": "FAILED", "diverged": "DIVERGED", "finished": "FINISHED"}[outcome]
+        params = {k: result.config.get(k) for k in spec.search.space}
+        objectives = _last_values(df, [m for m, _ in ranking.objectives])
+        rows.append(TrialSummary(trial_id, params, value, epochs, status, runs.get(trial_id), objectives))
+    apply_ranking(rows, ranking)
+    return rows
+
+
+def _last_values(df: Any, names: list[str]) -> dict[str, float | None]:
+    """Each metric's last reported value (what Optuna was told and what the final checkpoint scores)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        col = df[name].dropna() if df is not None and name in df else []
+        out[name] = float(col.iloc[-1]) if len(col) else None
+    return out
 
 
 def format_summary(result: StudyResult, spec: JobSpec) -> str:

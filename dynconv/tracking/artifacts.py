@@ -45,34 +45,35 @@ def load_checkpoint(uri: str, run_id: str) -> dict[str, Any]:
     return state
 
 
-def load_study_spec(uri: str, parent_run):
-    """The JobSpec the study ran with, from its `spec.yaml` artifact (no YAML file needed)."""
+def read_yaml(uri: str, run_id: str, artifact: str) -> Any:
+    """A YAML (or JSON, which is YAML) artifact of run `run_id`, parsed; a one-line error when it is
+    missing or unreadable."""
     import yaml
 
-    from dynconv.spec import parse_spec
-
-    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dynconv_artifact_") as tmp:
         try:
-            path = client(uri).download_artifacts(parent_run.info.run_id, SPEC_ARTIFACT, tmp)
-            data = yaml.safe_load(Path(path).read_text())
+            path = client(uri).download_artifacts(run_id, artifact, tmp)
+            return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (*store_errors(), yaml.YAMLError) as exc:
             raise DynconvError(
-                f"study run {parent_run.info.run_id} has no readable {SPEC_ARTIFACT} artifact "
-                f"({one_line(exc)})"
+                f"run {run_id} has no readable {artifact} artifact ({one_line(exc)})"
             ) from None
-    return parse_spec(data, source=f"run {parent_run.info.run_id} {SPEC_ARTIFACT}")
 
 
 def download_yaml(uri: str, run_id: str, artifact: str) -> Any:
-    """A YAML (or JSON, which is YAML) artifact parsed, or None when missing or unreadable."""
-    import yaml
+    """`read_yaml`, or None when the artifact is missing or unreadable."""
+    try:
+        return read_yaml(uri, run_id, artifact)
+    except DynconvError:
+        return None
 
-    with tempfile.TemporaryDirectory(prefix="dynconv_report_") as tmp:
-        try:
-            path = client(uri).download_artifacts(run_id, artifact, tmp)
-            return yaml.safe_load(Path(path).read_text())  # JSON is YAML
-        except (*store_errors(), yaml.YAMLError):
-            return None
+
+def load_study_spec(uri: str, parent_run):
+    """The JobSpec the study ran with, from its `spec.yaml` artifact (no YAML file needed)."""
+    from dynconv.spec import parse_spec
+
+    data = read_yaml(uri, parent_run.info.run_id, SPEC_ARTIFACT)
+    return parse_spec(data, source=f"run {parent_run.info.run_id} {SPEC_ARTIFACT}")
 
 
 def load_predictions(uri: str, run_id: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

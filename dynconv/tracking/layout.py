@@ -29,7 +29,6 @@ TAG_STUDY = "dynconv.study"
 TAG_TRIAL_ID = "dynconv.trial_id"
 TAG_TUNE_PATH = "dynconv.tune_path"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 TAG_SOURCE_RUN = "dynconv.source_run_id"  # evaluation -> the trial it evaluated
 TAG_MODEL = "dynconv.model"
 TAG_DYNAMIC = "dynconv.dynamic"

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec
 from dynconv.spec.checks import spec_diff
+from dynconv.tracking.artifacts import read_yaml
 from dynconv.tracking.find import one_study_run
 from dynconv.tracking.layout import (
     PARAM_WARM_START_TRIALS,
+    SPEC_ARTIFACT,
     TAG_TUNE_PATH,
     TAG_WARM_START,
     find_runs,
@@ -31,7 +33,7 @@ from dynconv.tracking.layout import (
     set_tags,
     start_study_run,
 )
-from dynconv.tracking.store import client, masked, store_errors
+from dynconv.tracking.store import client, masked
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
 
@@ -70,7 +72,7 @@ def open_parent_run(
     parent = start_study_run(uri, experiment_id, spec.study, params)
     set_tags(uri, parent, tags)
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
-        spec_file = Path(tmp) / "spec.yaml"
+        spec_file = Path(tmp) / SPEC_ARTIFACT
         spec_file.write_text(yaml.safe_dump(recorded_spec(spec), sort_keys=False))
         log_artifact(uri, parent, spec_file)
     return parent, run_name, tune_path
@@ -89,13 +91,10 @@ def recorded_spec(spec: JobSpec) -> dict[str, Any]:
 def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
     """`--resume` continues the same study: a spec changed in anything but search.num_samples is refused
     (a mixed study would compare trials trained differently). Compared with the parent run's spec.yaml."""
-    with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
-        try:
-            path = client(uri).download_artifacts(run_id, "spec.yaml", tmp)
-            logged = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (*store_errors(), yaml.YAMLError) as exc:
-            reason = one_line(exc)
-            raise DynconvError(f"--resume: study run {run_id} has no readable spec.yaml ({reason})") from None
+    try:
+        logged = read_yaml(uri, run_id, SPEC_ARTIFACT)
+    except DynconvError as err:
+        raise DynconvError(f"--resume: {err}") from None
     changed = spec_diff(logged, recorded_spec(spec))
     if changed:
         raise DynconvError(

@@ -620,7 +620,7 @@ def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     from dynconv.tune.resources import trial_resources
     from dynconv.tune.search import build_searcher, param_space, run_config, tune_metric_mode
     from dynconv.tune.study_result import summarise_trials
-    from dynconv.tune.trial import run_trial
+    from dynconv.tune.trial import TrialContext, run_trial
 
     data = tiny_spec_dict(
         tmp_path,
@@ -633,13 +633,16 @@ def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     uri = spec.tracking_uri()
     exp = ensure_experiment(uri, spec.study)
     parent = start_study_run(uri, exp, spec.study, {})
-    context = {
-        "run_name": "lost-cache",
-        "cache_dir": str(tmp_path / "not-on-this-node"),
-        "cache_fingerprint": "0",
-    }
+    context = TrialContext(
+        run_name="lost-cache",
+        cache_dir=str(tmp_path / "not-on-this-node"),
+        cache_fingerprint="0",
+        gpu_resource="GPU",
+        placement_strategy="PACK",
+        controller_failure_limit=-1,
+    )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), study=context),
+        tune.with_parameters(run_trial, spec_json=spec.to_json_dict(), context=context),
         trial_resources(spec, "GPU"),
     )
     metric, mode = tune_metric_mode(spec)

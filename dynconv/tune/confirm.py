@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tune.champion import Configuration, SeedRun, Verdict, decide
 from dynconv.tune.ranking import Ranking
-from dynconv.tune.trial import CONFIRMS
+from dynconv.tune.trial import CONFIRMS, TrialContext
 
 NO_SPEED = {"warmup": 0, "latency_iters": 0, "throughput_iters": 0}  # accuracy only: timing is the eval's
 
@@ -55,7 +55,7 @@ class ConfirmPhase:
     parent_run_id: str
     run_name: str  # the study's Tune experiment name
     data: Any  # dynconv.data.cache_files.PreparedData
-    context: dict[str, Any]  # `dynconv.tune.trial.run_trial`'s `study`
+    context: TrialContext  # what the study's trials get besides the spec
     concurrent: int
     verbose: bool = False
     timings: dict[str, float] = field(default_factory=dict)
@@ -152,10 +152,10 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
     from dynconv.tune.trial import run_trial
 
     spec = phase.spec
-    context = {**phase.context, "run_name": phase.tune_name}  # where the runs' checkpoints live
+    context = replace(phase.context, run_name=phase.tune_name)  # where the runs' checkpoints live
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), study=context),
-        trial_resources(spec, context["gpu_resource"]),
+        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), context=context),
+        trial_resources(spec, context.gpu_resource),
     )
     path = Path(spec.storage_uri()) / phase.tune_name
     if tune.Tuner.can_restore(str(path)):

@@ -56,7 +56,7 @@ from dynconv.tune.search import (
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
-from dynconv.tune.trial import run_trial
+from dynconv.tune.trial import TrialContext, run_trial
 from dynconv.tune.warm_start import WarmStart, load_warm_start
 
 __all__ = ["run_study"]
@@ -191,7 +191,7 @@ def _run_study(
 
     run = _prepare_study(spec, resume, verbose, warm)
     concurrent = _start_ray(run, address, verbose, gpu_resource)
-    context = _study_context(run, placement_strategy, controller_failure_limit, gpu_resource)
+    context = _trial_context(run, placement_strategy, controller_failure_limit, gpu_resource)
     tuner = _build_or_restore_tuner(run, context, resume, concurrent, verbose)
     grid = _fit_tuner(tuner, run.timings)
     result = _collect_results(run, grid)
@@ -255,7 +255,7 @@ def confirm_study(
             {},
         )
         concurrent = _start_ray(run, address, verbose, gpu_resource)
-        outcome = _confirm(run, _study_context(run, "PACK", -1, gpu_resource), concurrent, verbose)
+        outcome = _confirm(run, _trial_context(run, "PACK", -1, gpu_resource), concurrent, verbose)
     if outcome.interrupted:
         again = f"dynconv confirm {study} --top-k {spec.confirm.top_k} --seeds {spec.confirm.seeds}"
         print(f"\nConfirmation interrupted. Continue it with: {again}", file=sys.stderr)
@@ -315,25 +315,22 @@ def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource:
     return concurrent
 
 
-def _study_context(
+def _trial_context(
     run: _StudyRun, placement_strategy: str, controller_failure_limit: int, gpu_resource: str
-) -> dict[str, Any]:
-    """What every trial gets from the driver besides the spec (`dynconv.tune.trial.run_trial`'s `study`)."""
-    return {
-        "experiment_id": run.experiment_id,
-        "parent_run_id": run.parent,
-        "run_name": run.run_name,
-        "cache_dir": str(run.data.cache_dir),
-        "cache_fingerprint": run.data.fingerprint,
-        "num_classes": run.data.num_classes,
-        "placement_strategy": placement_strategy,
-        "controller_failure_limit": controller_failure_limit,
-        "gpu_resource": gpu_resource,
-    }
+) -> TrialContext:
+    """What every trial of this study gets from the driver besides the spec."""
+    return TrialContext(
+        run_name=run.run_name,
+        cache_dir=str(run.data.cache_dir),
+        cache_fingerprint=run.data.fingerprint,
+        gpu_resource=gpu_resource,
+        placement_strategy=placement_strategy,
+        controller_failure_limit=controller_failure_limit,
+    )
 
 
 def _build_or_restore_tuner(
-    run: _StudyRun, context: dict[str, Any], resume: bool | str, concurrent: int, verbose: bool
+    run: _StudyRun, context: TrialContext, resume: bool | str, concurrent: int, verbose: bool
 ) -> Any:
     """The trial function with its parameters and resources, in a new Tuner (with the callbacks that
     record the trials in MLflow and print trial events) or in the Tuner of the study `--resume`
@@ -345,8 +342,8 @@ def _build_or_restore_tuner(
 
     spec = run.spec
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), study=context),
-        trial_resources(spec, context["gpu_resource"]),
+        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), context=context),
+        trial_resources(spec, context.gpu_resource),
     )
     if resume:  # Tune restores its callbacks (the TrialRecorder below) with the rest of its state
         return tune.Tuner.restore(
@@ -443,7 +440,7 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None, co
     )
 
 
-def _confirm(run: _StudyRun, context: dict[str, Any], concurrent: int, verbose: bool):
+def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bool):
     """The confirmation phase of this study (`dynconv.tune.confirm`), on the same Ray and resources."""
     from dynconv.evaluation.study import list_ranked_trials
     from dynconv.tracking.find import get_run

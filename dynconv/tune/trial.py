@@ -18,17 +18,30 @@ Both report the same metrics and checkpoints to Tune. The study driver records t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynconv.spec import JobSpec
-from dynconv.tune.resources import GPU, trains_in_trial_actor, uses_cuda, worker_resources
+from dynconv.tune.resources import trains_in_trial_actor, uses_cuda, worker_resources
 
-__all__ = ["CONFIRMS", "run_trial", "train_params", "tune_max_failures"]
+__all__ = ["CONFIRMS", "TrialContext", "run_trial", "train_params", "tune_max_failures"]
 
 CONFIRMS = "confirms"
 """The config key of a confirmation trial naming the trial run it retrains with another seed
 (`dynconv.tune.confirm`); every other key of a trial's config is a `train.*` field."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study phase gets from its driver besides the spec."""
+
+    run_name: str  # the phase's Tune experiment: where a retried or restored trial finds its checkpoints
+    cache_dir: str  # the decoded data cache the driver built, on storage every node reads
+    cache_fingerprint: str  # what a worker checks the cache against before it trains
+    gpu_resource: str  # the Ray resource standing for a GPU ("GPU"; tests on CPU use a stand-in)
+    placement_strategy: str  # of a TorchTrainer trial's workers ("PACK"; tests spread them on nodes)
+    controller_failure_limit: int  # Ray Train controller restarts (-1: unlimited)
 
 
 def train_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -48,17 +61,17 @@ def tune_max_failures(spec: JobSpec) -> int:
     return f.trial_max_failures + (f.worker_max_failures if trains_in_trial_actor(spec) else 0)
 
 
-def _checkpoint_globs(spec: JobSpec, study: dict[str, Any], trial_id: str) -> list[str]:
+def _checkpoint_globs(spec: JobSpec, context: TrialContext, trial_id: str) -> list[str]:
     """Where this trial's checkpoints land: Tune's trial directory (training in the trial actor) or the
     trial's Ray Train run (a TorchTrainer). A resumed trial starts from the newest one it finds there."""
     if trains_in_trial_actor(spec):
-        where = Path(spec.storage_uri()) / study["run_name"] / f"*_{trial_id}_*"
+        where = Path(spec.storage_uri()) / context.run_name / f"*_{trial_id}_*"
     else:
-        where = Path(spec.storage_uri()) / train_run_name(study["run_name"], trial_id)
+        where = Path(spec.storage_uri()) / train_run_name(context.run_name, trial_id)
     return [str(where / "checkpoint_*" / "state.pt")]
 
 
-def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[str, Any]) -> None:
+def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], context: TrialContext) -> None:
     """Tune trainable: one trial with hyperparameters `params` applied to the study's spec."""
     import ray.tune
 
@@ -70,33 +83,32 @@ def run_trial(params: dict[str, Any], *, spec_json: dict[str, Any], study: dict[
     local = "://" not in storage  # local or mounted shared storage: the trial's checkpoints readable
     train_loop_config = {
         "spec": spec.to_json_dict(),
-        "cache_dir": study["cache_dir"],
-        "cache_fingerprint": study["cache_fingerprint"],
-        "use_cuda": uses_cuda(spec, study.get("gpu_resource", GPU)),
-        "resume_globs": _checkpoint_globs(spec, study, trial_id) if local else [],
+        "cache_dir": context.cache_dir,
+        "cache_fingerprint": context.cache_fingerprint,
+        "use_cuda": uses_cuda(spec, context.gpu_resource),
+        "resume_globs": _checkpoint_globs(spec, context, trial_id) if local else [],
     }
     if trains_in_trial_actor(spec):
         from dynconv.train.ray_session import train_in_trial_actor
 
         train_in_trial_actor(train_loop_config)
     else:
-        _fit_torch_trainer(spec, study, train_loop_config)
+        _fit_torch_trainer(spec, context, train_loop_config)
 
 
-def _scaling_config(spec: JobSpec, study: dict[str, Any]):
+def _scaling_config(spec: JobSpec, context: TrialContext):
     """Ray Train workers of a multi-worker trial."""
     import ray.train
 
-    gpu_resource = study.get("gpu_resource", GPU)  # tests on CPU stand a custom resource in for "GPU"
     return ray.train.ScalingConfig(
         num_workers=spec.resources.workers_per_trial,
-        use_gpu=uses_cuda(spec, gpu_resource),
-        resources_per_worker=worker_resources(spec, gpu_resource),
-        placement_strategy=study.get("placement_strategy", "PACK"),
+        use_gpu=uses_cuda(spec, context.gpu_resource),
+        resources_per_worker=worker_resources(spec, context.gpu_resource),
+        placement_strategy=context.placement_strategy,
     )
 
 
-def _fit_torch_trainer(spec: JobSpec, study: dict[str, Any], train_loop_config: dict[str, Any]) -> None:
+def _fit_torch_trainer(spec: JobSpec, context: TrialContext, train_loop_config: dict[str, Any]) -> None:
     """Train the trial with a TorchTrainer (DDP over `workers_per_trial` Ray Train workers)."""
     import ray.train
     import ray.tune
@@ -109,15 +121,15 @@ def _fit_torch_trainer(spec: JobSpec, study: dict[str, Any], train_loop_config: 
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=train_loop_config,
-        scaling_config=_scaling_config(spec, study),
+        scaling_config=_scaling_config(spec, context),
         run_config=ray.train.RunConfig(
-            name=train_run_name(study["run_name"], trial_id),
+            name=train_run_name(context.run_name, trial_id),
             storage_path=spec.storage_uri(),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
             failure_config=ray.train.FailureConfig(
                 max_failures=spec.failure.worker_max_failures,
-                controller_failure_limit=study.get("controller_failure_limit", -1),
+                controller_failure_limit=context.controller_failure_limit,
             ),
         ),
     )

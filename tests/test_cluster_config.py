@@ -205,7 +205,8 @@ def test_spec_paths_are_on_the_shared_volume(name, spec):
 
 @pytest.mark.parametrize(("name", "spec"), CLUSTER_SPECS, ids=[n for n, _ in CLUSTER_SPECS])
 def test_spec_tracking_uri_reaches_mlflow_on_every_node(name, spec):
-    """Rank-0 DDP workers log epoch metrics from GPU nodes, so the URI must work there too."""
+    """The driver on the head logs to the URI; what users run on a GPU node (`dynconv evaluate --device
+    cuda`) must find the server at the same URI there."""
     cfg = _cluster()
     uri = (spec.get("mlflow") or {}).get("tracking_uri")
     if uri is None:

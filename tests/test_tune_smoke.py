@@ -4,6 +4,7 @@ then a one-worker trial (trained in its Tune actor) that is killed mid-study and
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,36 @@ def test_checkpoint_rebuilds_the_model(study) -> None:
     model.load_state_dict(state["model"])
     assert state["spec"]["train"]["lr"] == pytest.approx(best.params["lr"])
     assert state["epoch"] == best.epochs
+
+
+def test_the_evaluation_runs_in_a_ray_task_holding_a_trial_workers_resources(study) -> None:
+    """Not in the driver (on a cluster, the head node without a GPU): a Ray task with one DDP worker's
+    share (`resources.cpus_per_worker` 0.4 here), on another process, whose Evaluation the driver logs."""
+    import ray
+    from ray.util.state import list_tasks
+
+    spec, result = study
+    address = ray.get_runtime_context().gcs_address
+    tasks = list_tasks(address=address, filters=[("name", "=", "dynconv-evaluate")], detail=True)
+    mine = [t for t in tasks if t.required_resources == {"CPU": spec.resources.cpus_per_worker}]
+    assert mine and {t.state for t in mine} == {"FINISHED"}, tasks
+    assert all(t.worker_pid != os.getpid() for t in mine)
+    [evaluation] = _children(result, "evaluation")
+    assert evaluation.data.params["device"] == "cpu"
+
+
+def test_an_error_in_the_evaluation_task_is_the_one_line_it_raised(study) -> None:
+    from dynconv.spec.data import prepare_for_spec
+    from dynconv.tune.remote_evaluation import on_a_worker
+    from dynconv.tune.trial import TrialContext
+
+    spec, _ = study
+    data = prepare_for_spec(spec, progress=False)  # the cache the study built
+    context = TrialContext("x", str(data.cache_dir), data.fingerprint, "GPU", "PACK", -1)
+    evaluate = on_a_worker(spec, context)
+    with pytest.raises(DynconvError) as err:
+        evaluate({"num_classes": data.num_classes + 1}, "r1", ["RGB"], "test", None)
+    assert str(err.value) == f"checkpoint of run r1 has {data.num_classes + 1} classes, the dataset 3"
 
 
 def test_unreachable_tracking_server_fails_before_training(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -12,14 +12,15 @@ What one evaluation measures, per subset (RGB, RG, RB, GB, R, G, B):
   one image and the throughput at a large batch (`dynconv.evaluation.speed`; a plain model runs the
   same full-width input for every subset, so it is timed once).
 
-Also `model_from_checkpoint`: the model a checkpoint dict was saved from, and `served_from_checkpoint`:
+Also `evaluate_checkpoint`: the same for a trial's checkpoint dict; `model_from_checkpoint`: the model a
+checkpoint dict was saved from, and `served_from_checkpoint`:
 that model wrapped to take [0, 1] images and any channel subset without dynconv. Takes a model and data, knows
 nothing of MLflow or Ray (imports torch, `dynconv.data`, `dynconv.flops`, `dynconv.models` lazily).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,30 @@ def _subset_result(
         top5_hit=top5_hit,
         confusion=stats.confusion_matrix(labels, y_pred, num_classes),
     )
+
+
+def evaluate_checkpoint(
+    state: dict[str, Any],
+    run_id: str,
+    data,
+    subsets: Sequence[str],
+    split: str = "test",
+    device=None,
+    *,
+    speed: SpeedConfig | None = None,
+) -> Evaluation:
+    """`evaluate_model` of the model the checkpoint `state` (of trial run `run_id`) was saved from; a
+    one-line error when it was trained on another number of classes than `data` holds."""
+    if int(state["num_classes"]) != data.num_classes:
+        raise DynconvError(
+            f"checkpoint of run {run_id} has {state['num_classes']} classes, the dataset {data.num_classes}"
+        )
+    return evaluate_model(model_from_checkpoint(state, run_id), data, subsets, split, device, speed=speed)
+
+
+EvaluateCheckpoint = Callable[[dict[str, Any], str, Sequence[str], str, SpeedConfig | None], Evaluation]
+"""How a study's checkpoints get evaluated: `(state, run_id, subsets, split, speed) -> Evaluation`, here on
+this process's data and device, or on a Ray worker (`dynconv.tune.remote_evaluation`)."""
 
 
 def model_from_checkpoint(state: dict[str, Any], run_id: str = "?"):

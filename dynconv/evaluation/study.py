@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Sequence
 
 from dynconv.errors import DynconvError, one_line
-from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
+from dynconv.evaluation.model import EvaluateCheckpoint, evaluate_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.spec import resolve_tracking_uri
@@ -148,11 +148,14 @@ def evaluate_trials(
     speed: SpeedConfig | None = None,
     only_run_id: str | None = None,
     data=None,
+    evaluate: EvaluateCheckpoint | None = None,
 ) -> list[tuple[str, Evaluation]]:
     """Evaluate the study's best trial(s) by its ranking, logging one child run each (FINISHED once
     complete); returns [(run id, Evaluation)].
 
     `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.ranking`), else the best.
+    `evaluate`: where a checkpoint is evaluated (a study's end: on a Ray worker with a trial's
+    resources); by default here, on `device` (`dynconv evaluate`).
     """
     from dynconv.data.channels import SUBSET_NAMES, parse_subsets
     from dynconv.spec.data import prepare_for_spec
@@ -163,20 +166,18 @@ def evaluate_trials(
     ranking = Ranking.for_spec(spec)
     trials = list_ranked_trials(uri, parent_run, ranking)
     chosen = _chosen_trials(trials, ranking, top_k, study, only_run_id)
-    dev = default_device(device)
     states = [(r, t, load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
-    data = data if data is not None else prepare_for_spec(spec, progress=False)
+    if evaluate is None:
+        dev = default_device(device)
+        data = data if data is not None else prepare_for_spec(spec, progress=False)
+
+        def evaluate(state, run_id, subsets, split, speed):
+            return evaluate_checkpoint(state, run_id, data, subsets, split, dev, speed=speed)
 
     parent_id = parent_run.info.run_id
     done: list[tuple[str, Evaluation]] = []
     for rank, trial, state in states:
-        if int(state["num_classes"]) != data.num_classes:
-            raise DynconvError(
-                f"checkpoint of run {trial.run_id} has {state['num_classes']} classes, "
-                f"the dataset {data.num_classes}"
-            )
-        model = model_from_checkpoint(state, trial.run_id)
-        ev = evaluate_model(model, data, names, split, dev, speed=speed)
+        ev = evaluate(state, trial.run_id, names, split, speed)
         run_id = record_evaluation(
             uri,
             parent_run.info.experiment_id,
@@ -199,8 +200,9 @@ def evaluate_trials(
     return done
 
 
-def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
-    """End-of-study hook of `dynconv tune`: evaluate with the spec's `evaluate` section.
+def evaluate_study(spec, result, evaluate: EvaluateCheckpoint | None = None) -> list[tuple[str, Evaluation]]:
+    """End-of-study hook of `dynconv tune`: evaluate with the spec's `evaluate` section (`evaluate`: where,
+    see `evaluate_trials`).
 
     An evaluation problem must not lose the study (its trials and checkpoints are already in MLflow):
     a DynconvError (no finished trial, a broken checkpoint) is printed as one line, anything else with
@@ -216,6 +218,7 @@ def evaluate_study(spec, result) -> list[tuple[str, Evaluation]]:
             top_k=None if spec.search.multi_objective else spec.evaluate.top_k,  # None: the Pareto set
             subsets=spec.evaluate.subsets,
             split=spec.evaluate.split,
+            evaluate=evaluate,
         )
     except Exception as exc:
         if not isinstance(exc, DynconvError):  # MLflow's errors quote the store's URL, credentials too

@@ -221,12 +221,11 @@ def _acc_key(split: str, subset: str) -> str:
 def _evaluate_runs(phase: ConfirmPhase, runs: list[Any]) -> None:
     """Evaluate every finished confirmation run not yet evaluated over the spec's subsets, logging
     `<split>_acc_<subset>` on the run itself (all at once: a run holds all of them or none)."""
-    from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
     from dynconv.evaluation.results import SpeedConfig
     from dynconv.tracking.artifacts import load_checkpoint
-    from dynconv.train.session import default_device
+    from dynconv.tune.remote_evaluation import on_a_worker
 
-    spec, device = phase.spec, default_device(None)
+    spec, evaluate = phase.spec, on_a_worker(phase.spec, phase.context)
     split, subsets = spec.evaluate.split, spec.evaluate.subsets
     todo = [
         r
@@ -235,8 +234,7 @@ def _evaluate_runs(phase: ConfirmPhase, runs: list[Any]) -> None:
     ]
     for i, run in enumerate(todo, start=1):
         rid = run.info.run_id
-        model = model_from_checkpoint(load_checkpoint(phase.uri, rid), rid)
-        ev = evaluate_model(model, phase.data, subsets, split, device, speed=SpeedConfig(**NO_SPEED))
+        ev = evaluate(load_checkpoint(phase.uri, rid), rid, subsets, split, SpeedConfig(**NO_SPEED))
         log_metrics(phase.uri, rid, {_acc_key(split, r.subset): r.accuracy for r in ev.results})
         set_tags(phase.uri, rid, {TAG_TEST_SET: ev.test_set_id})
         shown = ", ".join(f"{r.subset} {r.accuracy:.3f}" for r in ev.results[:3])

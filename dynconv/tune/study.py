@@ -198,7 +198,7 @@ def _run_study(
     if result.interrupted:
         _close_interrupted(result)
         return result
-    _finish_study(run, result, evaluate, lambda: _confirm(run, context, concurrent, verbose))
+    _finish_study(run, result, evaluate, context, lambda: _confirm(run, context, concurrent, verbose))
     if result.interrupted:
         return result
     if result.best is None:
@@ -398,10 +398,13 @@ def _close_interrupted(result: StudyResult) -> None:
     )
 
 
-def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None, confirm: Any) -> None:
+def _finish_study(
+    run: _StudyRun, result: StudyResult, evaluate: bool | None, context: TrialContext, confirm: Any
+) -> None:
     """A study that ran to its end: record the best trial by the study's ranking (and the Pareto set),
     evaluate when asked, `confirm()` its best over seeds when the spec asks, describe the study on its
     parent run, log the timings, close the run (FAILED when no trial scored) and say where to browse it.
+    Checkpoints are evaluated on a Ray worker holding a trial worker's resources (`context`).
     An interrupted confirmation closes the run KILLED instead (`--resume` continues it)."""
     spec, uri, parent = run.spec, run.uri, run.parent
     best = result.best
@@ -413,8 +416,9 @@ def _finish_study(run: _StudyRun, result: StudyResult, evaluate: bool | None, co
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
         from dynconv.evaluation.study import evaluate_study
+        from dynconv.tune.remote_evaluation import on_a_worker
 
-        evaluations = evaluate_study(spec, result)
+        evaluations = evaluate_study(spec, result, on_a_worker(spec, context))
         run.timings["evaluate_seconds"] = time.perf_counter() - t0
     if spec.confirm.enabled and best is not None:
         try:

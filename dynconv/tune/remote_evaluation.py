@@ -1,0 +1,75 @@
+"""A study's checkpoints evaluated on a Ray worker that holds one trial worker's resources.
+
+The end-of-study evaluation and the confirmation's evaluations run every channel subset over the test
+split, and time each model. In the driver's process that is the head node: on a cluster, a machine
+without a GPU (docs/cluster.md), where ImageNet-mini's top trials take minutes each, and whose latency and
+throughput say nothing of the hardware the trials trained on. So the driver sends each checkpoint to a
+Ray task with the resources of one trial worker (its CPUs, its GPU share, its custom resources), which
+opens the same decoded cache the trials read and returns the `Evaluation`; the driver records it in
+MLflow as before (it stays the only writer). `dynconv evaluate` keeps evaluating where it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dynconv.errors import DynconvError
+from dynconv.evaluation.model import EvaluateCheckpoint, evaluate_checkpoint
+from dynconv.evaluation.results import Evaluation, SpeedConfig
+from dynconv.spec import JobSpec
+from dynconv.tune.resources import GPU, uses_cuda, worker_resources
+from dynconv.tune.trial import TrialContext
+
+
+def on_a_worker(spec: JobSpec, context: TrialContext) -> EvaluateCheckpoint:
+    """Evaluate each checkpoint in a Ray task holding one trial worker's resources (Ray must be up)."""
+    import ray
+
+    resources = worker_resources(spec, context.gpu_resource)
+    cpus = resources.pop("CPU")
+    gpus = resources.pop(GPU, 0.0)  # a stand-in resource (tests) stays a custom one
+    task = ray.remote(_evaluate_on_worker).options(
+        num_cpus=cpus, num_gpus=gpus, resources=resources, name="dynconv-evaluate"
+    )  # Ray's own retries cover a worker or node lost mid-way; our errors are not retried
+    use_cuda = uses_cuda(spec, context.gpu_resource)
+
+    def evaluate(
+        state: dict[str, Any], run_id: str, subsets: Sequence[str], split: str, speed: SpeedConfig | None
+    ) -> Evaluation:
+        ref = task.remote(
+            state, run_id, context.cache_dir, context.cache_fingerprint, list(subsets), split, speed, use_cuda
+        )
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as err:  # one of our one-line errors stays one line
+            if isinstance(err.cause, DynconvError):
+                raise err.cause from None
+            raise
+
+    return evaluate
+
+
+def _evaluate_on_worker(
+    state: dict[str, Any],
+    run_id: str,
+    cache_dir: str,
+    fingerprint: str,
+    subsets: list[str],
+    split: str,
+    speed: SpeedConfig | None,
+    use_cuda: bool,
+) -> Evaluation:
+    """The Ray task: the driver's decoded data (verified by its fingerprint), the checkpoint's model, and
+    `evaluate_checkpoint` on this worker's GPU or CPUs."""
+    import ray
+    import torch
+
+    from dynconv.data.cache_files import PreparedData
+
+    data = PreparedData.open(Path(cache_dir), fingerprint=fingerprint)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    device = "cuda" if use_cuda else "cpu"
+    return evaluate_checkpoint(state, run_id, data, subsets, split, device, speed=speed)

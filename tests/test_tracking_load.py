@@ -3,9 +3,9 @@
 The load is made by dynconv's own tracking functions, called the way a study driver's recorder calls
 them for a trial (`ensure_child_run`, then `log_metrics` once per epoch with step = epoch, then
 `end_run`), from 16 processes at once (16 studies or commands sharing one store) and without the
-seconds of training between epochs, i.e. far above the rate real trials reach. Processes are forked after `mlflow` is imported, so the 16 "trials" cost no interpreter start-up;
-no Ray is started (16 Ray trials at once would cost minutes on 2 cores and put the same calls on the
-store). `benchmarks/tracking_load.py` measures where each store stops keeping up.
+seconds of training between epochs, i.e. far above the rate real trials reach. Processes are forked
+after `mlflow` is imported, so the 16 "trials" cost no interpreter start-up; no Ray is started.
+`benchmarks/tracking_load.py` measures where each store stops keeping up.
 """
 
 from __future__ import annotations

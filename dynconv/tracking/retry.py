@@ -33,6 +33,7 @@ from dynconv.errors import DynconvError, one_line
 from dynconv.tracking.store import masked
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ATTEMPTS = 8
 """Tries per call; the jittered waits between them add up to about 6 s (3-10 s) before giving up."""
@@ -92,8 +93,6 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             time.sleep(delay * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
-
-log = logging.getLogger(__name__)
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 """Waits between tries of a write while the store is unreachable; the last one repeats."""

@@ -10,6 +10,7 @@ four bundles of 0.25 fake_gpu must be held at the same moment.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_four_trials_at_a_quarter_share_one_gpu(
         resources={"workers_per_trial": 1, "cpus_per_worker": 0.25, "driver_cpus": 0.1, "gpu": True,
                    "gpus_per_worker": 0.25},
         scheduler={"name": "none"},
-        evaluate={"enabled": False},
+        evaluate={"enabled": True, "subsets": ["RGB", "R"]},
     )  # fmt: skip
     data["train"]["epochs"] = 3
     data["search"]["num_samples"] = 4
@@ -162,3 +163,19 @@ def test_four_trials_at_a_quarter_share_one_gpu(
     # every trial's worker group held its quarter GPU at one common moment
     assert max(g["first"] for g in groups) < min(g["last"] for g in groups)
     assert watcher.max_at_once == 4
+    # The best trial is evaluated where the trials trained: a Ray task holding one worker's GPU share
+    # (a GPU study's driver may sit on a node without a GPU), not in the driver's process.
+    import ray
+    from ray.util.state import list_tasks
+
+    address = ray.get_runtime_context().gcs_address
+    tasks = list_tasks(address=address, filters=[("name", "=", "dynconv-evaluate")], detail=True)
+    assert [(t.state, t.required_resources) for t in tasks] == [("FINISHED", {"CPU": 0.25, "fake_gpu": 0.25})]
+    assert tasks[0].worker_pid != os.getpid()
+    assert result.best is not None and "dynconv.evaluation_error" not in _parent_tags(result)
+
+
+def _parent_tags(result) -> dict[str, str]:
+    from dynconv.tracking.store import client
+
+    return client(result.tracking_uri).get_run(result.parent_run_id).data.tags

@@ -135,22 +135,6 @@ def test_checkpoint_rebuilds_the_model(study) -> None:
     assert state["epoch"] == best.epochs
 
 
-def test_the_evaluation_runs_in_a_ray_task_holding_a_trial_workers_resources(study) -> None:
-    """Not in the driver (on a cluster, the head node without a GPU): a Ray task with one DDP worker's
-    share (`resources.cpus_per_worker` 0.4 here), on another process, whose Evaluation the driver logs."""
-    import ray
-    from ray.util.state import list_tasks
-
-    spec, result = study
-    address = ray.get_runtime_context().gcs_address
-    tasks = list_tasks(address=address, filters=[("name", "=", "dynconv-evaluate")], detail=True)
-    mine = [t for t in tasks if t.required_resources == {"CPU": spec.resources.cpus_per_worker}]
-    assert mine and {t.state for t in mine} == {"FINISHED"}, tasks
-    assert all(t.worker_pid != os.getpid() for t in mine)
-    [evaluation] = _children(result, "evaluation")
-    assert evaluation.data.params["device"] == "cpu"
-
-
 def test_an_error_in_the_evaluation_task_is_the_one_line_it_raised(study) -> None:
     from dynconv.spec.data import prepare_for_spec
     from dynconv.tune.remote_evaluation import on_a_worker
@@ -335,7 +319,6 @@ def _reported_pids(storage: Path, min_epoch: int) -> list[int]:
 @pytest.fixture(scope="module")
 def killed_single_worker_study(ray_local, slower_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     """A one-trial, one-worker study whose trial actor is SIGKILLed after it logged epoch 2."""
-    import os
     import signal
     import threading
     import time
@@ -418,7 +401,6 @@ def test_killed_single_worker_trial_resumes_from_its_checkpoint(killed_single_wo
 def _interrupt_once_a_confirmation_run_finished(spec, timeout_s: float = 180) -> None:
     """SIGINT to this process (Tune's handler: stop the trials, save the state) once the study's
     confirmation phase has finished its first run."""
-    import os
     import signal
     import time
 

@@ -223,9 +223,9 @@ def _evaluate_runs(phase: ConfirmPhase, runs: list[Any]) -> None:
     `<split>_acc_<subset>` on the run itself (all at once: a run holds all of them or none)."""
     from dynconv.evaluation.results import SpeedConfig
     from dynconv.tracking.artifacts import load_checkpoint
-    from dynconv.tune.remote_evaluation import on_a_worker
+    from dynconv.tune.remote_evaluation import evaluator_for
 
-    spec, evaluate = phase.spec, on_a_worker(phase.spec, phase.context)
+    spec, evaluate = phase.spec, evaluator_for(phase.spec, phase.context, phase.data)
     split, subsets = spec.evaluate.split, spec.evaluate.subsets
     todo = [
         r

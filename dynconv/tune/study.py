@@ -404,7 +404,7 @@ def _finish_study(
     """A study that ran to its end: record the best trial by the study's ranking (and the Pareto set),
     evaluate when asked, `confirm()` its best over seeds when the spec asks, describe the study on its
     parent run, log the timings, close the run (FAILED when no trial scored) and say where to browse it.
-    Checkpoints are evaluated on a Ray worker holding a trial worker's resources (`context`).
+    Checkpoints are evaluated where the trials train (`dynconv.tune.remote_evaluation`).
     An interrupted confirmation closes the run KILLED instead (`--resume` continues it)."""
     spec, uri, parent = run.spec, run.uri, run.parent
     best = result.best
@@ -416,9 +416,9 @@ def _finish_study(
     if evaluate if evaluate is not None else spec.evaluate.enabled:
         t0 = time.perf_counter()
         from dynconv.evaluation.study import evaluate_study
-        from dynconv.tune.remote_evaluation import on_a_worker
+        from dynconv.tune.remote_evaluation import evaluator_for
 
-        evaluations = evaluate_study(spec, result, on_a_worker(spec, context))
+        evaluations = evaluate_study(spec, result, evaluator_for(spec, context, run.data))
         run.timings["evaluate_seconds"] = time.perf_counter() - t0
     if spec.confirm.enabled and best is not None:
         try:

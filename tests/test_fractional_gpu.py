@@ -169,7 +169,12 @@ def test_four_trials_at_a_quarter_share_one_gpu(
     from ray.util.state import list_tasks
 
     address = ray.get_runtime_context().gcs_address
-    tasks = list_tasks(address=address, filters=[("name", "=", "dynconv-evaluate")], detail=True)
+    deadline = time.monotonic() + 30
+    while True:  # the state API hears of a task's end a little after ray.get returned its result
+        tasks = list_tasks(address=address, filters=[("name", "=", "dynconv-evaluate")], detail=True)
+        if [t.state for t in tasks] != ["RUNNING"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert [(t.state, t.required_resources) for t in tasks] == [("FINISHED", {"CPU": 0.25, "fake_gpu": 0.25})]
     assert tasks[0].worker_pid != os.getpid()
     assert result.best is not None and "dynconv.evaluation_error" not in _parent_tags(result)

@@ -165,7 +165,16 @@ def evaluate_checkpoint(
 
 EvaluateCheckpoint = Callable[[dict[str, Any], str, Sequence[str], str, SpeedConfig | None], Evaluation]
 """How a study's checkpoints get evaluated: `(state, run_id, subsets, split, speed) -> Evaluation`, here on
-this process's data and device, or on a Ray worker (`dynconv.tune.remote_evaluation`)."""
+this process's data and device (`in_this_process`), or on a Ray worker (`dynconv.tune.remote_evaluation`)."""
+
+
+def in_this_process(data, device) -> EvaluateCheckpoint:
+    """`evaluate_checkpoint` on `data` (prepared here) and `device`."""
+
+    def evaluate(state, run_id, subsets, split, speed):
+        return evaluate_checkpoint(state, run_id, data, subsets, split, device, speed=speed)
+
+    return evaluate
 
 
 def model_from_checkpoint(state: dict[str, Any], run_id: str = "?"):

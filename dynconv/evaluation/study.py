@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Sequence
 
 from dynconv.errors import DynconvError, one_line
-from dynconv.evaluation.model import EvaluateCheckpoint, evaluate_checkpoint
+from dynconv.evaluation.model import EvaluateCheckpoint, in_this_process
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.spec import resolve_tracking_uri
@@ -168,11 +168,8 @@ def evaluate_trials(
     chosen = _chosen_trials(trials, ranking, top_k, study, only_run_id)
     states = [(r, t, load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
     if evaluate is None:
-        dev = default_device(device)
         data = data if data is not None else prepare_for_spec(spec, progress=False)
-
-        def evaluate(state, run_id, subsets, split, speed):
-            return evaluate_checkpoint(state, run_id, data, subsets, split, dev, speed=speed)
+        evaluate = in_this_process(data, default_device(device))
 
     parent_id = parent_run.info.run_id
     done: list[tuple[str, Evaluation]] = []

@@ -141,18 +141,21 @@ class TrialInfo:
         return None
 
 
+def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The trial runs of study run `parent_run_id`, newest first."""
+    return search_runs(
+        uri,
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`dynconv.role` = 'trial'",
+        [experiment_id],
+    )
+
+
 def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = ()) -> list[TrialInfo]:
     """Every trial run of a study with its status, the last logged value of the ranked `metric` and of
     each of `objectives`, its best val_acc, curves and whether it has a checkpoint."""
     c = client(uri)
-    parent_id = parent_run.info.run_id
-    runs = search_runs(
-        uri,
-        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`dynconv.role` = 'trial'",
-        [parent_run.info.experiment_id],
-    )
     trials = []
-    for run in runs:
+    for run in trial_runs(uri, parent_run.info.experiment_id, parent_run.info.run_id):
         rid, outcome = run.info.run_id, run.data.tags.get(TAG_OUTCOME)
         if outcome == "orphaned":  # a trial a killed driver lost; Tune ran it again under another id
             continue
@@ -184,11 +187,7 @@ def list_trials(uri: str, parent_run, metric: str, objectives: Sequence[str] = (
 
 def trial_run_ids(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, str]:
     """{Tune trial id: MLflow run id} of the trial runs of study run `parent_run_id`."""
-    runs = search_runs(
-        uri,
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`dynconv.role` = 'trial'",
-        [experiment_id],
-    )
+    runs = trial_runs(uri, experiment_id, parent_run_id)
     return {r.data.tags.get(TAG_TRIAL_ID, ""): r.info.run_id for r in runs}
 
 

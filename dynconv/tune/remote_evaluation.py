@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.errors import DynconvError
-from dynconv.evaluation.model import EvaluateCheckpoint, evaluate_checkpoint
+from dynconv.evaluation.model import EvaluateCheckpoint, evaluate_checkpoint, in_this_process
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.spec import JobSpec
 from dynconv.tune.resources import GPU, uses_cuda, worker_resources
@@ -32,12 +32,7 @@ def evaluator_for(spec: JobSpec, context: TrialContext, data: Any) -> EvaluateCh
         return on_a_worker(spec, context)
     from dynconv.train.session import default_device
 
-    device = default_device(None)
-
-    def evaluate(state, run_id, subsets, split, speed):
-        return evaluate_checkpoint(state, run_id, data, subsets, split, device, speed=speed)
-
-    return evaluate
+    return in_this_process(data, default_device(None))
 
 
 def on_a_worker(spec: JobSpec, context: TrialContext) -> EvaluateCheckpoint:
@@ -50,14 +45,14 @@ def on_a_worker(spec: JobSpec, context: TrialContext) -> EvaluateCheckpoint:
     task = ray.remote(_evaluate_on_worker).options(
         num_cpus=cpus, num_gpus=gpus, resources=resources, name="dynconv-evaluate"
     )  # Ray's own retries cover a worker or node lost mid-way; our errors are not retried
-    use_cuda = uses_cuda(spec, context.gpu_resource)
+    device = "cuda" if uses_cuda(spec, context.gpu_resource) else "cpu"
+    threads = max(1, int(cpus))  # torch's, as a trial worker with these CPUs uses
 
     def evaluate(
         state: dict[str, Any], run_id: str, subsets: Sequence[str], split: str, speed: SpeedConfig | None
     ) -> Evaluation:
-        ref = task.remote(
-            state, run_id, context.cache_dir, context.cache_fingerprint, list(subsets), split, speed, use_cuda
-        )
+        where = (context.cache_dir, context.cache_fingerprint, device, threads)
+        ref = task.remote(state, run_id, *where, list(subsets), split, speed)
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as err:  # one of our one-line errors stays one line
@@ -73,20 +68,18 @@ def _evaluate_on_worker(
     run_id: str,
     cache_dir: str,
     fingerprint: str,
+    device: str,
+    threads: int,
     subsets: list[str],
     split: str,
     speed: SpeedConfig | None,
-    use_cuda: bool,
 ) -> Evaluation:
     """The Ray task: the driver's decoded data (verified by its fingerprint), the checkpoint's model, and
     `evaluate_checkpoint` on this worker's GPU or CPUs."""
-    import ray
     import torch
 
     from dynconv.data.cache_files import PreparedData
 
     data = PreparedData.open(Path(cache_dir), fingerprint=fingerprint)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
-    device = "cuda" if use_cuda else "cpu"
+    torch.set_num_threads(threads)
     return evaluate_checkpoint(state, run_id, data, subsets, split, device, speed=speed)

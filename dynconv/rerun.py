@@ -9,6 +9,7 @@ same code as `dynconv evaluate`, and lands in MLflow as a new run (`dynconv.role
 run is FINISHED only once trained, checkpointed and evaluated (KILLED when interrupted, FAILED on an
 error). Finally the original and the rerun are printed side by side (the original's newest complete
 evaluation). A study stands for its best trial by `dynconv.tune.ranking`, as in `dynconv evaluate`.
+A run in MLflow's trash is refused in one line that says how to restore it.
 
 Imports `dynconv.tracking` (never `mlflow` directly), `dynconv.evaluation` and the Ray-free training
 loop; never Ray.
@@ -17,6 +18,7 @@ loop; never Ray.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +34,13 @@ from dynconv.evaluation.tables import print_evaluation
 from dynconv.spec import resolve_tracking_uri
 from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_evaluation
-from dynconv.tracking.find import find_study_run, get_run, latest_evaluation_metrics, metric_history
+from dynconv.tracking.find import (
+    find_study_run,
+    get_run,
+    latest_evaluation_metrics,
+    metric_history,
+    restore_command,
+)
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
     RUN_ID_PATTERN,
@@ -54,6 +62,7 @@ from dynconv.tracking.layout import (
     run_params,
     set_tags,
 )
+from dynconv.tracking.store import masked
 from dynconv.tune.ranking import Ranking
 
 
@@ -94,6 +103,21 @@ def resolve_trial(uri: str, run: str) -> Any:
     ranking = Ranking.for_spec(load_study_spec(uri, parent))
     [(_, best)] = select_trials(list_ranked_trials(uri, parent, ranking), ranking, 1, study)
     return get_run(uri, best.run_id)
+
+
+def refuse_trashed(uri: str, original: Any, asked: str) -> None:
+    """A run in MLflow's trash (a registered champion's source run deleted since) is not rerun: one
+    line naming it and the command that restores it. A rerun would be recorded beside an original the
+    UI no longer shows, and in a deleted experiment could not be recorded at all."""
+    command = restore_command(uri, original)
+    if command is None:
+        return
+    oid = original.info.run_id
+    named = "" if asked == oid else f" (what {asked} names)"
+    raise DynconvError(
+        f"run {oid}{named} is in MLflow's trash (deleted); restore it first: "
+        f"MLFLOW_TRACKING_URI={shlex.quote(masked(uri))} {command}"
+    )
 
 
 def spec_from_checkpoint(state: dict[str, Any], run_id: str):
@@ -319,6 +343,7 @@ def rerun(
     names = parse_subsets(list(subsets)) if subsets is not None else None  # bad names fail before training
     uri = resolve_tracking_uri(tracking_uri)
     original = resolve_trial(uri, run)
+    refuse_trashed(uri, original, run)
     oid = original.info.run_id
     state = load_checkpoint(uri, oid)
     spec, notes = with_epochs(spec_from_checkpoint(state, oid), epochs)

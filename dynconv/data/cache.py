@@ -105,6 +105,7 @@ def prepare(
     progress: bool = True,
     num_classes: int | None = None,
     strict: bool = False,
+    max_pixels: int | None = None,
 ) -> PreparedData:
     """Return the decode-once cache of the dataset at ``root``, building it only when needed.
 
@@ -116,9 +117,15 @@ def prepare(
     that are not images (by extension), a progress bar while decoding, and a per-split summary at the end.
     ``num_classes``: when given, checked against the dataset. ``strict``: images
     with identical pixels in two splits (always counted and reported) are an error.
+    ``max_pixels``: the decode budget (`data.max_pixels`, `--max-pixels`; None: none): an image of more
+    pixels is unreadable (:class:`dynconv.data.decode.ImageTooLarge`), refused before it is decoded. It
+    guards decoding only, so it is not part of the fingerprint: a cache is reused whatever the budget,
+    unless it skipped images under a smaller budget than this one (they may decode now: it is rebuilt).
     """
     if not isinstance(size, int) or size < 1:
         raise DataError(f"image size must be a positive integer, got {size!r}")
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+        raise DataError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if workers is not None and workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
     source = load_source(Path(root), num_classes)
@@ -130,7 +137,7 @@ def prepare(
     lock = lock_path(cache_dir)
 
     with cache_lock(lock, shared=True):
-        data, _ = _open_if_current(cache_dir, fp, skip_bad)
+        data, _ = _open_if_current(cache_dir, fp, skip_bad, max_pixels)
     if data is None:
         try:
             cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -140,12 +147,12 @@ def prepare(
             ) from None
         with cache_lock(lock, shared=False):
             # another process may have built it meanwhile
-            data, unusable = _open_if_current(cache_dir, fp, skip_bad)
+            data, unusable = _open_if_current(cache_dir, fp, skip_bad, max_pixels)
             if data is None:
                 if unusable:
                     log.warning("%s: %s; rebuilding the cache", cache_dir, unusable)
-                _build(source, size, fp, cache_dir, workers, skip_bad, progress)
-                data, unusable = _open_if_current(cache_dir, fp, skip_bad=True)
+                _build(source, size, fp, cache_dir, workers, skip_bad, progress, max_pixels)
+                data, unusable = _open_if_current(cache_dir, fp, True, max_pixels)
                 if data is None:
                     raise DataError(f"{cache_dir}: the cache just built cannot be opened ({unusable})")
                 if progress:
@@ -187,7 +194,9 @@ def fingerprint(source: DatasetSource, size: int) -> str:
     return h.hexdigest()
 
 
-def _open_if_current(cache_dir: Path, fp: str, skip_bad: bool) -> tuple[PreparedData | None, str | None]:
+def _open_if_current(
+    cache_dir: Path, fp: str, skip_bad: bool, max_pixels: int | None
+) -> tuple[PreparedData | None, str | None]:
     """The cache at ``cache_dir`` when it holds the data of fingerprint ``fp``, intact; else None and,
     when the cache is unusable rather than merely of other data, why (for the rebuild's warning)."""
     manifest = read_manifest(cache_dir)
@@ -196,12 +205,20 @@ def _open_if_current(cache_dir: Path, fp: str, skip_bad: bool) -> tuple[Prepared
         return None, unusable_reason(cache_dir) if exists else None
     if manifest.get("fingerprint") != fp:
         return None, None  # the dataset, size or class list changed: an ordinary rebuild
-    if not skip_bad and any(manifest["splits"][s]["skipped"] for s in SPLITS):
+    skipped = any(manifest["splits"][s]["skipped"] for s in SPLITS)
+    if not skip_bad and skipped:
         return None, None  # built with --skip-bad; without it the bad image must stop the build
+    if skipped and _budget_raised(manifest.get("max_pixels"), max_pixels):
+        return None, None  # an image skipped as too large may fit the larger budget
     try:
         return PreparedData.mapped(cache_dir, manifest), None
     except CacheDamaged as exc:
         return None, exc.what
+
+
+def _budget_raised(built_with: int | None, now: int | None) -> bool:
+    """Whether the decode budget ``now`` admits images that ``built_with`` refused (None: no budget)."""
+    return built_with is not None and (now is None or now > built_with)
 
 
 # -------------------------------------------------------------------------------- build
@@ -215,6 +232,7 @@ def _build(
     workers: int | None,
     skip_bad: bool,
     progress: bool,
+    max_pixels: int | None,
 ) -> None:
     """Decode everything into a temporary directory, then move it into place (caller holds the lock)."""
     foreign = cache_dir.exists() and not (cache_dir / MANIFEST).is_file()
@@ -230,7 +248,8 @@ def _build(
         digests: dict[str, list[tuple[str, str]]] = {}
         with decoder(workers) as decode:
             splits = {
-                s: _build_split(source, s, size, tmp, decode, skip_bad, progress, digests) for s in SPLITS
+                s: _build_split(source, s, size, max_pixels, tmp, decode, skip_bad, progress, digests)
+                for s in SPLITS
             }
         _check_train_classes_after_skips(source, tmp)
         manifest = {
@@ -242,6 +261,7 @@ def _build(
                 "list_sha256": source.list_digests,
             },
             "size": size,
+            "max_pixels": max_pixels,
             "array_layout": "NCHW uint8 RGB",
             "num_classes": source.num_classes,
             "class_names": source.class_names,
@@ -261,6 +281,7 @@ def _build_split(
     source: DatasetSource,
     split: str,
     size: int,
+    max_pixels: int | None,
     out: Path,
     decode,
     skip_bad: bool,
@@ -276,7 +297,7 @@ def _build_split(
     files: list[str] = []
     skipped: list[str] = []
     digests[split] = []
-    tasks = [(str(source.path(e)), size) for e in entries]
+    tasks = [(str(source.path(e)), size, max_pixels) for e in entries]
     with (
         open(out / f"{split}_images.u8", "wb") as f,
         tqdm(total=len(tasks), desc=f"decode {split}", unit="img", disable=not progress, leave=False) as bar,

@@ -4,7 +4,8 @@
 :mod:`dynconv.data.leakage` compares across splits), :func:`image_suffixes` (the file extensions of the
 formats it reads, which the folder layout takes), and :func:`decoder`, which maps decode tasks over a
 process pool. Anything that changes the decoded bytes needs a ``FORMAT_VERSION`` bump in
-:mod:`dynconv.data.cache_files`, so old caches are rebuilt.
+:mod:`dynconv.data.cache_files`, so old caches are rebuilt. The pixel budget (``max_pixels``,
+:class:`ImageTooLarge`) only refuses images before decoding; the bytes of an accepted image stay the same.
 
 Pool workers start from a forkserver that preloads this module, so it stays light: numpy, PIL and
 :mod:`dynconv.data.sources` only; never torch, Ray, MLflow or the rest of the cache.
@@ -31,6 +32,14 @@ from dynconv.errors import one_line
 # (it reads the header only), PostScript (needs Ghostscript), IPTC (metadata). Stub formats (HDF5, GRIB,
 # BUFR, WMF: they need a handler installed) are recognised by their class in `image_suffixes`.
 _NOT_DECODED = frozenset({"MPEG", "EPS", "IPTC"})
+# Peak memory of `decode_and_hash` per decoded pixel, measured (peak RSS): 10 bytes for an RGB PNG (the
+# image, 4 bytes a pixel in Pillow, and the copy that is hashed), 20 for RGBA (the compositing copies).
+_DECODE_BYTES_PER_PIXEL = 10
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the decode budget (`data.max_pixels`, `--max-pixels`); found from
+    its header, before anything is decoded. The message is one line: its size and the memory it needs."""
 
 
 @functools.cache
@@ -55,12 +64,12 @@ def _is_stub(factory: object) -> bool:
     return isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
 
 
-def decode_image(path: str | Path, size: int) -> np.ndarray:
+def decode_image(path: str | Path, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file to a ``(3, size, size)`` uint8 RGB array (see :func:`decode_and_hash`)."""
-    return decode_and_hash(path, size)[0]
+    return decode_and_hash(path, size, max_pixels)[0]
 
 
-def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
+def decode_and_hash(path: str | Path, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Decode one image file to a ``(3, size, size)`` uint8 RGB array, and a digest of its decoded pixels.
 
     EXIF orientation is applied first (a phone photo stored sideways is decoded upright).
@@ -71,12 +80,16 @@ def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
     support), to exactly ``size x size`` as the seed does (aspect ratio is not kept).
     The digest (blake2b of the upright RGB pixels and their dimensions, before the resize) is equal
     for two files exactly when their decoded pixels are: :func:`find_leakage` compares it across splits.
-    Raises whatever PIL raises for unreadable files; the caller turns that into a DataError.
+    ``max_pixels``: the decode budget; an image of more pixels (after the JPEG draft) raises
+    :class:`ImageTooLarge` before it is decoded (None: no budget). Raises whatever PIL raises for
+    unreadable files; the caller turns that into a DataError.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency expressed in bytes"
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: the pixels are decoded by `load`
             img.draft(img.mode, (size, size))
+            if max_pixels is not None:
+                _check_budget(img.size, max_pixels)
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
             rgb = _to_rgb(img)
@@ -86,6 +99,29 @@ def decode_and_hash(path: str | Path, size: int) -> tuple[np.ndarray, str]:
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(rgb, dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), digest.hexdigest()
+
+
+def _check_budget(dims: tuple[int, int], max_pixels: int) -> None:
+    """Raise :class:`ImageTooLarge` when an image of ``dims`` (width, height) exceeds ``max_pixels``."""
+    width, height = dims
+    if width * height > max_pixels:
+        need = width * height * _DECODE_BYTES_PER_PIXEL
+        raise ImageTooLarge(
+            f"too large to decode: {width}x{height} ({_pixels(width * height)}) would take about "
+            f"{_bytes(need)} of memory, above the budget of {_pixels(max_pixels)} "
+            "(data.max_pixels, or --max-pixels)"
+        )
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -108,11 +144,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
-    """Pool worker: decode one file; never raises, returns (array, pixel digest) or (None, reason)."""
-    path, size = task
+def _decode_task(task: tuple[str, int, int | None]) -> tuple[np.ndarray | None, str]:
+    """Pool worker: decode one file (path, size, max_pixels); never raises, returns (array, pixel
+    digest) or (None, reason)."""
+    path, size, max_pixels = task
     try:
-        return decode_and_hash(path, size)
+        return decode_and_hash(path, size, max_pixels)
+    except ImageTooLarge as exc:
+        return None, str(exc)
     except FileNotFoundError:
         return None, "file not found"
     except OSError as exc:

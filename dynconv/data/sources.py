@@ -4,9 +4,10 @@ Two layouts are supported, and detected from what lies in the root:
 
 * **txt** (the seed's ImageNet-mini layout): ``ROOT/{train,val,test}.txt``, each line
   ``RELATIVE/PATH LABEL`` with the path relative to ROOT, e.g. ``images/n01532829/n01532829_1234.JPEG 17``.
-  Blank lines and lines starting with ``#`` are ignored. An optional ``ROOT/classes.txt`` (one class
-  name per line, line *i* naming label *i*) fixes the number of classes; without it the number of
-  classes is ``max label + 1`` over all splits.
+  LABEL is written in the ASCII digits 0-9 (not ``+2``, ``0_2`` or another script's digits). The
+  files are UTF-8 (a leading byte-order mark is dropped); blank lines and lines starting with ``#``
+  are ignored. An optional ``ROOT/classes.txt`` (one class name per line, line *i* naming label *i*)
+  fixes the number of classes; without it the number of classes is ``max label + 1`` over all splits.
 * **folder**: ``ROOT/{train,val,test}/<class name>/<image>``, an image being a file with an extension
   of a format the decoder reads (:func:`dynconv.data.decode.image_suffixes`: .jpg, .jpeg, .png, .bmp,
   .gif, .tif, .tiff, .webp, .ppm and more, in any case), as a split list may name. Class names are the
@@ -123,7 +124,7 @@ def _read_classes_file(root: Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a leading byte-order mark is dropped
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {one_line(exc)}") from None
     names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
@@ -138,7 +139,7 @@ def _read_classes_file(root: Path) -> list[str] | None:
 def _parse_list(list_path: Path, data: bytes, limit: int | None) -> list[Entry]:
     """Parse and check one split list; every error names ``list_path:line``."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not a path
     except UnicodeDecodeError as exc:
         raise DataError(f"{list_path}: not UTF-8 text ({one_line(exc)})") from None
     entries: list[Entry] = []
@@ -152,12 +153,7 @@ def _parse_list(list_path: Path, data: bytes, limit: int | None) -> list[Entry]:
         if len(parts) != 2:
             raise DataError(f"{where}: malformed line {line!r}: expected 'RELATIVE/PATH LABEL'")
         rel_text, label_text = parts
-        try:
-            label = int(label_text)
-        except ValueError:
-            raise DataError(f"{where}: label {label_text!r} is not an integer") from None
-        if label < 0:
-            raise DataError(f"{where}: label {label} is negative")
+        label = _label(label_text, where)
         if limit is not None and label >= limit:
             raise DataError(f"{where}: label {label} is out of range (the dataset has {limit} classes)")
         rel = _safe_relative(rel_text, where)
@@ -170,6 +166,20 @@ def _parse_list(list_path: Path, data: bytes, limit: int | None) -> list[Entry]:
     if not entries:
         raise DataError(f"{list_path}: the {list_path.stem} split is empty (no entries)")
     return entries
+
+
+def _label(text: str, where: str) -> int:
+    """A listed label: ASCII digits only. `int()` alone would also read `0_2`, `+2` and other scripts'
+    digits (`٢`) as 2, so a typo or a mangled list would train on a class nobody wrote."""
+    if text.startswith("-") and _ascii_digits(text[1:]):
+        raise DataError(f"{where}: label {text} is negative")
+    if not _ascii_digits(text):
+        raise DataError(f"{where}: label {text!r} is not an integer: labels are written in digits 0-9 only")
+    return int(text)
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _safe_relative(rel_text: str, where: str) -> str:

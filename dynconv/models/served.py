@@ -11,11 +11,17 @@ constants here: they are the data layer's (`dynconv.data.augment`), and a served
 holds only `models/`, `layers/` and `errors` (`dynconv.tracking.registry`). Build one from a checkpoint
 with `dynconv.evaluation.model.served_from_checkpoint`.
 
-Imports only torch.
+What it cannot take is refused in one line (a ValueError), never guessed at: a channel slot that is
+not an integer (`channels=[0.9]` was truncated to slot 0), and values outside [0, 1] (0-255 floats gave
+confident garbage).
+
+Imports only torch and the standard library (a served model's package copy is loaded without dynconv).
 """
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -44,6 +50,7 @@ class ServedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, channels: Sequence[int] | None = None) -> torch.Tensor:
         slots = self._slots(x, channels)
+        _check_unit_range(x)
         index = torch.tensor(slots, device=x.device)
         shape = (1, len(slots), 1, 1)
         x = (x.to(self.mean.dtype) - self.mean[index].view(shape)) / self.std[index].view(shape)
@@ -61,7 +68,7 @@ class ServedClassifier(nn.Module):
                 f"expected float images (N, C, H, W) in [0, 1] with C in 1..{SLOTS}, got dtype {x.dtype} "
                 f"shape {tuple(x.shape)}"
             )
-        slots = tuple(range(x.shape[1])) if channels is None else tuple(int(c) for c in channels)
+        slots = tuple(range(x.shape[1])) if channels is None else tuple(_slot(c, channels) for c in channels)
         distinct = len(set(slots)) == len(slots) and all(0 <= s < SLOTS for s in slots)
         if len(slots) != x.shape[1] or not distinct:
             raise ValueError(
@@ -69,3 +76,23 @@ class ServedClassifier(nn.Module):
                 f"({x.shape[1]})"
             )
         return slots
+
+
+def _slot(value: object, channels: Sequence[object]) -> int:
+    """One entry of `channels` as a slot index: an int (a Python, numpy or integer-tensor one); a float,
+    bool or string is refused, since `int()` would truncate `0.9` to slot 0 without a word."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            return operator.index(value)  # type: ignore[arg-type]
+    raise ValueError(f"channels={list(channels)} holds {value!r}, not an integer slot (0=R, 1=G, 2=B)")
+
+
+def _check_unit_range(x: torch.Tensor) -> None:
+    """Refuse images with values outside [0, 1] (or NaN): 0-255 pixels given as floats would be
+    normalised as if they were in [0, 1] and give confident nonsense."""
+    if not bool(((x >= 0) & (x <= 1)).all()):
+        low, high = float(x.min()), float(x.max())
+        raise ValueError(
+            f"x holds values outside [0, 1] (min {low:.4g}, max {high:.4g}): the model takes float images "
+            "in [0, 1], e.g. uint8 pixels divided by 255"
+        )

@@ -48,6 +48,7 @@ def prepare_for_spec(spec: JobSpec, progress: bool = True) -> PreparedData:
         cache_dir=cache_dir,
         skip_bad=spec.data.skip_bad,
         progress=progress,
+        max_pixels=spec.data.max_pixels,
     )
     check_data_fits_spec(spec, data)
     return data

@@ -76,13 +76,21 @@ class SyntheticSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
-    """Where the images come from and how they are cached."""
+    """Where the images come from and how they are cached.
+
+    `max_pixels` is the decode budget: an image of more pixels (width x height, a JPEG at the reduced
+    scale it is decoded at) is refused before it is decoded, as an unreadable image (one line, or a
+    counted skip with `skip_bad`): decoding takes about 10 bytes per pixel (20 with transparency) in
+    each decoding process, ~1.4 GB for a 12000 x 12000 PNG. 50 megapixels passes a 50-megapixel
+    camera's photos. `dynconv data prepare --max-pixels` sets it there.
+    """
 
     root: str | None = None
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     image_size: int = Field(84, ge=8, le=1024)
     cache_dir: str | None = None
     skip_bad: bool = False
+    max_pixels: int = Field(50_000_000, ge=1, description="largest image decoded, width x height")
 
 
 class ScheduleSpec(StrictModel):

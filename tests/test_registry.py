@@ -34,6 +34,7 @@ from dynconv.tracking.registry import (
     log_served_model,
     register_champion,
     registered_version,
+    study_versions,
 )
 from dynconv.tracking.store import client
 
@@ -246,6 +247,19 @@ def test_registering_a_run_again_reuses_its_version(store: dict[str, str]) -> No
     assert (again_b.version, again_b.moved) == ("2", False) and "keeps champion" in again_b.message
     versions = client(store["uri"]).search_model_versions("name = 'again'")
     assert sorted(v.tags[TAG_SOURCE_RUN] for v in versions) == sorted([run_a, run_b])
+
+
+def test_study_versions_lists_the_studys_versions_oldest_first(store: dict[str, str]) -> None:
+    """What a later confirmation reuses (one version per configuration): the versions dynconv registered
+    for the study, with their source runs; none for a name nobody registered."""
+    run_a, run_b = _new_run(store), _new_run(store)
+    _register(store, "listed", run_a, 0.5)
+    _register(store, "listed", run_b, 0.6)
+    found = study_versions(store["uri"], "listed", "tiny")
+    assert [(v.version, v.source_run_id) for v in found] == [("1", run_a), ("2", run_b)]
+    assert study_versions(store["uri"], "listed", "other") == []
+    assert study_versions(store["uri"], "nobody's", "tiny") == []
+    assert study_versions(store["uri"], "never-registered", "tiny") == []
 
 
 def test_a_registered_model_of_another_study_or_made_by_hand_is_refused(store: dict[str, str]) -> None:

@@ -1,5 +1,7 @@
 """`dynconv tune SPEC --warm-start STUDY` (issue 21 item 4): an earlier study's finished trials seed the
 new study's Optuna search before its first suggestion; incompatible searches are refused in one line.
+Issue 28 item 5: a warm-started search draws configurations of its own, and a study trained otherwise
+(model, data, epochs, scheduler) seeds it only when the difference is accepted, and then recorded.
 
 No Ray cluster: the earlier study is written to a sqlite store the way the study driver writes it (a
 study run with its spec.yaml, trial runs with the recorder's params, epoch metrics, outcome and status),
@@ -23,11 +25,13 @@ from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec, parse_spec
 from dynconv.tracking.find import search_runs
 from dynconv.tracking.layout import (
+    PARAM_WARM_START_SAMPLER_SEED,
     PARAM_WARM_START_TRIALS,
     TAG_EPOCHS_DONE,
     TAG_OUTCOME,
     TAG_STUDY,
     TAG_WARM_START,
+    TAG_WARM_START_ACCEPTED,
     end_run,
     ensure_child_run,
     log_metrics,
@@ -36,7 +40,7 @@ from dynconv.tracking.layout import (
     set_tags,
 )
 from dynconv.tune.search import build_searcher, param_space, tune_metric_mode
-from dynconv.tune.warm_start import check_compatible, load_warm_start
+from dynconv.tune.warm_start import WarmStart, check_compatible, check_same_training, load_warm_start
 from tests.conftest import tiny_spec_dict
 from tests.test_evaluate import open_study
 
@@ -202,8 +206,6 @@ def test_a_choice_is_seeded_with_the_value_its_trials_logged(tmp_path, tiny_data
 def test_a_resumed_warm_started_searcher_holds_the_seed_once(tmp_path, tiny_dataset) -> None:
     """`--resume` of a warm-started study: Tune tells the Tuner's pickled searcher (which still carries
     the seed) its space, which seeds a fresh Optuna study, then restores the state it saved over it."""
-    from dynconv.tune.warm_start import WarmStart
-
     spec = spec_of(tmp_path, tiny_dataset, "new")
     warm = WarmStart("old", "0" * 32, ({"lr": 0.02, "augment_strength": 0.1},), (0.5,), {})
     searcher = seeded_searcher(spec, warm)
@@ -213,6 +215,34 @@ def test_a_resumed_warm_started_searcher_holds_the_seed_once(tmp_path, tiny_data
     resumed = seeded_searcher(spec, warm)  # as Tune.run does before it restores the saved searcher
     resumed.restore_from_dir(str(tmp_path))
     assert [t.state for t in resumed.optuna_study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+
+
+def test_a_warm_started_search_draws_configurations_of_its_own(tmp_path, tiny_dataset) -> None:
+    """Issue 28: the seeded trials consume none of the sampler's draws, so a searcher seeded with the
+    same `search.seed` suggested the seeding study's first configurations again, to the last digit.
+    Its sampler's seed now comes from `search.seed` and the seeding study run: its own draws, the same
+    on every run of the same warm start (recorded as the study run's `warm_start.sampler_seed`)."""
+    spec = spec_of(tmp_path, tiny_dataset, "new")
+    earlier = seeded_searcher(spec, None)
+    first = [earlier.suggest(f"old{i}") for i in range(3)]  # the seeding study's first configurations
+    warm = WarmStart("old", "a" * 32, tuple(first), (0.5, 0.6, 0.4), {})
+
+    def drawn(warm: WarmStart) -> list[dict[str, float]]:
+        searcher = seeded_searcher(spec, warm)
+        return [searcher.suggest(f"new{i}") for i in range(3)]
+
+    mine = drawn(warm)
+    assert all(config != old for config in mine for old in first), (mine, first)
+    assert drawn(warm) == mine, "the same warm start draws the same configurations"
+    assert drawn(WarmStart("old", "b" * 32, tuple(first), (0.5, 0.6, 0.4), {})) != mine
+
+    seed = warm.sampler_seed(spec.search.seed)
+    assert 0 <= seed < 2**32 and seed != spec.search.seed
+    assert warm.run_params(spec.search.seed) == {
+        PARAM_WARM_START_TRIALS: 3,
+        PARAM_WARM_START_SAMPLER_SEED: seed,
+    }
+    assert warm.run_tags() == {TAG_WARM_START: "a" * 32}, "nothing accepted: nothing more recorded"
 
 
 # ---------------------------------------------------------------------------- refusals, one line each
@@ -291,6 +321,86 @@ def test_a_study_with_no_trial_to_seed_is_refused(tmp_path, tiny_dataset) -> Non
     )
 
 
+TRAINED_OTHERWISE = {
+    "model name": (
+        {"model": {"name": "simple_cnn_dynamic", "args": {}}},
+        "model",
+        "model.name 'simple_cnn_dynamic' there",
+    ),
+    "model args": ({"model": {"args": {"stem": "small", "width": 8}}}, "model", "model.args {'stem': "),
+    "image size": ({"data": {"image_size": 32}}, "data", "data.image_size 32 there, 16 here"),
+    "dataset": ({"data": {"root": None}}, "data", "data.root None there, '"),
+    "epochs": ({"train": {"epochs": 3}}, "epochs", "train.epochs 3 there, 2 here"),
+    "scheduler": ({"scheduler": {"name": "none"}}, "scheduler", "scheduler.name 'none' there, 'asha' here"),
+}
+
+
+def _trained_with(tmp: Path, dataset: Path, changes: dict[str, Any]) -> JobSpec:
+    data = tiny_spec_dict(tmp, dataset)
+    for section, values in changes.items():
+        data[section] = {**data[section], **values}
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("case", list(TRAINED_OTHERWISE))
+def test_a_study_trained_otherwise_is_refused_unless_accepted(case, tmp_path, tiny_dataset) -> None:
+    """Issue 28: another model, data, epochs or scheduler gave the earlier values; they seeded the search
+    as if they were its own. Refused in one line naming the field and both values, unless accepted."""
+    changes, group, shown = TRAINED_OTHERWISE[case]
+    spec = parse_spec(tiny_spec_dict(tmp_path, tiny_dataset))
+    earlier = _trained_with(tmp_path, tiny_dataset, changes)
+    with pytest.raises(DynconvError) as exc:
+        check_same_training(spec, earlier, "old")
+    text = one_line(exc)
+    assert text.startswith(f"--warm-start: study 'old' trained otherwise than this study will ({shown}")
+    assert text.endswith(f"to seed it anyway, add --warm-start-accept {group}")
+    others = frozenset(g for g in ("model", "data", "epochs", "scheduler") if g != group)
+    with pytest.raises(DynconvError):
+        check_same_training(spec, earlier, "old", others)
+    accepted = check_same_training(spec, earlier, "old", frozenset({group}))
+    assert shown in "; ".join(f"{field} {both}" for field, both in accepted.items())
+    assert check_same_training(spec, spec, "old") == {}
+
+
+def test_every_difference_is_named_in_the_one_line(tmp_path, tiny_dataset) -> None:
+    spec = parse_spec(tiny_spec_dict(tmp_path, tiny_dataset))
+    earlier = _trained_with(tmp_path, tiny_dataset, {"train": {"epochs": 3}, "data": {"image_size": 32}})
+    with pytest.raises(DynconvError) as exc:
+        check_same_training(spec, earlier, "old", frozenset({"model"}))
+    assert one_line(exc) == (
+        "--warm-start: study 'old' trained otherwise than this study will (data.image_size 32 there, 16 "
+        "here; train.epochs 3 there, 2 here), so its values would seed this search as if they measured "
+        "its configurations; to seed it anyway, add --warm-start-accept data,epochs"
+    )
+
+
+def test_an_accepted_difference_seeds_the_search_and_is_recorded(tmp_path, tiny_dataset) -> None:
+    data = spec_dict(tmp_path, tiny_dataset, "old")
+    data["train"]["epochs"] = 3
+    parent = write_study(parse_spec(data), [trial(0.02, 0.1, val_acc=[0.3, 0.4, 0.5])])
+    spec = spec_of(tmp_path, tiny_dataset, "new")
+    uri = spec.tracking_uri()
+    with pytest.raises(DynconvError) as exc:
+        load_warm_start(spec, uri, "old", accept=["model"])
+    assert "train.epochs 3 there, 2 here" in one_line(exc)
+    with pytest.raises(DynconvError) as exc:
+        load_warm_start(spec, uri, "old", accept=["epochs", "optimizer"])
+    assert one_line(exc) == (
+        "--warm-start-accept: unknown 'optimizer'; choose among model, data, epochs, scheduler"
+    )
+
+    warm = load_warm_start(spec, uri, "old", accept=["epochs", ""])
+    assert warm.accepted == {"train.epochs": "3 there, 2 here"}
+    assert warm.describe() == (
+        f"warm start: 1 trial of study 'old' (run {parent}) seeds the search; accepted: train.epochs 3 "
+        "there, 2 here"
+    )
+    assert warm.run_tags() == {
+        TAG_WARM_START: parent,
+        TAG_WARM_START_ACCEPTED: "train.epochs 3 there, 2 here",
+    }
+
+
 # ---------------------------------------------------------------------------- through the command line
 
 
@@ -311,6 +421,9 @@ def test_cli_refusals_are_one_line_before_any_run_or_ray(tmp_path, tiny_dataset,
         tmp_path, tiny_dataset, "old", {"weight_decay": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}
     )
     write_study(earlier, [trial(0.02, 0.1, val_acc=[0.3, 0.5])])
+    bigger = spec_dict(tmp_path, tiny_dataset, "bigger")
+    bigger["data"]["image_size"] = 32
+    write_study(parse_spec(bigger), [trial(0.02, 0.1, val_acc=[0.3, 0.5])])
     path = _spec_file(tmp_path, tiny_dataset, "new")
     uri = earlier.tracking_uri()
     capsys.readouterr()  # MLflow's lines from creating the store above
@@ -328,8 +441,23 @@ def test_cli_refusals_are_one_line_before_any_run_or_ray(tmp_path, tiny_dataset,
             "holds it fixed",
         ),
         (
+            ["--warm-start", "bigger"],
+            "dynconv: error: --warm-start: study 'bigger' trained otherwise than this study will "
+            "(data.image_size 32 there, 16 here), so its values would seed this search as if they "
+            "measured its configurations; to seed it anyway, add --warm-start-accept data",
+        ),
+        (
             ["--warm-start", "nosuch"],
-            f"dynconv: error: unknown study or run 'nosuch' in {uri}; known studies: old",
+            f"dynconv: error: unknown study or run 'nosuch' in {uri}; known studies: bigger, old",
+        ),
+        (
+            ["--warm-start-accept", "data"],
+            "dynconv: error: --warm-start-accept without --warm-start: there is no earlier study to accept",
+        ),
+        (
+            ["--warm-start", "bigger", "--warm-start-accept", "data,size"],
+            "dynconv: error: --warm-start-accept: unknown 'size'; choose among model, data, epochs, "
+            "scheduler",
         ),
     ]
     for flags, line in cases:
@@ -337,18 +465,21 @@ def test_cli_refusals_are_one_line_before_any_run_or_ray(tmp_path, tiny_dataset,
         out, err = capsys.readouterr()
         assert err.splitlines() == [line]
         assert "warm start:" not in out
-    assert [r.data.tags[TAG_STUDY] for r in _study_runs(uri)] == ["old"], "no study run was created"
+    studies = sorted(r.data.tags[TAG_STUDY] for r in _study_runs(uri))
+    assert studies == ["bigger", "old"], "no study run was created"
     assert not (tmp_path / "cache").exists(), "no data cache was built"
     assert not ray.is_initialized()
 
 
 def test_cli_seeds_the_search_and_tags_the_new_study_run(tmp_path, tiny_dataset, capsys, monkeypatch) -> None:
-    """`dynconv tune SPEC --warm-start old` up to the built Tuner: the line, the tag, the seeded searcher."""
+    """`dynconv tune SPEC --warm-start old --warm-start-accept epochs` (the earlier study trained 3 epochs,
+    this one 2) up to the built Tuner: the line, the tags and params, the seeded searcher."""
     import dynconv.tune.study as study_module
 
-    earlier = spec_of(tmp_path, tiny_dataset, "old")
+    earlier = spec_dict(tmp_path, tiny_dataset, "old")
+    earlier["train"]["epochs"] = 3
     parent = write_study(
-        earlier, [trial(0.02, 0.1, val_acc=[0.3, 0.5]), trial(0.05, 0.4, val_acc=[0.6, 0.7])]
+        parse_spec(earlier), [trial(0.02, 0.1, val_acc=[0.3, 0.5]), trial(0.05, 0.4, val_acc=[0.6, 0.7])]
     )
     spec = spec_of(tmp_path, tiny_dataset, "new")
     built: list[Any] = []
@@ -365,15 +496,22 @@ def test_cli_seeds_the_search_and_tags_the_new_study_run(tmp_path, tiny_dataset,
     monkeypatch.setattr(study_module, "build_searcher", record_searcher)
     monkeypatch.setattr(study_module, "_start_ray", lambda *args: 1)  # no Ray: one trial at a time
     monkeypatch.setattr(study_module, "_fit_tuner", no_fit)
-    assert main(["tune", str(_spec_file(tmp_path, tiny_dataset, "new")), "--warm-start", "old"]) == 2
+    path = str(_spec_file(tmp_path, tiny_dataset, "new"))
+    assert main(["tune", path, "--warm-start", "old", "--warm-start-accept", "epochs"]) == 2
     out, err = capsys.readouterr()
     assert err.splitlines()[-1] == "dynconv: error: test: stopped before the fit"  # after progress bars
-    assert f"warm start: 2 trials of study 'old' (run {parent}) seed the search\n" in out
+    assert (
+        f"warm start: 2 trials of study 'old' (run {parent}) seed the search; accepted: train.epochs 3 "
+        "there, 2 here\n"
+    ) in out
 
     new = [r for r in _study_runs(spec.tracking_uri()) if r.data.tags[TAG_STUDY] == "new"]
     assert len(new) == 1
     assert new[0].data.tags[TAG_WARM_START] == parent
+    assert new[0].data.tags[TAG_WARM_START_ACCEPTED] == "train.epochs 3 there, 2 here"
     assert new[0].data.params[PARAM_WARM_START_TRIALS] == "2"
+    seed = WarmStart("old", parent, (), (), {}).sampler_seed(spec.search.seed)
+    assert new[0].data.params[PARAM_WARM_START_SAMPLER_SEED] == str(seed)
 
     assert not ray.is_initialized()
 

@@ -363,6 +363,19 @@ def _shown(score: float | None) -> str:
     return "no score" if score is None else f"{score:.6g}"
 
 
+def study_versions(uri: str, name: str, study: str) -> list[RegisteredVersion]:
+    """The versions of registered model `name` that dynconv registered for `study`, oldest first (none
+    when there is no such model): what a later confirmation of the study reuses, one per configuration.
+    A failed store call is one `DynconvError` line."""
+    if "'" in name:
+        return []  # no such name: `register_champion` refuses quotes
+    with _store_calls(uri, f"reading the versions of registered model {name!r}"):
+        found = [v for v in _versions(client(uri), name) if v.tags.get(TAG_STUDY) == study]
+    return [
+        RegisteredVersion(str(v.version), v.tags.get(TAG_SOURCE_RUN) or v.run_id, dict(v.tags)) for v in found
+    ]
+
+
 def registered_version(uri: str, model_ref: str) -> RegisteredVersion:
     """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names, with the run it was
     registered from (its `dynconv.source_run_id` tag, else MLflow's run id); one-line errors."""

@@ -56,6 +56,7 @@ class Configuration:
     flops: float | None
     runs: list[SeedRun]
     bounds: tuple[float, float] | None = None  # the ranked metric's range (`spec.metrics.metric_bounds`)
+    registered_run: str | None = None  # the seed run whose model the registry already holds, if any
 
     def values(self) -> list[float]:
         return [r.value for r in self.runs if r.value is not None and math.isfinite(r.value)]
@@ -75,10 +76,15 @@ class Configuration:
         return mean_interval([r.val_worst for r in self.runs if r.val_worst is not None], bounds=(0.0, 1.0))
 
     def representative(self) -> SeedRun:
-        """The seed run whose value is closest to the mean: the model registered for the configuration
-        (neither its luckiest nor its unluckiest seed)."""
+        """The model registered for the configuration: the seed run registered before (`registered_run`,
+        when it scored: one registry version per configuration, so more seeds change its score, not
+        its model), else the seed run whose value is closest to the mean (neither its luckiest nor its
+        unluckiest seed)."""
         mean = self.score().mean
         scored = [r for r in self.runs if r.value is not None and math.isfinite(r.value)]
+        held = [r for r in scored if r.run_id == self.registered_run]
+        if held:
+            return held[0]
         return min(scored, key=lambda r: (abs(r.value - mean), r.seed))  # type: ignore[operator]
 
     def to_json(self) -> dict[str, Any]:
@@ -86,7 +92,7 @@ class Configuration:
         s = self.score()
         data = asdict(self)
         return {
-            **{k: v for k, v in data.items() if k not in ("runs", "bounds")},
+            **{k: v for k, v in data.items() if k not in ("runs", "bounds", "registered_run")},
             "seeds": data["runs"],
             "mean": s.mean,
             "low": s.low,

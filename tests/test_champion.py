@@ -75,6 +75,17 @@ def test_representative_seed_is_the_one_closest_to_the_mean() -> None:
     assert c.representative().run_id == "run11"  # mean 0.78: 0.74 is closest
 
 
+def test_a_registered_seed_run_stays_the_representative() -> None:
+    """Issue 28: a configuration keeps the registry version it was registered with; more seeds move its
+    mean (here towards seed 3), not its model. A registered run that did not score is passed over."""
+    c = config(1, [0.70, 0.74, 0.90])
+    c.registered_run = "run10"
+    assert c.representative().run_id == "run10"
+    c.registered_run = "elsewhere"
+    assert c.representative().run_id == "run11"
+    assert "registered_run" not in c.to_json()
+
+
 def test_the_verdict_round_trips_to_json() -> None:
     import json
 
@@ -92,3 +103,27 @@ def test_an_accuracys_interval_over_seeds_stays_within_zero_and_one() -> None:
     loss = Configuration("t", "t", 1, {}, None, runs, metric_bounds("val_loss")).score()
     assert loss.high > 1.0
     assert metric_bounds("objective") is None and metric_bounds("val_acc") == (0.0, 1.0)
+
+
+def test_a_verdict_is_complete_or_absent(tmp_path, monkeypatch) -> None:
+    """An interruption between the verdict's file and its tags leaves no verdict, not a new file beside
+    an older verdict: the tag readers look for is removed first and written last, in one batch."""
+    from dynconv.tracking.layout import ensure_experiment, start_study_run
+    from dynconv.tracking.store import client
+    from dynconv.tune import confirm
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = start_study_run(uri, ensure_experiment(uri, "v"), "v", {})
+    first = decide([config(1, [0.80, 0.82, 0.81]), config(2, [0.60, 0.62, 0.61])], "val_acc", "max")
+    confirm.record_verdict(uri, parent, first, [])
+    tags = client(uri).get_run(parent).data.tags
+    assert tags["dynconv.verdict"] == first.one_line() and tags["dynconv.champion_run_id"].startswith("run1")
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(confirm, "log_together", cut)
+    again = decide([config(2, [0.90, 0.91, 0.92]), config(1, [0.5, 0.52, 0.51])], "val_acc", "max")
+    with pytest.raises(KeyboardInterrupt):
+        confirm.record_verdict(uri, parent, again, [])
+    assert "dynconv.verdict" not in client(uri).get_run(parent).data.tags

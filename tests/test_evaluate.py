@@ -400,10 +400,7 @@ def test_rerun_of_a_study_with_fewer_epochs(store) -> None:
     result = rerun("tiny", epochs=1, device="cpu", tracking_uri=store["uri"], subsets=["RGB"], speed=FAST)
     assert result.spec.train.epochs == 1 and len(result.history) == 1
     assert result.notes[0] == "epochs overridden: 2 -> 1"
-    assert (
-        client(store["uri"]).get_run(result.run_id).data.tags["dynconv.rerun_of"]
-        == store["finished"]
-    )
+    assert client(store["uri"]).get_run(result.run_id).data.tags["dynconv.rerun_of"] == store["finished"]
 
 
 def test_rerun_unknown_run(store) -> None:
@@ -444,7 +441,8 @@ def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     uri = store["uri"]
     spec = make_spec(store["root"], "notrials", "simple_cnn_dynamic")
     _, parent = open_study(uri, spec)
-    assert evaluate_study(spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent)) == []
+    evaluations, problem = evaluate_study(spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent))
+    assert evaluations == [] and problem is None, "no trial to evaluate is final: nothing is missing"
     err = capsys.readouterr().err
     assert "evaluation skipped: study 'notrials' has no finished trial" in err
     tags = client(uri).get_run(parent).data.tags
@@ -453,5 +451,8 @@ def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     good = store["spec"].model_copy(
         update={"evaluate": store["spec"].evaluate.model_copy(update={"subsets": ["RGB"]})}
     )
-    [(_, ev)] = evaluate_study(good, SimpleNamespace(tracking_uri=uri, parent_run_id=store["parent"]))
+    [(_, ev)], problem = evaluate_study(
+        good, SimpleNamespace(tracking_uri=uri, parent_run_id=store["parent"])
+    )
+    assert problem is None
     assert [r.subset for r in ev.results] == ["RGB"]

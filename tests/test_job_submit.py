@@ -84,7 +84,8 @@ def _stop_head(temp_dir: str) -> None:
 @pytest.fixture(scope="module")
 def head():
     """A local Ray head started the way a cluster's head is, torn down after the module: yields its job
-    API address, the environment of a user's shell as docs/cluster.md sets it up, and its temp dir."""
+    API address, the environment of a user's shell as docs/cluster.md sets it up, its temp dir and the
+    address `dynconv tune --address` takes (its GCS)."""
     temp_dir = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # short: unix socket paths are length-limited
     token = Path(temp_dir) / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -104,7 +105,7 @@ def head():
              "--disable-usage-stats"],
             check=True, env=env, capture_output=True, timeout=120,
         )  # fmt: skip
-        yield f"http://127.0.0.1:{dashboard}", env, Path(temp_dir)
+        yield f"http://127.0.0.1:{dashboard}", env, Path(temp_dir), f"127.0.0.1:{port}"
     finally:
         _stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -135,7 +136,7 @@ def _unpacked_files(temp_dir: Path) -> set[str]:
 
 
 def test_documented_job_submit_runs_a_study_from_a_clone(head, tiny_dataset: Path, tmp_path: Path) -> None:
-    address, env, temp_dir = head
+    address, env, temp_dir, _gcs = head
     repo = _clone(tmp_path / "repo")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = {
@@ -214,3 +215,25 @@ def test_the_docs_show_the_command_this_module_runs() -> None:
         assert commands, doc
         for command in commands:
             assert expected.fullmatch(command), f"{doc}: {command}"
+
+
+def test_a_token_head_joined_without_its_token_is_one_line_naming_the_token(head, monkeypatch) -> None:
+    """Ray 2.60 secures a head with a token; a driver without RAY_AUTH_MODE=token got twenty
+    InvalidAuthToken warnings and a ConnectionError blaming the network. Now: one line before any work,
+    naming the setting; with the head's token the same check passes."""
+    from dynconv.errors import AuthRefused
+    from dynconv.tune.ray_address import check_ray_address
+
+    _, env, _, gcs = head
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(AuthRefused, match=f"the Ray cluster at {gcs} requires token authentication: set "
+                       "RAY_AUTH_MODE=token"):  # fmt: skip
+        check_ray_address(gcs)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-heads-token")
+    with pytest.raises(AuthRefused, match="refused this driver's token"):
+        check_ray_address(gcs)
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", env["RAY_AUTH_TOKEN_PATH"])
+    check_ray_address(gcs)

@@ -17,7 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from dynconv.errors import DiskFull, StoreGone
 from dynconv.spec import parse_spec
+from dynconv.spec.metrics import error_result
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import TAG_PARENT, TAG_TRIAL_ID, ensure_experiment, find_runs, start_study_run
 from dynconv.tracking.retry import QueuedWriter
@@ -31,8 +33,13 @@ EPOCHS = 3
 class FakeTrial(SimpleNamespace):
     """What the recorder reads of a Tune trial."""
 
+    error: BaseException | None = None  # what the trial raised (Tune pickles it into its trial dir)
+
     def __str__(self) -> str:
         return f"run_trial_{self.trial_id}"
+
+    def get_pickled_error(self) -> BaseException | None:
+        return self.error
 
 
 def _trial(trial_id: str, path: Path, status: str = "RUNNING") -> FakeTrial:
@@ -156,6 +163,82 @@ def test_writer_retries_an_unreachable_store_and_drops_what_the_store_refuses() 
     stuck.submit("c", lambda: (_ for _ in ()).throw(ConnectionRefusedError("down")), "never lands")
     assert not stuck.flush(0.5)
     assert stuck.pending() == {"c": 1} and stuck.waiting_for_store_s() > 0
+
+
+def test_a_run_that_lost_a_write_closes_failed_incomplete(study) -> None:
+    """Complete or absent: a trial whose epoch the store refused is not FINISHED, and says what it lost."""
+    rec, trial = study.recorder, _trial("lossy", study.tmp / "lossy")
+    rec.on_trial_start(0, [], trial)
+    rec.on_trial_result(0, [], trial, _result(trial, 1))
+    rec.writer.submit("lossy", lambda: (_ for _ in ()).throw(ValueError("refused value")), "epoch 2")
+    rec.on_trial_result(0, [], trial, _result(trial, 3))
+    rec.on_trial_complete(0, [], trial)
+    assert rec.writer.flush(30)
+    run = _runs(study)["lossy"]
+    assert (run.info.status, run.data.tags["dynconv.outcome"]) == ("FAILED", "incomplete")
+    assert run.data.tags["dynconv.error"] == "MLflow lost: epoch 2: refused value"
+
+
+def test_a_full_disk_stops_the_writer_and_the_study_in_one_line(study, capsys) -> None:
+    """A permanent fault is not retried: the writer keeps it, tries nothing after it, drains at once,
+    and the recorder's stopper ends the whole study."""
+    rec, trial = study.recorder, _trial("t", study.tmp / "t")
+    stopper = rec.stopper()
+    rec.on_trial_start(0, [], trial)
+    assert rec.writer.flush(30) and not stopper.stop_all()
+    tried: list[str] = []
+
+    def full() -> None:
+        tried.append("full")
+        raise OSError(28, "No space left on device", str(study.tmp / "mlflow.db"))
+
+    rec.writer.submit("t", full, "epoch 1")
+    for what in ("epoch 2", "epoch 3"):
+        rec.writer.submit("t", lambda w=what: tried.append(w), what)
+    t0 = time.monotonic()
+    assert rec.writer.flush(30) and time.monotonic() - t0 < 5, "nothing waits for a full disk"
+    assert tried == ["full"], "the writes after a permanent fault are not tried"
+    assert isinstance(rec.fault, DiskFull) and stopper.stop_all()
+    assert str(rec.fault).startswith(f"disk full at {study.tmp / 'mlflow.db'}: ") and "MB free" in str(
+        rec.fault
+    )
+    assert rec.writer.incomplete("t") == [f"epoch 1: {rec.fault}", "2 writes not tried"]
+    rec.on_experiment_end(trials=[trial])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("MLflow writes stopped: disk full at "), out
+
+
+def test_a_store_file_deleted_under_the_study_is_gone_not_busy(study) -> None:
+    """MLflow would make a new empty file and fail with 'no such table' (retried as a busy store for
+    minutes before): the watch sees another file, and the writer stops at the first failure."""
+    rec, trial = study.recorder, _trial("t", study.tmp / "t")
+    rec.on_trial_start(0, [], trial)
+    assert rec.writer.flush(30)
+    (study.tmp / "mlflow.db").unlink()
+    rec.on_trial_result(0, [], trial, _result(trial, 1))
+    t0 = time.monotonic()
+    assert rec.writer.flush(60) and time.monotonic() - t0 < 10
+    assert isinstance(rec.fault, StoreGone) and "was deleted or replaced" in str(rec.fault)
+
+
+def test_a_trial_that_met_a_full_disk_stops_the_study(study) -> None:
+    """From its last result (a one-worker trial reports the fault's kind), or from what it raised (a
+    DDP trial: Tune keeps the exception)."""
+    rec = study.recorder
+    reported, raised = _trial("reported", study.tmp / "r"), _trial("raised", study.tmp / "d")
+    for t in (reported, raised):
+        rec.on_trial_start(0, [], t)
+    rec.on_trial_result(0, [], reported, error_result(["val_acc"], "disk full at /x: 0 MB free", "disk_full"))
+    assert isinstance(rec.fault, DiskFull) and rec.stopper().stop_all()
+
+    other = TrialRecorder(study.uri, study.exp, study.parent, study.spec, num_classes=3)
+    try:
+        raise RuntimeError("worker group failed") from OSError(28, "No space left on device")
+    except RuntimeError as err:
+        raised.error = err
+    other.on_trial_start(0, [], raised)
+    other.on_trial_error(0, [], raised)
+    assert isinstance(other.fault, DiskFull) and str(other.fault).startswith("trial raised: disk full at ")
 
 
 def test_a_resumed_study_adopts_closes_orphans_and_fills_in_missing_epochs(study) -> None:

@@ -250,6 +250,29 @@ def test_resume_with_a_changed_spec_refuses_in_one_line(tmp_path: Path) -> None:
     assert open_parent_run(more, uri, exp, resume=True)[0] == parent  # more samples: resumes
 
 
+def test_resume_of_a_study_recorded_before_a_spec_field_existed(tmp_path: Path) -> None:
+    """A field added to the spec since the study started (with its default) is no change: the recorded
+    spec is read by today's schema before it is compared."""
+    from dynconv.tracking.artifacts import read_yaml
+    from dynconv.tracking.layout import SPEC_ARTIFACT, end_run, ensure_experiment, log_artifact
+    from dynconv.tune.parent_run import open_parent_run
+
+    data = _spec(
+        mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}, storage_path=str(tmp_path / "rr")
+    )
+    spec = JobSpec.model_validate(data).resolved()
+    uri = spec.tracking_uri()
+    exp = ensure_experiment(uri, spec.experiment)
+    parent, _, tune_path = open_parent_run(spec, uri, exp, resume=False)
+    Path(tune_path).mkdir(parents=True)
+    old = read_yaml(uri, parent, SPEC_ARTIFACT)
+    del old["data"]["max_pixels"]  # as a study recorded before the pixel budget existed
+    (tmp_path / SPEC_ARTIFACT).write_text(yaml.safe_dump(old))
+    log_artifact(uri, parent, tmp_path / SPEC_ARTIFACT)
+    end_run(uri, parent, "KILLED")
+    assert open_parent_run(spec, uri, exp, resume=True)[0] == parent
+
+
 # ----------------------------------------------------------- values the spec would silently ignore
 
 

@@ -29,7 +29,13 @@ from dynconv.evaluation.study import evaluate_study_cli
 from dynconv.report.records import load_records
 from dynconv.rerun import resolve_trial
 from dynconv.spec import JobSpec
-from dynconv.tracking.find import get_run, latest_evaluation_metrics, search_runs, trial_run_ids
+from dynconv.tracking.find import (
+    get_run,
+    incomplete_trials,
+    latest_evaluation_metrics,
+    search_runs,
+    trial_run_ids,
+)
 from dynconv.tracking.layout import (
     TAG_STUDY,
     end_run,
@@ -37,6 +43,7 @@ from dynconv.tracking.layout import (
     log_artifact,
     log_metrics,
     log_params,
+    set_tags,
 )
 from dynconv.tune.parent_run import record_best_trial
 from dynconv.tune.ranking import Ranking
@@ -126,6 +133,7 @@ def build_study(
     search: dict[str, Any],
     stopped: tuple[str, ...] = (),
     no_checkpoint: tuple[str, ...] = (),
+    incomplete: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Write the study (parent run with spec.yaml, trial runs), summarise it as the driver does, print its
     table and record its best trial on the parent run."""
@@ -143,9 +151,13 @@ def build_study(
             key,
             {k: v[: epochs[key]] for k, v in history.items()},
             None if key in no_checkpoint else ckpt,
-            "KILLED" if key in stopped else "FINISHED",
+            "KILLED" if key in stopped else "FAILED" if key in incomplete else "FINISHED",
         )
-    rows = summarise_trials(tune_grid(trials, epochs), spec, trial_run_ids(uri, exp, parent))
+        if key in incomplete:  # as the recorder closes a run whose write the store dropped
+            set_tags(uri, runs[key], {"dynconv.outcome": "incomplete"})
+    rows = summarise_trials(
+        tune_grid(trials, epochs), spec, trial_run_ids(uri, exp, parent), incomplete_trials(uri, exp, parent)
+    )
     result = StudyResult(study, f"{study}-1", parent, exp, uri, "", False, rows)
     record_best_trial(uri, parent, result.best, Ranking.for_spec(spec))
     end_run(uri, parent, "FINISHED")
@@ -192,6 +204,21 @@ def test_val_loss_min_study_names_its_lowest_loss_trial_everywhere(root: Path, c
     parent = get_run(s["uri"], s["parent"])
     assert parent.data.metrics == {"best_val_loss": pytest.approx(0.30)}
     assert parent.data.tags["dynconv.ranked_on"] == "val_loss (min)"
+
+
+def test_a_trial_whose_record_lost_a_write_is_ranked_nowhere(root: Path, checkpoint: Path) -> None:
+    """Complete or absent: the best values belong to a trial whose MLflow run lost a write (closed FAILED,
+    outcome `incomplete`); the table, tags, description, evaluation, report and rerun all skip it."""
+    trials = {
+        "a": {"val_acc": [0.7, 0.95]},  # best, but its record is incomplete
+        "b": {"val_acc": [0.6, 0.80]},
+    }
+    search = {"metric": "val_acc", "mode": "max"}
+    s = build_study(root, checkpoint, "lossy", trials, search, incomplete=("a",))
+    got, _ = answers(s)
+    assert set(got.values()) == {"b", "b@1"}, got
+    table = format_summary(s["result"], s["spec"]).splitlines()
+    assert table[3].split()[0] == "a" and "INCOMPLETE" in table[3]
 
 
 def test_val_acc_worst_study_is_ranked_on_the_worst_subset(root: Path, checkpoint: Path) -> None:

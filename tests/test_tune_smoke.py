@@ -615,6 +615,58 @@ def test_a_registry_name_held_by_another_study_costs_one_line_and_nothing_else(c
     assert [v.version for v in c.search_model_versions("name = 'clash'")] == []
 
 
+def test_confirm_with_other_sizes_trains_no_pair_twice_and_keeps_one_version_per_configuration(
+    confirmed_study, capsys
+) -> None:
+    """Issue 28: `dynconv confirm` with another --top-k/--seeds retrained (configuration, seed) pairs
+    already trained (6 of 10 runs in one store), registered another version of the same configuration
+    and overwrote the verdict with one over fewer seeds. More seeds now train only the new pairs, fewer
+    train none, the verdict covers every seed trained, the registry keeps one version per configuration;
+    and while a confirmation is under way, one of other sizes is refused. Last of the confirmed study's
+    tests: it changes its verdict."""
+    from dynconv.cli import main
+    from dynconv.tracking.artifacts import download_yaml
+    from dynconv.tracking.layout import set_tags
+
+    _, result, *_ = confirmed_study
+    uri, c = result.tracking_uri, client(result.tracking_uri)
+
+    def pairs() -> list[tuple[str, int]]:
+        runs = _confirmation_runs(result)
+        return sorted((r.data.tags["dynconv.confirms"], int(r.data.params["train.seed"])) for r in runs)
+
+    first = f"{result.run_name}-confirm-k2-s3"
+    set_tags(uri, result.parent_run_id, {"dynconv.confirming": first})  # as if interrupted: refused
+    assert main(["confirm", "tiny", "--top-k", "2", "--seeds", "4", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dynconv: error: confirmation {first} of study 'tiny' was interrupted; continue it first (dynconv "
+        "confirm tiny --top-k 2 --seeds 3), then confirm with other sizes: it would otherwise train its "
+        "configurations and seeds a second time"
+    )
+    set_tags(uri, result.parent_run_id, {"dynconv.confirming": ""})
+
+    before = pairs()
+    assert main(["confirm", "tiny", "--top-k", "2", "--seeds", "4", "--tracking-uri", uri]) == 0
+    assert "(2 runs to train; 6 trained before, seeds [1, 2, 3, 4]" in capsys.readouterr().out
+    after = pairs()
+    assert len(after) == len(set(after)) == 8, "no (configuration, seed) pair trained twice"
+    assert set(after) - set(before) == {(source, 4) for source, _ in before}, "only the new seed"
+
+    assert main(["confirm", "tiny", "--top-k", "1", "--seeds", "2", "--tracking-uri", uri]) == 0
+    assert "(0 runs to train; 2 trained before" in capsys.readouterr().out
+    assert pairs() == after
+    recorded = download_yaml(uri, result.parent_run_id, "confirmation.json")
+    assert [len(config["seeds"]) for config in recorded["configurations"]] == [4, 4], "every seed counts"
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.tags["dynconv.confirming"] == ""
+
+    configuration = {r.info.run_id: r.data.tags["dynconv.confirms"] for r in _confirmation_runs(result)}
+    versions = c.search_model_versions("name = 'tiny'")
+    registered = [configuration[v.tags["dynconv.source_run_id"]] for v in versions]
+    assert len(registered) == len(set(registered)), "one registry version per configuration"
+    assert parent.data.tags["dynconv.champion_run_id"] in {v.tags["dynconv.source_run_id"] for v in versions}
+
+
 def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     ray_local, tiny_dataset: Path, tmp_path: Path, capsys
 ) -> None:
@@ -683,3 +735,32 @@ def test_a_trial_that_a_retry_would_fail_the_same_way_ends_once_with_its_line(
     [saved] = (Path(spec.storage_uri()) / "lost-cache").glob("searcher-state-*.pkl")
     [told] = pickle.loads(saved.read_bytes())["_ot_study"].trials
     assert told.state == TrialState.FAIL
+
+
+def test_a_study_whose_evaluation_fails_is_failed_and_says_what_is_missing(
+    ray_local, tmp_path, tiny_dataset, monkeypatch, capsys
+) -> None:
+    """The search stands (its trials and checkpoints are in MLflow), but the study run is not FINISHED:
+    its description starts with what is missing, and the study ends in one line, non-zero."""
+    from dynconv.evaluation import study as evaluation_study
+    from dynconv.tracking.store import client
+    from dynconv.tune.study import run_study
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("checkpoint unreadable")
+
+    monkeypatch.setattr(evaluation_study, "evaluate_trials", broken)
+    data = tiny_spec_dict(tmp_path, tiny_dataset, resources={"workers_per_trial": 1, "cpus_per_worker": 0.5})
+    data["search"]["num_samples"], data["evaluate"] = 1, {"enabled": True, "subsets": ["RGB"]}
+    spec = parse_spec(data)
+    with pytest.raises(DynconvError, match="ran, but its record is incomplete: evaluation"):
+        run_study(spec)
+    err = capsys.readouterr().err
+    assert "dynconv: evaluation skipped: RuntimeError: checkpoint unreadable; retry with" in err
+    uri = spec.tracking_uri()
+    [study] = client(uri).search_runs(
+        [client(uri).get_experiment_by_name("tiny").experiment_id], "tags.`dynconv.role` = 'study'"
+    )
+    assert study.info.status == "FAILED"
+    assert study.data.tags["mlflow.note.content"].startswith("**Incomplete: evaluation (RuntimeError")
+    assert study.data.tags["dynconv.failure"].startswith("Incomplete: evaluation")

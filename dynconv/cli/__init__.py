@@ -36,6 +36,7 @@ def _cmd_flops(args: argparse.Namespace) -> None:
 
 def _cmd_data_prepare(args: argparse.Namespace) -> None:
     from dynconv.data.cache import prepare
+    from dynconv.spec import DataSpec  # the decode budget's default lives there
 
     prepare(
         Path(args.root),
@@ -45,6 +46,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> None:
         skip_bad=args.skip_bad,
         progress=True,
         strict=args.strict,
+        max_pixels=args.max_pixels if args.max_pixels is not None else DataSpec().max_pixels,
     )
 
 
@@ -101,6 +103,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             address=args.address,
             resume=args.resume,
             warm_start=args.warm_start,
+            warm_start_accept=args.warm_start_accept,
             verbose=args.verbose,
         )
     finally:
@@ -195,6 +198,13 @@ def _add_data_parsers(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and count them")
     p.add_argument(
         "--strict", action="store_true", help="make images with identical pixels in two splits an error"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=arg.int_range(1, 10**12),
+        default=None,
+        help="decode budget: an image of more pixels (width x height) is refused before it is decoded, "
+        "or skipped with --skip-bad (default: the spec's data.max_pixels default, 50000000)",
     )
     p.set_defaults(func=_cmd_data_prepare)
     p = dsub.add_parser("synth", help="write the embedded synthetic dataset in ImageNet-mini layout")
@@ -293,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STUDY",
         help="seed the search with the finished trials of an earlier study (name or study run id) in the "
         "same store; its search must rank on the same metric and search the same parameters",
+    )
+    p.add_argument(
+        "--warm-start-accept",
+        type=arg.non_empty,
+        default=None,
+        metavar="FIELDS",
+        help="with --warm-start: seed the search although the earlier study trained another model, on "
+        "other data, for other epochs or with another scheduler (comma-separated: model,data,epochs,"
+        "scheduler); the new study run records the difference",
     )
     p.add_argument(
         "--num-samples", type=arg.int_range(1, 100_000), default=None, help="override search.num_samples"

@@ -96,9 +96,9 @@ def non_empty(text: str) -> str:
 
 def tracking_uri(text: str) -> str:
     """An MLflow tracking URI with a scheme MLflow knows, or a plain local path."""
-    from dynconv.tracking.store import check_uri_scheme
+    from dynconv.tracking.store import check_uri_form
 
-    return _checked_by(check_uri_scheme, text)
+    return _checked_by(check_uri_form, text)
 
 
 def run_id(text: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import traceback
 from collections.abc import Sequence
 
 from dynconv.errors import DynconvError, one_line
@@ -34,6 +33,7 @@ from dynconv.tracking.find import TrialInfo, find_study_run, get_run, list_trial
 from dynconv.tracking.layout import (
     CHECKPOINT_ARTIFACT,
     RUN_ID_PATTERN,
+    TAG_EVALUATION_ERROR,
     TAG_EVALUATION_RUN,
     TAG_PARENT,
     TAG_ROLE,
@@ -42,10 +42,16 @@ from dynconv.tracking.layout import (
     end_run,
     set_tags,
 )
-from dynconv.tracking.store import masked
+from dynconv.tracking.store import masked, store_errors
+from dynconv.tune.parent_run import settle_dead_study
 from dynconv.tune.ranking import Ranking
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
+
+
+class NothingToEvaluate(DynconvError):
+    """A study none of whose trials can be evaluated (all failed, diverged, unscored or without a
+    checkpoint). Permanent: evaluating the same study again ends the same way, so nobody is told to."""
 
 
 def list_ranked_trials(uri: str, parent_run, ranking: Ranking) -> list[TrialInfo]:
@@ -85,7 +91,7 @@ def select_trials(
         passed = []
         chosen.append((rank, trial))
     if not chosen:
-        raise DynconvError(
+        raise NothingToEvaluate(
             f"study {study!r} has no finished trial with a checkpoint ({_outcomes(trials, ranking)})"
         )
     for p_rank, p_trial, p_why in passed:  # no evaluable trial ranks below these
@@ -94,10 +100,12 @@ def select_trials(
 
 
 def _outcomes(trials: Sequence[TrialInfo], ranking: Ranking) -> str:
-    """How the study's trials ended, counted (for the error when none can be evaluated)."""
+    """How the study's trials ended, counted (for the error when none can be evaluated); a diverged
+    trial (closed FAILED) is counted as diverged."""
     counts: dict[str, int] = {}
     for t in trials:
-        key = t.status.lower() + ("" if t.has_checkpoint else " without checkpoint")
+        ended = "diverged" if t.outcome == "diverged" else t.status.lower()
+        key = ended + ("" if t.has_checkpoint else " without checkpoint")
         if t.status != "FAILED" and not ranking.rankable(t):
             key += f" without a {ranking.metric} value"
         counts[key] = counts.get(key, 0) + 1
@@ -197,18 +205,21 @@ def evaluate_trials(
     return done
 
 
-def evaluate_study(spec, result, evaluate: EvaluateCheckpoint | None = None) -> list[tuple[str, Evaluation]]:
+def evaluate_study(
+    spec, result, evaluate: EvaluateCheckpoint | None = None
+) -> tuple[list[tuple[str, Evaluation]], str | None]:
     """End-of-study hook of `dynconv tune`: evaluate with the spec's `evaluate` section (`evaluate`: where,
-    see `evaluate_trials`).
+    see `evaluate_trials`). Returns the evaluations and, when the evaluation failed, its one line.
 
     An evaluation problem must not lose the study (its trials and checkpoints are already in MLflow):
-    a DynconvError (no finished trial, a broken checkpoint) is printed as one line, anything else with
-    its traceback; either is recorded as the parent's `dynconv.evaluation_error` tag, and [] is
-    returned so the study run still closes. `dynconv evaluate STUDY` retries later.
+    it is printed as one line (a bug's type and message, never a traceback) and recorded as the parent's
+    `dynconv.evaluation_error` tag; the study driver records the study as incomplete. The line suggests
+    `dynconv evaluate STUDY` only when a retry could succeed: no trial to evaluate (`NothingToEvaluate`)
+    is final, and nothing is missing then.
     """
     try:
         parent = get_run(result.tracking_uri, result.parent_run_id)
-        return evaluate_trials(
+        evaluations = evaluate_trials(
             spec,
             result.tracking_uri,
             parent,
@@ -217,17 +228,20 @@ def evaluate_study(spec, result, evaluate: EvaluateCheckpoint | None = None) -> 
             split=spec.evaluate.split,
             evaluate=evaluate,
         )
-    except Exception as exc:
-        if not isinstance(exc, DynconvError):  # MLflow's errors quote the store's URL, credentials too
-            print(masked(traceback.format_exc()), end="", file=sys.stderr)
-        reason = masked(str(exc))
-        print(
-            f"dynconv: evaluation skipped: {one_line(reason)}; retry with: dynconv evaluate {spec.study}",
-            file=sys.stderr,
-        )
-        with contextlib.suppress(Exception):
-            set_tags(result.tracking_uri, result.parent_run_id, {"dynconv.evaluation_error": reason[:5000]})
-        return []
+        return evaluations, None
+    except Exception as exc:  # whatever failed, the evaluation is what is missing
+        reason = masked(one_line(exc) if isinstance(exc, DynconvError) else f"{type(exc).__name__}: {exc}")
+        problem = None if isinstance(exc, NothingToEvaluate) else one_line(reason)
+        if problem is None:
+            print(f"dynconv: evaluation skipped: {one_line(reason)}; nothing to evaluate", file=sys.stderr)
+        else:
+            print(
+                f"dynconv: evaluation skipped: {problem}; retry with: dynconv evaluate {spec.study}",
+                file=sys.stderr,
+            )
+        with contextlib.suppress(*store_errors()):
+            set_tags(result.tracking_uri, result.parent_run_id, {TAG_EVALUATION_ERROR: reason[:5000]})
+        return [], problem
 
 
 def evaluate_study_cli(
@@ -256,6 +270,7 @@ def evaluate_study_cli(
             study = run.data.tags.get(TAG_PARENT, "")
     parent = find_study_run(uri, study)
     spec = load_study_spec(uri, parent)
+    parent = settle_dead_study(uri, parent, spec.storage_uri())
     return evaluate_trials(
         spec,
         uri,

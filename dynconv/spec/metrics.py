@@ -46,10 +46,18 @@ does not retry it (its `FailureConfig` retries any exception and has no filter).
 trial still raises: its workers fail together, and Ray Train and Tune retry it as before."""
 
 
-def error_result(ranked: Sequence[str], message: str) -> dict[str, object]:
-    """The final result of a trial ended by `message`: the line, epoch 0, and the `ranked` metrics as
-    NaN (Tune refuses a result without the metric it ranks on)."""
-    return {ERROR_RESULT: message, "epoch": 0, **dict.fromkeys(ranked, math.nan)}
+FAULT_RESULT = "fault"
+"""Beside `ERROR_RESULT` when the error is a fault of the world under the study (`dynconv.errors.Fault`:
+a full disk, say): its kind. Every later trial would meet it too, so the driver stops the study."""
+
+
+def error_result(ranked: Sequence[str], message: str, fault: str | None = None) -> dict[str, object]:
+    """The final result of a trial ended by `message` (a fault of kind `fault`, if one): the line, epoch
+    0, and the `ranked` metrics as NaN (Tune refuses a result without the metric it ranks on)."""
+    result: dict[str, object] = {ERROR_RESULT: message, "epoch": 0, **dict.fromkeys(ranked, math.nan)}
+    if fault is not None:
+        result[FAULT_RESULT] = fault
+    return result
 
 
 def ended_by_error(result: Mapping[str, object]) -> str | None:

@@ -191,6 +191,12 @@ def trial_run_ids(uri: str, experiment_id: str, parent_run_id: str) -> dict[str,
     return {r.data.tags.get(TAG_TRIAL_ID, ""): r.info.run_id for r in runs}
 
 
+def incomplete_trials(uri: str, experiment_id: str, parent_run_id: str) -> set[str]:
+    """Tune ids of the study's trials whose MLflow record lost a write (outcome `incomplete`)."""
+    runs = trial_runs(uri, experiment_id, parent_run_id)
+    return {r.data.tags.get(TAG_TRIAL_ID, "") for r in runs if r.data.tags.get(TAG_OUTCOME) == "incomplete"}
+
+
 def try_get_run(uri: str, run_id: str) -> Any | None:
     """The run `run_id`, or None when the store does not have it."""
     try:
@@ -199,6 +205,18 @@ def try_get_run(uri: str, run_id: str) -> Any | None:
         if is_missing(err):
             return None
         raise
+
+
+def restore_command(uri: str, run: Any) -> str | None:
+    """The `mlflow` command that takes `run` out of MLflow's trash, or None when it is not there: the
+    run's own (`mlflow runs restore`), or its experiment's when the whole experiment was deleted (which
+    put its runs in the trash too, and a restored run in a deleted experiment still takes no new run)."""
+    if run.info.lifecycle_stage != "deleted":
+        return None
+    experiment = client(uri).get_experiment(run.info.experiment_id)
+    if experiment.lifecycle_stage == "deleted":
+        return f"mlflow experiments restore --experiment-id {experiment.experiment_id}"
+    return f"mlflow runs restore --run-id {run.info.run_id}"
 
 
 def experiments(uri: str, names: Sequence[str] | None) -> list[Any]:

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dynconv.errors import DynconvError, Fault, one_line
 from dynconv.tracking import retry as tracking_retry
-from dynconv.tracking.store import artifact_root, client, store_errors
+from dynconv.tracking.store import artifact_root, client, masked, store_errors
 
 TAG_ROLE = "dynconv.role"  # study | trial | confirmation | evaluation | rerun
 TAG_STUDY = "dynconv.study"
@@ -44,12 +45,20 @@ TAG_PARETO_TRIALS = "dynconv.pareto_trials"  # study: its Pareto trials' Tune id
 TAG_PARETO_RUN_IDS = "dynconv.pareto_run_ids"  # study: their MLflow run ids, in the same order
 TAG_WARM_START = "dynconv.warm_start"  # study: the earlier study run whose trials seeded its search
 PARAM_WARM_START_TRIALS = "warm_start.trials"  # study: how many of those trials seeded it
-# trial: finished | stopped_early | failed | diverged | interrupted | orphaned
+PARAM_WARM_START_SAMPLER_SEED = "warm_start.sampler_seed"  # study: its sampler's seed (search.seed's own)
+# study: what its training differs in from the study that seeded it, accepted by --warm-start-accept
+TAG_WARM_START_ACCEPTED = "dynconv.warm_start_accepted"
+# trial: finished | stopped_early | failed | diverged | incomplete | interrupted | orphaned
 TAG_OUTCOME = "dynconv.outcome"
+# study, trial: why a run was closed FAILED or KILLED by something other than its own training (the
+# fault's one line: a full disk, a gone store, a driver that died, an interruption)
+TAG_FAILURE = "dynconv.failure"
+TAG_EVALUATION_ERROR = "dynconv.evaluation_error"  # study: the line of its end-of-study evaluation's failure
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
 TAG_ERROR = "dynconv.error"  # trial: the one line of the dynconv error that ended it (not retried)
 TAG_CONFIRMS = "dynconv.confirms"  # confirmation -> the trial run whose configuration it retrains
 TAG_CONFIRMATION = "dynconv.confirmation"  # confirmation: which confirmation (its Tune experiment's name)
+TAG_CONFIRMING = "dynconv.confirming"  # study: the confirmation under way (its Tune experiment); "" once done
 TAG_CHAMPION_RUN = "dynconv.champion_run_id"  # study -> the confirmation run registered as its model
 TAG_VERDICT = "dynconv.verdict"  # study: the confirmation's verdict, one line
 TAG_REPRODUCED = "dynconv.reproduced"  # rerun: reproduced, or outside the confirmed interval by how much
@@ -76,6 +85,18 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def check_experiment(tracking_uri: str, name: str) -> None:
+    """One line when experiment `name` is in MLflow's trash (deleted in the UI): MLflow refuses runs in
+    it, and creating another of that name fails too."""
+    exp = client(tracking_uri).get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise DynconvError(
+            f"MLflow experiment {name!r} (id {exp.experiment_id}) is in MLflow's trash (deleted in the "
+            f"UI): restore it with `MLFLOW_TRACKING_URI={masked(tracking_uri)} mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}`, or set mlflow.experiment to another name"
+        )
 
 
 def find_runs(tracking_uri: str, experiment_id: str, **tags: str) -> list[Any]:
@@ -110,16 +131,20 @@ def ensure_child_run(
     c = client(tracking_uri)
     existing = [
         r
-        for r in tracking_retry.call(find_runs, tracking_uri, experiment_id, role=role, trial_id=key)
+        for r in tracking_retry.call(
+            find_runs, tracking_uri, experiment_id, role=role, trial_id=key, store_uri=tracking_uri
+        )
         if r.data.tags.get(TAG_PARENT) == parent_run_id
     ]
     if existing:
         run_id = existing[0].info.run_id
         if existing[0].info.status != "RUNNING":
-            tracking_retry.call(c.update_run, run_id, status="RUNNING")
+            tracking_retry.call(c.update_run, run_id, status="RUNNING", store_uri=tracking_uri)
         return run_id, False
     all_tags = {TAG_ROLE: role, TAG_TRIAL_ID: key, TAG_PARENT: parent_run_id, **(tags or {})}
-    run = tracking_retry.call(c.create_run, experiment_id, run_name=run_name, tags=all_tags)
+    run = tracking_retry.call(
+        c.create_run, experiment_id, run_name=run_name, tags=all_tags, store_uri=tracking_uri
+    )
     return run.info.run_id, True
 
 
@@ -152,10 +177,10 @@ def log_params(tracking_uri: str, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     c = client(tracking_uri)
-    have = tracking_retry.call(c.get_run, run_id).data.params
+    have = tracking_retry.call(c.get_run, run_id, store_uri=tracking_uri).data.params
     fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
     for i in range(0, len(fresh), 100):
-        tracking_retry.call(c.log_batch, run_id, params=fresh[i : i + 100])
+        tracking_retry.call(c.log_batch, run_id, params=fresh[i : i + 100], store_uri=tracking_uri)
 
 
 def log_metrics(
@@ -172,13 +197,36 @@ def log_metrics(
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
     if batch:
-        tracking_retry.call(client(tracking_uri).log_batch, run_id, metrics=batch)
+        tracking_retry.call(client(tracking_uri).log_batch, run_id, metrics=batch, store_uri=tracking_uri)
 
 
 def set_tags(tracking_uri: str, run_id: str, tags: dict[str, Any]) -> None:
     c = client(tracking_uri)
     for k, v in tags.items():
-        tracking_retry.call(c.set_tag, run_id, k, str(v))
+        tracking_retry.call(c.set_tag, run_id, k, str(v), store_uri=tracking_uri)
+
+
+def log_together(tracking_uri: str, run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Metrics and tags in one write (one MLflow batch, one transaction in a database store): a reader
+    sees all of them or none."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    tracking_retry.call(
+        client(tracking_uri).log_batch,
+        run_id,
+        metrics=batch,
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        store_uri=tracking_uri,
+    )
+
+
+def delete_tag(tracking_uri: str, run_id: str, key: str) -> None:
+    """Remove tag `key` from a run (nothing when it has none)."""
+    c = client(tracking_uri)
+    if key in tracking_retry.call(c.get_run, run_id, store_uri=tracking_uri).data.tags:
+        tracking_retry.call(c.delete_tag, run_id, key, store_uri=tracking_uri)
 
 
 def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -187,38 +235,64 @@ def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str 
 
 def log_dict(tracking_uri: str, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
     """A JSON (or YAML, by extension) artifact written from `data`."""
-    tracking_retry.call(client(tracking_uri).log_dict, run_id, data, artifact_file)
+    tracking_retry.call(client(tracking_uri).log_dict, run_id, data, artifact_file, store_uri=tracking_uri)
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Mark a run FINISHED, FAILED or KILLED."""
-    tracking_retry.call(client(tracking_uri).set_terminated, run_id, status=status)
+    tracking_retry.call(client(tracking_uri).set_terminated, run_id, status=status, store_uri=tracking_uri)
 
 
 @contextlib.contextmanager
-def closed_on_error(tracking_uri: str, run_id: str) -> Iterator[None]:
+def closed_on_error(tracking_uri: str, run_id: str, experiment_id: str | None = None) -> Iterator[None]:
     """Run the block; when it raises, close run `run_id` KILLED (KeyboardInterrupt: Ctrl-C, SIGINT) or
-    FAILED (anything else) before the exception propagates unchanged.
+    FAILED (anything else), tagged with the cause (`TAG_FAILURE`), before the exception propagates
+    unchanged. With `experiment_id`, its child runs still RUNNING are closed the same way.
 
     A run is FINISHED only by its caller, once everything it claims is logged; one cut short mid-way
-    must not stay RUNNING, nor look complete. Closing it is best effort: if MLflow refuses, one stderr
-    line says so and the original exception still propagates.
+    must not stay RUNNING, nor look complete. Closing it is best effort: if MLflow refuses (the fault
+    may be the store's own), one stderr line says so and the original exception still propagates.
     """
     try:
         yield
     except KeyboardInterrupt:
-        _close_after_error(tracking_uri, run_id, "KILLED")
+        close_failed(tracking_uri, run_id, "KILLED", "interrupted", experiment_id)
         raise
-    except BaseException:
-        _close_after_error(tracking_uri, run_id, "FAILED")
+    except BaseException as err:
+        # A store that failed for good cannot take the close either: the fault's own line says it all.
+        quiet = isinstance(err, Fault) and not err.transient
+        close_failed(tracking_uri, run_id, "FAILED", one_line(err), experiment_id, quiet)
         raise
 
 
-def _close_after_error(tracking_uri: str, run_id: str, status: str) -> None:
+def close_failed(
+    tracking_uri: str,
+    run_id: str,
+    status: str,
+    cause: str,
+    experiment_id: str | None = None,
+    quiet: bool = False,
+) -> None:
+    """Close run `run_id` (and, with `experiment_id`, its children still RUNNING) `status` with `cause`
+    as its `TAG_FAILURE`, where it is still RUNNING; best effort (see `closed_on_error`): a store that
+    refuses is one stderr line, unless `quiet`. Runs it could not close stay RUNNING until a later
+    command finds their driver gone (`dynconv.tune.parent_run.settle_dead_study`)."""
     try:
-        end_run(tracking_uri, run_id, status)
+        c = client(tracking_uri)
+        children = []
+        if experiment_id is not None:
+            children = c.search_runs(
+                [experiment_id],
+                f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'",
+                max_results=5000,
+            )
+        for rid in [*(r.info.run_id for r in children), run_id]:
+            if c.get_run(rid).info.status == "RUNNING":
+                set_tags(tracking_uri, rid, {TAG_FAILURE: cause[:5000]})
+                end_run(tracking_uri, rid, status)
     except store_errors() as exc:  # the error being raised matters more; this one is only reported
-        print(f"dynconv: could not close run {run_id} {status}: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"dynconv: could not close run {run_id} {status}: {one_line(exc)}", file=sys.stderr)
 
 
 def runs_page_url(base: str, experiment_id: str) -> str:

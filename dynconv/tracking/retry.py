@@ -1,21 +1,21 @@
-"""MLflow calls that meet a busy or unreachable store: retried in the call, or queued until it answers.
+"""MLflow calls that meet a busy, unreachable or broken store: retried in the call, queued until it
+answers, or stopped with one line. What a failure is comes from `dynconv.tracking.faults` (by type).
 
 Busy: with the embedded sqlite store, several processes (a study driver, `dynconv evaluate`, another
-study) may write one file. sqlite serialises writers; MLflow waits up to 20 s for a lock (`PRAGMA
-busy_timeout`), but a transaction that read first and then wants to write can be refused at once
-("database is locked") when another writer is waiting for it to finish. MLflow then logs the error with
-a traceback and raises. `call` retries such calls with jittered exponential backoff and keeps MLflow's
-log record of a retried lock off the console; only when the store stays busy for the whole budget does
-one clear error reach the user, saying to use an MLflow server.
+study) may write one file. sqlite serialises writers; MLflow waits up to 20 s for a lock, but a
+transaction that read first and then wants to write can be refused at once when another writer waits
+for it. `call` retries such calls (`StoreBusy`) with jittered exponential backoff; only when the store
+stays busy for the whole budget does one clear error reach the user, saying to use an MLflow server. A
+permanent fault (a full or read-only disk, a store file gone, refused credentials) is raised at once as
+its `Fault`, one line.
 
 Unreachable: the study driver records every trial from Tune's callback events. A write must never stall
-Tune's event loop (a slow or stopped MLflow server would hold back every trial's next report), and a
-write the store refuses because it is down must not be lost: `QueuedWriter` runs the writes one after
-the other on a daemon thread, retries one that fails with an outage (connection refused, timeout, 5xx,
-a busy sqlite file) with backoff until it lands, and lets the caller wait for the queue to drain
-(`flush`) before it reads MLflow back. A write that fails for any other reason (a bug, a refused value)
-is dropped with one logged line, and counted against its run. Only the study driver holds one; the
-writes are the caller's closures over `dynconv.tracking`.
+Tune's event loop, and a write the store refuses because it is down must not be lost: `QueuedWriter`
+runs the writes one after the other on a daemon thread and retries one that fails with a transient
+fault (unreachable, busy) until it lands; the caller waits for the queue to drain (`flush`) before it
+reads MLflow back. A permanent fault stops the writer: it keeps the `Fault` (`fatal`), and the writes
+still queued are not tried (every one would fail the same way). A write that fails for any other
+reason (a bug, a refused value) is dropped with one logged line and counted against its run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import Fault, StoreBusy, one_line
+from dynconv.tracking.faults import StoreWatch, classify, quiet_handled_store_errors
 from dynconv.tracking.store import masked
 
 T = TypeVar("T")
@@ -40,54 +41,26 @@ ATTEMPTS = 8
 BASE_DELAY_S = 0.05
 MAX_DELAY_S = 4.0
 
-_LOCKED = "database is locked"
-_POOL_FULL = "QueuePool limit"
-"""An MLflow server with more requests in flight than database connections (5 + 10 overflow by default)
-answers HTTP 400 "QueuePool limit of size 5 overflow 10 reached" after 30 s: overload, not bad input."""
 
-
-def is_transient(err: BaseException) -> bool:
-    """True for a store that is busy now and may answer on the next try (sqlite lock, server pool full,
-    MLflow's TEMPORARILY_UNAVAILABLE)."""
-    text = str(err)
-    if _LOCKED in text or _POOL_FULL in text:
-        return True
-    code = getattr(err, "error_code", None)
-    return code == "TEMPORARILY_UNAVAILABLE"
-
-
-class _DropRetriedLocks(logging.Filter):
-    """MLflow logs every sqlite OperationalError with a traceback before raising; a lock we retry is
-    not an error the user should see."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return _LOCKED not in record.getMessage()
-
-
-_FILTER = _DropRetriedLocks()
-
-
-def _install_filter() -> None:
-    logger = logging.getLogger("mlflow.store.db.utils")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
-
-
-def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(*args, **kwargs)`, retried while the tracking store is transiently busy."""
-    _install_filter()
+def call(fn: Callable[..., T], *args: Any, store_uri: str = "", **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, retried while the tracking store (`store_uri`, named in the messages) is
+    busy; a permanent fault of the store is raised as its `Fault` (one line), anything else as it was."""
+    quiet_handled_store_errors()
     for attempt in range(ATTEMPTS):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            if not is_transient(err):
+            fault = classify(err, store_uri)
+            if fault is None or isinstance(err, Fault):
                 raise
+            if not isinstance(fault, StoreBusy):
+                raise fault from err
             if attempt == ATTEMPTS - 1:
-                reason = masked(one_line(err, 200))
-                raise DynconvError(
-                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries ({reason}); "
-                    "with many trials at once use an MLflow server (`mlflow server --backend-store-uri "
-                    "sqlite:///PATH`) and set mlflow.tracking_uri to its http:// address"
+                raise StoreBusy(
+                    f"the MLflow tracking store stayed busy through {ATTEMPTS} tries "
+                    f"({masked(one_line(err, 200))}); with many trials at once use an MLflow server "
+                    "(`mlflow server --backend-store-uri sqlite:///PATH`) and set mlflow.tracking_uri to "
+                    "its http:// address"
                 ) from err
             delay = min(MAX_DELAY_S, BASE_DELAY_S * 2**attempt)
             time.sleep(delay * (0.5 + random.random()))
@@ -96,16 +69,6 @@ def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 """Waits between tries of a write while the store is unreachable; the last one repeats."""
-
-
-def unreachable(err: BaseException) -> bool:
-    """True when the store did not answer (refused, timed out, 5xx after MLflow's own retries, busy)."""
-    if isinstance(err, OSError):  # ConnectionError, TimeoutError among them
-        return True
-    text = str(err)
-    if "API request to" in text and "failed with" in text:  # MLflow's HTTP client, after its retries
-        return True
-    return is_transient(err) or (isinstance(err, DynconvError) and "stayed busy" in text)
 
 
 @dataclass
@@ -117,15 +80,20 @@ class _Write:
 
 @dataclass
 class QueuedWriter:
-    """Runs `submit`ted writes in order on one daemon thread (see the module doc)."""
+    """Runs `submit`ted writes in order on one daemon thread (see the module doc). `watch`: the store
+    the writes go to, so that a store file deleted or replaced under the study is `StoreGone`."""
 
+    watch: StoreWatch | None = None
     name: str = "dynconv-mlflow-writer"
     _queue: collections.deque = field(default_factory=collections.deque, repr=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _busy: _Write | None = field(default=None, repr=False)
     _waiting_since: float | None = field(default=None, repr=False)  # first failed try of the write in hand
-    failed: dict[str, list[str]] = field(default_factory=dict)  # run key -> writes dropped on a non-outage
+    waiting_for: Fault | None = None  # the transient fault the write in hand waits out
+    fatal: Fault | None = None  # the permanent fault that stopped the writer
+    failed: dict[str, list[str]] = field(default_factory=dict)  # run key -> writes dropped
+    lost: dict[str, int] = field(default_factory=dict)  # run key -> writes never tried after `fatal`
 
     def submit(self, run_key: str, call: Callable[[], Any], what: str) -> None:
         """Queue `call()`; it runs after every write submitted before it."""
@@ -144,14 +112,20 @@ class QueuedWriter:
                 counts[self._busy.run_key] += 1
             return dict(counts)
 
+    def incomplete(self, run_key: str) -> list[str]:
+        """What of `run_key`'s record did not land: writes dropped, or never tried after a fatal fault."""
+        with self._cond:
+            lost = self.lost.get(run_key, 0)
+            return [*self.failed.get(run_key, []), *([f"{lost} writes not tried"] if lost else [])]
+
     def waiting_for_store_s(self) -> float:
-        """How long the write in hand has been failing with an outage (0 when none is)."""
+        """How long the write in hand has been failing with a transient fault (0 when none is)."""
         since = self._waiting_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def flush(self, timeout_s: float, on_wait: Callable[[int, float], None] | None = None) -> bool:
-        """Wait until every submitted write landed (True) or `timeout_s` passed (False). `on_wait(n,
-        waited_s)` is called about every 10 s while `n` writes wait for an unreachable store."""
+    def flush(self, timeout_s: float, on_wait: Callable[[int, float, Fault], None] | None = None) -> bool:
+        """Wait until every submitted write landed or was given up (True) or `timeout_s` passed (False).
+        `on_wait(n, waited_s, fault)` is called about every 10 s while `n` writes wait out `fault`."""
         start = time.monotonic()
         last_note = start
         with self._cond:
@@ -159,8 +133,8 @@ class QueuedWriter:
                 now = time.monotonic()
                 if now - start >= timeout_s:
                     return False
-                if on_wait is not None and now - last_note >= 10 and self._waiting_since is not None:
-                    on_wait(len(self._queue) + 1, now - start)
+                if on_wait is not None and now - last_note >= 10 and self.waiting_for is not None:
+                    on_wait(len(self._queue) + 1, now - start, self.waiting_for)
                     last_note = now
                 self._cond.wait(timeout=min(1.0, timeout_s - (now - start)))
         return True
@@ -171,29 +145,39 @@ class QueuedWriter:
                 while not self._queue:
                     self._cond.wait()
                 self._busy = self._queue.popleft()
-            self._write(self._busy)
+                skip = self.fatal is not None
+                if skip:
+                    self.lost[self._busy.run_key] = self.lost.get(self._busy.run_key, 0) + 1
+            if not skip:
+                self._write(self._busy)
             with self._cond:
                 self._busy = None
-                self._waiting_since = None
+                self._waiting_since = self.waiting_for = None
                 self._cond.notify_all()
 
     def _write(self, w: _Write) -> None:
-        """One write, retried for as long as the store is unreachable."""
+        """One write, retried for as long as the store's fault is transient."""
         attempt = 0
         while True:
             try:
                 w.call()
                 return
             except Exception as err:
-                if not unreachable(err):
+                fault = self.watch.classify(err) if self.watch is not None else classify(err)
+                if fault is None:
                     reason = masked(one_line(err))  # MLflow's errors quote the URL, credentials too
                     log.warning("MLflow write dropped (%s): %s", w.what, reason)
                     with self._cond:
                         self.failed.setdefault(w.run_key, []).append(f"{w.what}: {reason}")
                     return
+                if not fault.transient:
+                    log.debug("MLflow writes stopped: %s", one_line(fault))  # the driver says it
+                    with self._cond:
+                        self.fatal = fault
+                        self.failed.setdefault(w.run_key, []).append(f"{w.what}: {one_line(fault)}")
+                    return
                 if self._waiting_since is None:
-                    self._waiting_since = time.monotonic()
-                    reason = masked(one_line(err))
-                    log.warning("MLflow unreachable (%s); holding writes until it answers", reason)
+                    self._waiting_since, self.waiting_for = time.monotonic(), fault
+                    log.warning("%s; holding writes until it answers", one_line(fault))
             time.sleep(RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)])
             attempt += 1

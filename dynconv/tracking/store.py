@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import DynconvError, Fault, one_line
 from dynconv.spec import resolve_tracking_uri
 
 # The schemes MLflow 3.17's tracking-store registry knows (mlflow.tracking._tracking_service.utils),
@@ -57,11 +57,12 @@ def masked(text: str) -> str:
 
 def store_errors() -> tuple[type[BaseException], ...]:
     """What a failed call to the tracking store raises: MLflow's own errors (unknown run, missing
-    artifact, refused value) and I/O errors (files, sockets, HTTP: `requests`' errors are OSErrors).
-    A function so that `mlflow` is imported only once an error is being handled."""
+    artifact, refused value), I/O errors (files, sockets, HTTP: `requests`' errors are OSErrors) and
+    the `Fault` that `dynconv.tracking.retry.call` names one of them as. A function so that `mlflow`
+    is imported only once an error is being handled."""
     from mlflow.exceptions import MlflowException
 
-    return (MlflowException, OSError)
+    return (MlflowException, OSError, Fault)
 
 
 def is_missing(err: BaseException) -> bool:
@@ -85,18 +86,71 @@ def artifact_root(tracking_uri: str, experiment: str) -> str | None:
     return (base / experiment).resolve().as_uri()
 
 
-def check_uri_scheme(uri: str) -> None:
-    """One-line error unless `uri` is a plain path or uses a scheme MLflow has a tracking store for."""
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` store; None for any other store."""
+    return Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
+
+
+# The driver module SQLAlchemy's default dialect of each database imports, and the package that has it.
+DB_DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "pymysql": "PyMySQL", "MySQLdb": "mysqlclient"}
+
+
+def check_uri_form(uri: str) -> None:
+    """One-line error unless `uri` is a tracking URI MLflow 3.17 opens: a known scheme, a well-formed
+    sqlite URI, a database URI whose driver is installed; a file store (a directory, `file:`, a plain
+    path) only where the user set MLflow's own switch for it (`MLFLOW_ALLOW_FILE_STORE=true`)."""
     if not uri.strip():
         raise DynconvError("empty MLflow tracking URI")
-    if "://" not in uri:
+    shown = masked(uri)
+    if "://" not in uri or uri.startswith("file:"):
+        _check_file_store(uri)
         return
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme not in KNOWN_SCHEMES:
         raise DynconvError(
-            f"MLflow tracking URI {masked(uri)!r}: unknown scheme {scheme!r} (use sqlite:///PATH, a "
-            "directory, http(s)://HOST:PORT, or a database URI: postgresql://, mysql://, mssql://)"
+            f"MLflow tracking URI {shown!r}: unknown scheme {scheme!r} (use sqlite:///PATH, "
+            "http(s)://HOST:PORT, or a database URI: postgresql://, mysql://, mssql://)"
         )
+    if scheme == "sqlite" and (not uri.startswith("sqlite:///") or uri.rstrip("/") == "sqlite:"):
+        raise DynconvError(
+            f"MLflow tracking URI {shown!r} names no file: use sqlite:///RELATIVE/PATH.db or "
+            "sqlite:////ABSOLUTE/PATH.db (three slashes, then the path)"
+        )
+    if scheme in ("postgresql", "mysql", "mssql"):
+        _check_db_driver(uri, shown)
+
+
+def _check_file_store(uri: str) -> None:
+    """MLflow 3.17 refuses a file store (a directory of runs) unless MLFLOW_ALLOW_FILE_STORE is true."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true", "yes"):
+        return
+    path = uri.removeprefix("file://").removeprefix("file:")
+    guess = (
+        f"sqlite:///{path}" if path.endswith((".db", ".sqlite", ".sqlite3")) else "sqlite:///PATH/mlflow.db"
+    )
+    raise DynconvError(
+        f"MLflow tracking URI {masked(uri)!r} is a file store (a directory of runs), which MLflow 3.17 "
+        f"no longer opens: use {guess} or an MLflow server (http://HOST:PORT); to keep a file store, "
+        "set MLFLOW_ALLOW_FILE_STORE=true"
+    )
+
+
+def _check_db_driver(uri: str, shown: str) -> None:
+    """A database URI that SQLAlchemy can parse and whose DB-API driver is installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise DynconvError(f"MLflow tracking URI {shown!r} is not a database URI ({one_line(err)})") from None
+    except ImportError as err:
+        module = (err.name or "").split(".")[0] or "its driver"
+        package = DB_DRIVER_PACKAGES.get(module, module)
+        raise DynconvError(
+            f"MLflow tracking URI {shown!r}: the database driver {module!r} is not installed "
+            f"(pip install {package}, or name another driver: SCHEME+DRIVER://...)"
+        ) from None
 
 
 def server_request(uri: str) -> tuple[str, dict[str, str]]:
@@ -179,7 +233,7 @@ def _get(url: str, headers: dict[str, str], shown: str, timeout_s: float) -> tup
 
 def check_writable_store(tracking_uri: str) -> None:
     """Before a study writes anything: a server that answers, or a sqlite store's writable directory."""
-    check_uri_scheme(tracking_uri)
+    check_uri_form(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
     elif tracking_uri.startswith("sqlite:///"):
@@ -244,7 +298,7 @@ def _damaged(db: Path, report: str) -> str:
 def readable_store(tracking_uri: str | None) -> str:
     """The resolved URI of an existing store; a one-line error (creating nothing) when there is none."""
     uri = resolve_tracking_uri(tracking_uri)
-    check_uri_scheme(uri)
+    check_uri_form(uri)
     hint = "run a study first, or point --tracking-uri or MLFLOW_TRACKING_URI at the study's store"
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import DynconvError, Fault, disk_fault, one_line
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -176,11 +176,13 @@ def _fit_from_config(config: dict[str, Any], make_session: Any) -> None:
         data = PreparedData.open(Path(config["cache_dir"]), fingerprint=config["cache_fingerprint"])
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
         fit(spec, session, data)
-    except DynconvError as err:  # a retry would fail the same way: end the trial with its line
-        if session.world_size > 1:  # DDP: every worker must fail for Ray Train to end the group; one
-            raise  # that returned would leave the others waiting in the model's first collective
+    except (DynconvError, OSError) as err:  # a retry would fail the same way: end the trial with its line
+        error = err if isinstance(err, DynconvError) else disk_fault(err, spec.storage_uri())
+        if error is None or session.world_size > 1:  # DDP: every worker must fail for Ray Train to end
+            raise  # the group; one that returned would leave the others waiting in the first collective
         ranked = [spec.search.tune_metric, *(spec.search.objectives or {})]
-        session.report(error_result(ranked, one_line(err)), None)
+        fault = error.kind if isinstance(error, Fault) else None
+        session.report(error_result(ranked, one_line(error), fault), None)
 
 
 def train_worker(config: dict[str, Any]) -> None:

@@ -8,15 +8,24 @@ the champion is decided (`dynconv.tune.champion`), recorded on the study run (`c
 `dynconv.verdict`, `dynconv.champion_run_id`) and registered in MLflow's Model Registry under the
 study's name, as `@champion` when the verdict is significant and `@candidate` when it is not.
 
+No silent repeats (issue 28): a confirmation trains only the (configuration, seed) pairs that no
+earlier confirmation of the study trained to an end (`finished`, `failed`, `diverged`), whatever its
+`top_k` and `seeds`; its verdict covers every configuration the study's confirmations trained, with
+every seed (one run per pair); and a configuration keeps the registry version it was registered with
+(`Configuration.registered_run`): more seeds change its score, not its model.
+
 Resumable: the phase is a Tune experiment of its own (`<study run name>-confirm-k<K>-s<N>`), restored
 when it exists, so an interrupted confirmation continues where it stopped: no seed is trained twice, a
 run already evaluated is not evaluated again, and the registry reuses the version made from a run.
+While one is under way the study run names it (`dynconv.confirming`); another confirmation of the
+study (other `top_k` or `seeds`) is refused until it is continued, as it would train its pairs again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,17 +34,20 @@ from typing import Any
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.metrics import WORST_SUBSET_METRIC, metric_bounds
-from dynconv.tracking.find import TrialInfo, search_runs
+from dynconv.tracking.find import TrialInfo, get_run, search_runs
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
     TAG_CHAMPION_RUN,
     TAG_CONFIRMATION,
+    TAG_CONFIRMING,
     TAG_CONFIRMS,
     TAG_OUTCOME,
     TAG_TEST_SET,
     TAG_VERDICT,
+    delete_tag,
     log_dict,
     log_metrics,
+    log_together,
     set_tags,
 )
 from dynconv.tune.champion import Configuration, SeedRun, Verdict, decide
@@ -43,6 +55,8 @@ from dynconv.tune.ranking import Ranking
 from dynconv.tune.trial import CONFIRMS, TrialContext
 
 NO_SPEED = {"warmup": 0, "latency_iters": 0, "throughput_iters": 0}  # accuracy only: timing is the eval's
+ENDED = ("finished", "stopped_early", "failed", "diverged")  # a run that trained its seed to an end
+_SIZES = re.compile(r"-confirm-k(\d+)-s(\d+)$")  # a confirmation's Tune experiment name: its top_k, seeds
 
 
 @dataclass
@@ -114,28 +128,139 @@ def confirmation_points(spec: JobSpec, chosen: list[tuple[int, TrialInfo]]) -> l
 
 
 def run_confirmation(phase: ConfirmPhase, chosen: list[tuple[int, TrialInfo]]) -> ConfirmOutcome:
-    """Train the chosen configurations with new seeds (or continue that), evaluate, decide, record,
+    """Train the chosen configurations with the new seeds no earlier confirmation of the study trained
+    (or continue that), evaluate, decide over every seed the study's confirmations trained, record,
     register. Prints progress, the table and the verdict."""
     spec = phase.spec
-    points = confirmation_points(spec, chosen)
+    wanted = confirmation_points(spec, chosen)
+    trained = _trained(_confirmation_runs(phase))
+    points = [p for p in wanted if _pair(p) not in trained]
     n = spec.confirm
+    before = f"; {len(wanted) - len(points)} trained before" if len(points) < len(wanted) else ""
     print(
         f"\nConfirming the top {len(chosen)} configurations with {n.seeds} new seeds each "
-        f"({len(points)} runs, seeds {confirmation_seeds(spec)}; Tune experiment {phase.tune_name})",
+        f"({len(points)} runs to train{before}, seeds {confirmation_seeds(spec)}; "
+        f"Tune experiment {phase.tune_name})",
         flush=True,
     )
-    t0 = time.perf_counter()
-    grid = _fit(phase, points)
-    phase.timings["confirm_seconds"] = time.perf_counter() - t0
-    if len(grid) < len(points) or any(_unfinished(r, spec) for r in grid):
-        return ConfirmOutcome([], None, interrupted=True)
-    _evaluate_runs(phase, _confirmation_runs(phase))
-    configs = configurations(spec, chosen, _confirmation_runs(phase))
+    if points:
+        t0 = time.perf_counter()
+        grid = _fit(phase, points)
+        phase.timings["confirm_seconds"] = time.perf_counter() - t0
+        trained = _trained(_confirmation_runs(phase))
+        if any(_unfinished(r, spec) for r in grid) or any(_pair(p) not in trained for p in wanted):
+            return ConfirmOutcome([], None, interrupted=True)
+    _under_way(phase, "")
+    chosen = _with_earlier_configurations(phase, chosen, _confirmation_runs(phase))
+    runs, _ = _verdict_runs(phase, chosen)
+    _evaluate_runs(phase, runs)
+    runs, registered = _verdict_runs(phase, chosen)  # with the accuracies just logged
+    configs = configurations(spec, chosen, runs, registered)
     ranking = Ranking.for_spec(spec)
     verdict = decide(configs, ranking.metric, ranking.mode, n.alpha)
     record_verdict(phase.uri, phase.parent_run_id, verdict, configs)
     print(format_confirmation(configs, verdict, spec.evaluate.split), flush=True)
     return ConfirmOutcome(configs, verdict, registry=register(phase, verdict))
+
+
+def _pair(point: dict[str, Any]) -> tuple[str, int]:
+    """A confirmation point's (configuration: the trial run it confirms, seed)."""
+    return point[CONFIRMS], int(point["seed"])
+
+
+def _run_pair(run: Any) -> tuple[str, int]:
+    """A confirmation run's (configuration, seed), as `_pair` of the point it trained."""
+    return run.data.tags.get(TAG_CONFIRMS, ""), int(float(run.data.params.get("train.seed", "-1")))
+
+
+def _trained(runs: list[Any]) -> set[tuple[str, int]]:
+    """The (configuration, seed) pairs these confirmation runs trained to an end (`ENDED`)."""
+    return {_run_pair(r) for r in runs if r.data.tags.get(TAG_OUTCOME) in ENDED}
+
+
+def _under_way(phase: ConfirmPhase, name: str) -> None:
+    """Name the confirmation under way on the study run (`name`), or ("") say this one is done."""
+    if name or get_run(phase.uri, phase.parent_run_id).data.tags.get(TAG_CONFIRMING) == phase.tune_name:
+        set_tags(phase.uri, phase.parent_run_id, {TAG_CONFIRMING: name})
+
+
+def _refuse_another_under_way(phase: ConfirmPhase) -> None:
+    """One line when the study run names another confirmation under way whose Tune state is still
+    there: continued later, it would train the pairs this one is about to train."""
+    from ray import tune
+
+    other = get_run(phase.uri, phase.parent_run_id).data.tags.get(TAG_CONFIRMING, "")
+    if not other or other == phase.tune_name:
+        return
+    if not tune.Tuner.can_restore(str(Path(phase.spec.storage_uri()) / other)):
+        return  # its state is gone: it can never be continued, so nothing would be trained twice
+    sizes = _SIZES.search(other)
+    again = f" --top-k {sizes[1]} --seeds {sizes[2]}" if sizes else ""
+    study = phase.spec.study
+    raise DynconvError(
+        f"confirmation {other} of study {study!r} was interrupted; continue it first "
+        f"(dynconv confirm {study}{again}), then confirm with other sizes: it would otherwise train "
+        "its configurations and seeds a second time"
+    )
+
+
+def _with_earlier_configurations(
+    phase: ConfirmPhase, chosen: list[tuple[int, TrialInfo]], runs: list[Any]
+) -> list[tuple[int, TrialInfo]]:
+    """`chosen` and, at their search rank, the configurations earlier confirmations of the study trained
+    that `chosen` leaves out (a smaller `top_k`): the verdict covers every seed trained."""
+    mine = {t.run_id for _, t in chosen}
+    extra = {config for config, _ in _trained(runs)} - mine
+    if not extra:
+        return chosen
+    from dynconv.evaluation.study import list_ranked_trials
+
+    ranking = Ranking.for_spec(phase.spec)
+    trials = list_ranked_trials(phase.uri, get_run(phase.uri, phase.parent_run_id), ranking)
+    ranked = enumerate(ranking.rank(trials), start=1)
+    return chosen + [(rank, t) for rank, t in ranked if t.run_id in extra]
+
+
+def _verdict_runs(
+    phase: ConfirmPhase, chosen: list[tuple[int, TrialInfo]]
+) -> tuple[list[Any], dict[str, str]]:
+    """(the runs the verdict counts, the run registered for each configuration): one run per
+    (configuration, seed) of `chosen` that trained to an end (a store written before issue 28 may hold
+    two; the registered one, else the first that finished, else the first, is kept), and
+    configuration -> its seed run whose model the registry holds (`_registered_runs`)."""
+    mine = {t.run_id for _, t in chosen}
+    runs = [r for r in _confirmation_runs(phase) if r.data.tags.get(TAG_OUTCOME) in ENDED]
+    runs = [r for r in runs if _run_pair(r)[0] in mine]
+    registered = _registered_runs(phase, runs)
+    kept = set(registered.values())
+    first = sorted(
+        runs,
+        key=lambda r: (
+            r.info.run_id not in kept,
+            r.data.tags.get(TAG_OUTCOME) != "finished",
+            r.info.start_time or 0,
+        ),
+    )
+    one: dict[tuple[str, int], Any] = {}
+    for run in first:
+        one.setdefault(_run_pair(run), run)
+    return list(one.values()), registered
+
+
+def _registered_runs(phase: ConfirmPhase, runs: list[Any]) -> dict[str, str]:
+    """Configuration (the trial run it confirms) -> the confirmation run the study's registered model
+    holds a version of (the newest, if a store written before issue 28 holds several). Empty when the
+    store has no registry or the name belongs to no version of this study: registration says why."""
+    from dynconv.tracking.registry import study_versions
+
+    try:
+        versions = study_versions(phase.uri, phase.spec.study, phase.spec.study)
+    except DynconvError:
+        return {}
+    configuration = {r.info.run_id: _run_pair(r)[0] for r in runs}
+    return {
+        configuration[v.source_run_id]: v.source_run_id for v in versions if v.source_run_id in configuration
+    }
 
 
 def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
@@ -163,6 +288,8 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
+        _refuse_another_under_way(phase)
+        _under_way(phase, phase.tune_name)
         metric, mode = tune_metric_mode(spec)
         recorder = TrialRecorder(
             phase.uri,
@@ -203,12 +330,11 @@ def _unfinished(result: Any, spec: JobSpec) -> bool:
 
 
 def _confirmation_runs(phase: ConfirmPhase) -> list[Any]:
-    """The MLflow runs of this confirmation (not of another `top_k` x `seeds` confirmation of the study),
-    a run lost by a killed driver (`orphaned`) left out."""
+    """The MLflow confirmation runs of the study, of every `top_k` x `seeds` confirmation, a run lost by
+    a killed driver (`orphaned`) left out."""
     runs = search_runs(
         phase.uri,
-        f"tags.`mlflow.parentRunId` = '{phase.parent_run_id}' and tags.`dynconv.role` = 'confirmation' "
-        f"and tags.`{TAG_CONFIRMATION}` = '{phase.tune_name}'",
+        f"tags.`mlflow.parentRunId` = '{phase.parent_run_id}' and tags.`dynconv.role` = 'confirmation'",
         [phase.experiment_id],
     )
     return [r for r in runs if r.data.tags.get(TAG_OUTCOME) != "orphaned"]
@@ -242,10 +368,14 @@ def _evaluate_runs(phase: ConfirmPhase, runs: list[Any]) -> None:
 
 
 def configurations(
-    spec: JobSpec, chosen: list[tuple[int, TrialInfo]], runs: list[Any]
+    spec: JobSpec,
+    chosen: list[tuple[int, TrialInfo]],
+    runs: list[Any],
+    registered: dict[str, str] | None = None,
 ) -> list[Configuration]:
     """The chosen configurations with their confirmation `runs` as MLflow holds them (a failed or
-    diverged seed counts with no value: it did not score)."""
+    diverged seed counts with no value: it did not score), each with the seed run the registry holds
+    of it (`registered`: configuration -> run), if any."""
     metric, prefix = Ranking.for_spec(spec).metric, f"{spec.evaluate.split}_acc_"
 
     def finished(run: Any) -> bool:
@@ -269,25 +399,31 @@ def configurations(
         ]
         flops = next((r.data.metrics["flops"] for r in mine if "flops" in r.data.metrics), None)
         params = searched_values(spec, trial)
-        out.append(Configuration(trial.run_id, trial.name, rank, params, flops, seeds, metric_bounds(metric)))
+        bounds = metric_bounds(metric)
+        held = (registered or {}).get(trial.run_id)
+        out.append(Configuration(trial.run_id, trial.name, rank, params, flops, seeds, bounds, held))
     return out
 
 
 def record_verdict(uri: str, parent_run_id: str, verdict: Verdict, configs: list[Configuration]) -> None:
     """The verdict on the study run: the configurations x seeds table with its intervals and the verdict
-    (`confirmation.json`), the verdict in one line, the champion's run, its mean and interval."""
+    (`confirmation.json`), the verdict in one line, the champion's run, its mean and interval.
+
+    Complete or absent: the verdict tag is what readers look for, so an earlier one is removed first,
+    and it is written last, with the champion and its interval in the same batch. An interruption in
+    between leaves a study with no verdict, never a verdict beside another confirmation's file."""
     data = {**verdict.to_json(), "configurations": [c.to_json() for c in configs]}
     data = json.loads(json.dumps(data), parse_constant=lambda _: None)  # NaN -> null: JSON, and YAML
+    delete_tag(uri, parent_run_id, TAG_VERDICT)
     log_dict(uri, parent_run_id, data, CONFIRMATION_ARTIFACT)
     score = verdict.champion.score()
     name = f"confirmed_{verdict.metric}"
     values = {name: score.mean, f"{name}_low": score.low, f"{name}_high": score.high}
-    log_metrics(uri, parent_run_id, {k: v for k, v in values.items() if math.isfinite(v)})
-    set_tags(
-        uri,
-        parent_run_id,
-        {TAG_VERDICT: verdict.one_line()[:5000], TAG_CHAMPION_RUN: verdict.champion.representative().run_id},
-    )
+    tags = {
+        TAG_VERDICT: verdict.one_line()[:5000],
+        TAG_CHAMPION_RUN: verdict.champion.representative().run_id,
+    }
+    log_together(uri, parent_run_id, {k: v for k, v in values.items() if math.isfinite(v)}, tags)
 
 
 def format_confirmation(configs: list[Configuration], verdict: Verdict, split: str) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dynconv.errors import disk_fault, one_line
 from dynconv.spec import JobSpec
 from dynconv.tune.ranking import Ranking
 
@@ -27,6 +28,18 @@ _TUNE_DUPLICATES = ("Trial task failed for trial", "Trials did not complete")
 class _DropTuneDuplicates(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_TUNE_DUPLICATES)
+
+
+class _OneLineDiskFaults(logging.Filter):
+    """Tune logs a failed save of its experiment state with the traceback; when a full or read-only
+    disk failed it, one line names the disk (the study stops on that fault: `dynconv.tune.recorder`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = disk_fault(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None
+        if fault is not None:
+            record.msg, record.args = f"Tune could not save its experiment state: {one_line(fault)}", None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -43,13 +56,23 @@ def quiet_libraries(verbose: bool) -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTuneDuplicates) for f in log.filters):
             log.addFilter(_DropTuneDuplicates())
+    state = logging.getLogger("ray.tune.execution.experiment_state")
+    if not any(isinstance(f, _OneLineDiskFaults) for f in state.filters):
+        state.addFilter(_OneLineDiskFaults())
 
 
 def ray_init_kwargs(verbose: bool) -> dict[str, Any]:
-    """`ray.init` options: worker logs stay on disk and Ray's driver logging shows errors only."""
+    """`ray.init` options: worker logs stay on disk and Ray's driver logging shows errors only.
+
+    A local Ray's dashboard listens on a port the OS picks (`dashboard_port=0`) instead of taking 8265
+    whenever it is free, which left anything else needing 8265 (another Ray, `ray job submit`'s default
+    address) failing while a study ran. The dashboard stays on: without it Ray Train never releases the
+    resources of trials stopped early. Its address is on `ray.init`'s context (`dashboard_url`). Ray
+    ignores the option when it joins a running cluster (`--address`).
+    """
     if verbose:
-        return {"logging_level": "WARNING", "log_to_driver": True}
-    return {"logging_level": "ERROR", "log_to_driver": False}
+        return {"logging_level": "WARNING", "log_to_driver": True, "dashboard_port": 0}
+    return {"logging_level": "ERROR", "log_to_driver": False, "dashboard_port": 0}
 
 
 def ray_logs_dir(session_dir: str | None) -> str:
@@ -78,7 +101,8 @@ def format_plan(spec: JobSpec, data: Any, resources: str, cluster: dict[str, flo
             f"on {data.num_classes} classes ({n.get('train', 0)} train / {n.get('val', 0)} val images, "
             f"{data.size} px), "
             f"{spec.train.epochs} epochs, {s.algorithm.upper()} + {sched} on {ranked_on}",
-            f"  resources {resources}; Ray {where['ray']} ({cpus})",
+            f"  resources {resources}; Ray {where['ray']} ({cpus})"
+            + (f", dashboard {where['dashboard']}" if where.get("dashboard") else ""),
             f"  MLflow    experiment {spec.experiment!r}, study run {where['run']} in {where['uri']}",
             f"  Ray logs  {where['logs']}  (Tune state: {where['tune_path']}; --verbose shows them here)",
         ]

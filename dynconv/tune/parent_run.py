@@ -9,7 +9,9 @@ only through `dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +25,10 @@ from dynconv.spec.checks import spec_diff
 from dynconv.tracking.artifacts import read_yaml
 from dynconv.tracking.find import one_study_run
 from dynconv.tracking.layout import (
-    PARAM_WARM_START_TRIALS,
     SPEC_ARTIFACT,
+    TAG_STUDY,
     TAG_TUNE_PATH,
-    TAG_WARM_START,
+    close_failed,
     find_runs,
     log_artifact,
     log_metrics,
@@ -36,6 +38,7 @@ from dynconv.tracking.layout import (
 from dynconv.tracking.store import client, masked
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
+from dynconv.tune.study_lock import is_held
 
 if TYPE_CHECKING:
     from dynconv.tune.warm_start import WarmStart
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 TAG_BEST_TRIAL = "dynconv.best_trial_id"  # parent run: the Tune id of the study's rank-1 trial
 TAG_BEST_RUN = "dynconv.best_run_id"  # parent run: that trial's MLflow run id
 TAG_RANKED_ON = "dynconv.ranked_on"  # parent run: what the trials were ranked on, `val_loss (min)`
+DRIVER_GONE = "driver gone: the run was left RUNNING by a driver that no longer holds the study's lock"
 
 
 def open_parent_run(
@@ -51,8 +55,9 @@ def open_parent_run(
     """(parent_run_id, run_name, tune_path): a new study run, or the one of this study to resume.
 
     `resume` is True (the study's only run) or a study run id (when the name matches several runs).
-    `warm`: the earlier study whose trials seed a new study's search; the new run is tagged with its
-    study run id (`dynconv.warm_start`) and logs how many trials seeded it (`warm_start.trials`).
+    `warm`: the earlier study whose trials seed a new study's search; the new run records it as
+    `WarmStart.run_tags` and `run_params` say (its study run id, how many trials seeded it, the
+    sampler's own seed, and what its training differs in when `--warm-start-accept` let it).
     """
     if resume:
         run = resume_run(spec, uri, experiment_id, resume)
@@ -67,8 +72,8 @@ def open_parent_run(
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
     tags = {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name}
     if warm is not None:
-        params[PARAM_WARM_START_TRIALS] = len(warm.points)
-        tags[TAG_WARM_START] = warm.run_id
+        params.update(warm.run_params(spec.search.seed))
+        tags.update(warm.run_tags())
     parent = start_study_run(uri, experiment_id, spec.study, params)
     set_tags(uri, parent, tags)
     with tempfile.TemporaryDirectory(prefix="dynconv_spec_") as tmp:
@@ -95,6 +100,8 @@ def _refuse_changed_spec(spec: JobSpec, uri: str, run_id: str) -> None:
         logged = read_yaml(uri, run_id, SPEC_ARTIFACT)
     except DynconvError as err:
         raise DynconvError(f"--resume: {err}") from None
+    with contextlib.suppress(ValueError):  # read by today's schema: a field added since has its default
+        logged = recorded_spec(JobSpec.model_validate(logged))
     changed = spec_diff(logged, recorded_spec(spec))
     if changed:
         raise DynconvError(
@@ -113,7 +120,29 @@ def resume_run(spec: JobSpec, uri: str, experiment_id: str | None, resume: bool 
         raise DynconvError(
             f"--resume: no earlier study named {spec.study!r}{which} in experiment {spec.experiment!r}"
         )
-    return one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
+    run = one_study_run(runs, spec.study, "choose one with --resume RUN_ID")
+    if run.info.status == "FINISHED":  # its record is complete: a resume could only rewrite it
+        raise DynconvError(
+            f"--resume: study {spec.study!r} (run {run.info.run_id}) finished: nothing to resume; run "
+            f"without --resume for a new study, or `dynconv confirm {spec.study}` to confirm its best"
+        )
+    return run
+
+
+def settle_dead_study(uri: str, run: Any, storage: str) -> Any:
+    """`run` (a study run); when it is RUNNING but no driver holds its study's lock, the driver that
+    ran it is gone (killed, its machine lost): say so, close it FAILED as such, and return it anew.
+    A RUNNING study whose lock is held, or whose lock this machine cannot see, is returned as it is."""
+    study = run.data.tags.get(TAG_STUDY, "")
+    if run.info.status != "RUNNING" or is_held(storage, study) is not False:  # running, or cannot tell
+        return run
+    print(
+        f"dynconv: study run {run.info.run_id} was left RUNNING by a driver that is gone (the study's "
+        "lock is free); it is closed FAILED as such",
+        file=sys.stderr,
+    )
+    close_failed(uri, run.info.run_id, "FAILED", DRIVER_GONE, run.info.experiment_id)
+    return client(uri).get_run(run.info.run_id)
 
 
 def record_best_trial(uri: str, parent: str, best: Any, ranking: Ranking) -> None:

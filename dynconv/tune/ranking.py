@@ -65,8 +65,9 @@ def pareto_front(points: Sequence[Point], modes: Sequence[str]) -> list[int]:
     ]
 
 
-UNRANKED_STATUSES = ("FAILED", "DIVERGED")
-"""A failed trial has no result; a diverged one has garbage weights, whatever its accuracy says."""
+UNRANKED_STATUSES = ("FAILED", "DIVERGED", "INCOMPLETE")
+"""A failed trial has no result; a diverged one has garbage weights, whatever its accuracy says; an
+incomplete one lost part of its MLflow record (an epoch, its checkpoint), which readers would miss."""
 
 
 class RankedTrial(Protocol):

@@ -31,16 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from dynconv.errors import FAULT_KINDS, Fault, causes, disk_fault, one_line
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import ended_by_error, trial_outcome
+from dynconv.spec.metrics import FAULT_RESULT, ended_by_error, trial_outcome
+from dynconv.tracking.faults import StoreWatch
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import (
     TAG_CONFIRMS,
     TAG_EPOCHS_DONE,
     TAG_ERROR,
+    TAG_FAILURE,
     TAG_OUTCOME,
     TAG_PARENT,
     TAG_STUDY,
@@ -104,6 +107,7 @@ class TrialRecorder(Callback):
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.spec_json = spec.to_json_dict()
+        self.storage = spec.storage_uri()
         self.epochs = spec.train.epochs
         self.num_classes = num_classes
         self._known: set[str] = set()  # trials with a run (created, or queued to be)
@@ -113,6 +117,8 @@ class TrialRecorder(Callback):
         self._reconciled = False
         self._facts: dict[str, float] | None = None  # FLOPs and parameters: one model for every trial
         self._writer: QueuedWriter | None = None
+        self._trial_fault: Fault | None = None  # a fault of the world a trial met (a full disk)
+        _ = self.writer  # the store's file is the one the study opened now (`StoreWatch`)
 
     def __getstate__(self) -> dict[str, Any]:  # pickled with the Tuner: no thread, no run ids yet
         return {**self.__dict__, "_writer": None}
@@ -120,8 +126,17 @@ class TrialRecorder(Callback):
     @property
     def writer(self) -> QueuedWriter:
         if self._writer is None:
-            self._writer = QueuedWriter()
+            self._writer = QueuedWriter(StoreWatch(self.uri))
         return self._writer
+
+    @property
+    def fault(self) -> Fault | None:
+        """The permanent fault that stops the study: the store's (the writer stopped) or a trial's."""
+        return self.writer.fatal or self._trial_fault
+
+    def stopper(self) -> Stopper:
+        """A Tune stopper that ends the whole study once `fault` is set (see `StopOnFault`)."""
+        return StopOnFault(self)
 
     def _submit(self, trial_id: str, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         """Queue `fn(uri, <the trial's run id>, *args)`; the run id is looked up when the write runs."""
@@ -148,6 +163,9 @@ class TrialRecorder(Callback):
         self.writer.submit(tid, lambda: self._create_run(trial), f"run of trial {tid}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(FAULT_RESULT) and self._trial_fault is None:
+            kind = FAULT_KINDS.get(str(result[FAULT_RESULT]), Fault)
+            self._trial_fault = kind(f"trial {trial.trial_id}: {ended_by_error(result)}")
         if "epoch" not in result or ended_by_error(result) is not None:  # the error is logged at close
             return
         tid, epoch = trial.trial_id, int(result["epoch"])
@@ -164,8 +182,27 @@ class TrialRecorder(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._close(trial, failed=False)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._note_fault(trial)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._note_fault(trial)
         self._close(trial, failed=True)
+
+    def _note_fault(self, trial: Any) -> None:
+        """A trial that raised a fault of the world (a full disk in a DDP worker): no retry can help."""
+        if self._trial_fault is not None:
+            return
+        try:
+            error = trial.get_pickled_error()
+        except (OSError, EOFError, ValueError):  # Tune could not write it (the disk is full, say)
+            error = None
+        fault = None
+        if error is not None:
+            fault = next((e for e in causes(error) if isinstance(e, Fault)), None)
+            fault = fault or disk_fault(error, self.storage)
+        if fault is not None:
+            self._trial_fault = type(fault)(f"trial {trial.trial_id}: {one_line(fault)}")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Close the runs of trials the interruption left open, then wait for MLflow to take it all."""
@@ -239,8 +276,19 @@ class TrialRecorder(Callback):
         tags = {TAG_OUTCOME: outcome, TAG_EPOCHS_DONE: done}
         if (error := ended_by_error(last)) is not None:
             tags[TAG_ERROR] = error
-        status = "FAILED" if outcome in ("failed", "diverged") else "FINISHED"
-        self._submit(tid, "close", _end, status, tags)
+        if self.fault is not None and outcome == "stopped_early":  # stopped by the fault, not ASHA
+            tags.update({TAG_OUTCOME: "interrupted", TAG_FAILURE: one_line(self.fault)})
+        status = {"failed": "FAILED", "diverged": "FAILED"}.get(str(tags[TAG_OUTCOME]), "FINISHED")
+        status = "KILLED" if tags[TAG_OUTCOME] == "interrupted" else status
+
+        def close(uri: str, run_id: str) -> None:  # runs after the trial's other writes landed, or not
+            missing = self.writer.incomplete(tid)
+            if missing:  # complete or absent: a run that lost a write is neither finished nor ranked
+                _end(uri, run_id, "FAILED", {**tags, TAG_OUTCOME: "incomplete", TAG_ERROR: _lost(missing)})
+            else:
+                _end(uri, run_id, status, tags)
+
+        self._submit(tid, "close", close)
 
     def flush(self) -> str:
         """Wait (bounded) for every queued write; the summary line of what MLflow is missing."""
@@ -248,6 +296,9 @@ class TrialRecorder(Callback):
         waiting = {} if ok else self.writer.pending()
         lines = [f"trial {t}: {n} writes still waiting for MLflow" for t, n in waiting.items()]
         lines += [f"trial {t}: {'; '.join(w)}" for t, w in self.writer.failed.items()]
+        lines += [f"trial {t}: {n} writes not tried" for t, n in self.writer.lost.items()]
+        if self.writer.fatal is not None:  # the cause first, then what it cost
+            return f"MLflow writes stopped: {one_line(self.writer.fatal)} ({len(lines)} runs incomplete)"
         if not lines:
             return "MLflow runs incomplete: none"
         return f"MLflow runs incomplete: {len(lines)}\n" + "\n".join(f"  {line}" for line in lines)
@@ -286,5 +337,24 @@ def _end(uri: str, run_id: str, status: str, tags: dict[str, Any]) -> None:
     end_run(uri, run_id, status)
 
 
-def _say_waiting(n: int, waited_s: float) -> None:
-    print(f"waiting for MLflow to take {n} queued writes ({waited_s:.0f} s so far)", file=sys.stderr)
+def _lost(missing: list[str]) -> str:
+    return one_line("MLflow lost: " + "; ".join(missing), limit=5000)
+
+
+def _say_waiting(n: int, waited_s: float, fault: Fault) -> None:
+    print(f"{one_line(fault)}: {n} queued writes wait ({waited_s:.0f} s so far)", file=sys.stderr)
+
+
+class StopOnFault(Stopper):
+    """Stops every trial once the recorder holds a permanent fault (`TrialRecorder.fault`): a full
+    disk or a gone store fails every later trial and write the same way. Tune asks `stop_all` after
+    each step; no single trial is stopped by it."""
+
+    def __init__(self, recorder: TrialRecorder) -> None:
+        self.recorder = recorder
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.recorder.fault is not None

@@ -42,10 +42,12 @@ def describe_space(spec: JobSpec) -> dict[str, str]:
     return out
 
 
-def _sampler(spec: JobSpec):
+def _sampler(spec: JobSpec, warm: WarmStart | None = None):
+    """The spec's Optuna sampler, seeded with `search.seed`; a warm-started search with a seed of its own
+    (`WarmStart.sampler_seed`), so that it does not draw the seeding study's configurations again."""
     import optuna
 
-    seed = spec.search.seed
+    seed = spec.search.seed if warm is None else warm.sampler_seed(spec.search.seed)
     if spec.search.algorithm == "tpe":  # TPE handles several objectives too (Optuna's MOTPE)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.search.tpe_startup_trials)
     if spec.search.algorithm == "nsga2":
@@ -60,7 +62,7 @@ def build_searcher(spec: JobSpec, warm: WarmStart | None = None):
     objectives: the searcher itself gets the lists, and `TuneConfig` none (Ray's rule for OptunaSearch).
     `warm`: an earlier study's trials (`dynconv.tune.warm_start`), given to OptunaSearch as its
     `points_to_evaluate` with their `evaluated_rewards`: Optuna holds them as COMPLETE trials before its
-    first suggestion, and Tune runs none of them again.
+    first suggestion, and Tune runs none of them again; its sampler draws from a seed of its own.
     """
     from dynconv.tune.searcher import EpochOptunaSearch
 
@@ -68,10 +70,11 @@ def build_searcher(spec: JobSpec, warm: WarmStart | None = None):
     seeds: dict[str, Any] = {}
     if warm is not None:
         seeds = {"points_to_evaluate": list(warm.points), "evaluated_rewards": list(warm.rewards)}
+    sampler = _sampler(spec, warm)
     if objectives is not None:
         metric, mode = list(objectives), list(objectives.values())
-        return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, metric=metric, mode=mode, **seeds)
-    return EpochOptunaSearch(sampler=_sampler(spec), epochs=epochs, **seeds)
+        return EpochOptunaSearch(sampler=sampler, epochs=epochs, metric=metric, mode=mode, **seeds)
+    return EpochOptunaSearch(sampler=sampler, epochs=epochs, **seeds)
 
 
 def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
@@ -124,10 +127,14 @@ def max_concurrent_trials(spec: JobSpec, cluster: dict[str, float], gpu_resource
     return max(1, min(fits, spec.search.num_samples))
 
 
-def run_config(spec: JobSpec, name: str, callbacks: list, verbose: bool = False):
+def run_config(spec: JobSpec, name: str, callbacks: list, verbose: bool = False, stopper: Any = None):
     """Tune's `RunConfig` of a study phase (the search, the confirmation): its storage, failure and
-    checkpoint settings, the callbacks that record and print it, the divergence stopper."""
+    checkpoint settings, the callbacks that record and print it, the divergence stopper, and `stopper`
+    (the recorder's, which ends the phase on a fault of the world: `TrialRecorder.stopper`)."""
     from ray import tune
+    from ray.tune.stopper import CombinedStopper, FunctionStopper
+
+    stop = stop_diverged if stopper is None else CombinedStopper(FunctionStopper(stop_diverged), stopper)
 
     return tune.RunConfig(
         name=name,
@@ -135,6 +142,6 @@ def run_config(spec: JobSpec, name: str, callbacks: list, verbose: bool = False)
         failure_config=tune.FailureConfig(max_failures=tune_max_failures(spec)),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
         callbacks=callbacks,
-        stop=stop_diverged,
+        stop=stop,
         verbose=1 if verbose else 0,  # quiet: the ConsoleReporter callback prints the trial events
     )

@@ -8,21 +8,28 @@ MLflow: the parent run (`dynconv.tune.parent_run`) and, from Tune's events, ever
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynconv.environment import set_library_environment
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import FAULT_KINDS, DiskFull, DynconvError, Fault, causes, disk_fault, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
-from dynconv.tracking.find import trial_run_ids
+from dynconv.spec.metrics import FAULT_RESULT, ended_by_error
+from dynconv.tracking.faults import StoreWatch
+from dynconv.tracking.find import incomplete_trials, trial_run_ids
 from dynconv.tracking.layout import (
     TAG_PARETO_RUN_IDS,
     TAG_PARETO_TRIALS,
+    check_experiment,
+    closed_on_error,
     end_run,
     ensure_experiment,
     log_metrics,
@@ -37,8 +44,15 @@ from dynconv.tune.console import (
     ray_logs_dir,
     sigterm_as_sigint,
 )
-from dynconv.tune.parent_run import open_parent_run, record_best_trial, recorded_spec, resume_run
+from dynconv.tune.parent_run import (
+    open_parent_run,
+    record_best_trial,
+    recorded_spec,
+    resume_run,
+    settle_dead_study,
+)
 from dynconv.tune.ranking import Ranking
+from dynconv.tune.ray_address import check_ray_address
 from dynconv.tune.resources import (
     check_resources_fit,
     cluster_capacity,
@@ -76,10 +90,13 @@ class _StudyRun:
     tune_path: str
     timings: dict[str, float]  # becomes StudyResult.timings (the same dict)
     warm: WarmStart | None = None  # an earlier study's trials that seed the search (--warm-start)
+    recorder: Any = None  # the new Tuner's TrialRecorder (a resumed Tuner restores its own)
+    watch: StoreWatch | None = None  # the store file this driver opened (sqlite), to tell it gone
 
 
-def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
-    """Connect to `address` (a cluster) or start a local Ray; returns where its logs are.
+def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> tuple[str, str | None]:
+    """Connect to `address` (a cluster) or start a local Ray; returns where its logs are and its
+    dashboard's URL (a local Ray's dashboard takes a free port).
 
     The Train controllers of the trials read `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` (how often they collect
     the workers' reports, `failure.report_poll_s`); it reaches every Ray worker through the job's
@@ -88,14 +105,15 @@ def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> str:
     import ray
 
     if ray.is_initialized():
-        return ray_logs_dir(None)
+        return ray_logs_dir(None), None
     poll = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(spec.failure.report_poll_s))
     context = ray.init(
         address=address,
         runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": poll}},
         **ray_init_kwargs(verbose),
     )
-    return ray_logs_dir(context.address_info.get("session_dir") if address in (None, "local") else None)
+    logs = ray_logs_dir(context.address_info.get("session_dir") if address in (None, "local") else None)
+    return logs, context.dashboard_url or None
 
 
 def _build_tuner(
@@ -126,7 +144,7 @@ def _build_tuner(
             # next trial; a TorchTrainer trial's actor is only a thin driver.
             reuse_actors=trains_in_trial_actor(spec),
         ),
-        run_config=run_config(spec, run_name, callbacks, verbose),
+        run_config=run_config(spec, run_name, callbacks, verbose, callbacks[0].stopper()),
     )
 
 
@@ -135,6 +153,7 @@ def run_study(
     address: str | None = None,
     resume: bool | str = False,
     warm_start: str | None = None,
+    warm_start_accept: str | None = None,
     **options: Any,
 ) -> StudyResult:
     """Run (or resume) the study described by `spec`; returns its summary. Prints progress and a table.
@@ -142,6 +161,8 @@ def run_study(
 
     `warm_start`: an earlier study (name or study run id, in the same store) whose finished trials seed
     the search (`dynconv.tune.warm_start`); refused with `resume`, and when the searches differ.
+    `warm_start_accept`: the groups (comma-separated: model, data, epochs, scheduler) in which the earlier
+    study may have trained otherwise than this one; the study run records the difference.
 
     Holds the study's lock (`dynconv.tune.study_lock`) throughout: a second driver of the same study
     name refuses in one line instead of interleaving its trials with this one's.
@@ -151,18 +172,30 @@ def run_study(
             "--warm-start and --resume together: a resumed study's searcher already holds its history "
             "(with the trials that seeded it, if any); drop --warm-start"
         )
+    if warm_start_accept and not warm_start:
+        raise DynconvError("--warm-start-accept without --warm-start: there is no earlier study to accept")
     set_library_environment(options.get("verbose", False))
     spec = spec.resolved()
     uri = spec.tracking_uri()
-    check_writable_store(uri)  # before anything is created (the lock lives in the storage path)
+    # The world under the study, each in one line before anything is created: the store and Ray's
+    # storage (the lock lives there), the cluster at --address and its token, the experiment.
+    check_writable_store(uri)
     check_storage_path(spec.storage_uri())
+    check_ray_address(address)
+    check_experiment(uri, spec.experiment)
     with study_lock(spec.storage_uri(), spec.study):
         if resume:  # a wrong --resume fails before the data cache is built
             exp = client(uri).get_experiment_by_name(spec.experiment)
-            resume_run(spec, uri, exp.experiment_id if exp else None, resume)
+            earlier = resume_run(spec, uri, exp.experiment_id if exp else None, resume)
+            if earlier.info.status == "RUNNING":  # this driver holds the lock: the one that ran it is gone
+                print(
+                    f"dynconv: study run {earlier.info.run_id} was left RUNNING by a driver that is gone; "
+                    "resuming it",
+                    file=sys.stderr,
+                )
         warm = None
         if warm_start:  # so does a --warm-start that cannot seed this search: no run created yet
-            warm = load_warm_start(spec, uri, warm_start)
+            warm = load_warm_start(spec, uri, warm_start, accept=(warm_start_accept or "").split(","))
             print(warm.describe(), flush=True)
         return _run_study(spec, address, resume, warm=warm, **options)
 
@@ -190,20 +223,65 @@ def _run_study(
     from dynconv.tune import callbacks  # noqa: F401
 
     run = _prepare_study(spec, resume, verbose, warm)
-    concurrent = _start_ray(run, address, verbose, gpu_resource)
-    context = _trial_context(run, placement_strategy, controller_failure_limit, gpu_resource)
-    tuner = _build_or_restore_tuner(run, context, resume, concurrent, verbose)
-    grid = _fit_tuner(tuner, run.timings)
-    result = _collect_results(run, grid)
-    if result.interrupted:
-        _close_interrupted(result)
-        return result
-    _finish_study(run, result, evaluate, context, lambda: _confirm(run, context, concurrent, verbose))
+    # Whatever ends the driver, the study run and its open child runs are closed with the cause.
+    try:
+        with closed_on_error(run.uri, run.parent, run.experiment_id), _faults_named(run):
+            concurrent = _start_ray(run, address, verbose, gpu_resource)
+            context = _trial_context(run, placement_strategy, controller_failure_limit, gpu_resource)
+            tuner = _build_or_restore_tuner(run, context, resume, concurrent, verbose)
+            grid = _fit_tuner(tuner, run.timings)
+            fault = _fault_of(run, grid)
+            if fault is not None:  # a full disk, a gone store: every later trial would meet it too
+                raise fault
+            result = _collect_results(run, grid)
+            if result.interrupted:
+                _close_interrupted(result)
+                return result
+            confirm = functools.partial(_confirm, run, context, concurrent, verbose)
+            _finish_study(run, result, evaluate, context, confirm)
+    finally:
+        run.watch.release()  # the space held for closing the runs on a full disk
     if result.interrupted:
         return result
     if result.best is None:
         raise DynconvError(_nothing_ranked(result))
     return result
+
+
+def _fault_of(run: _StudyRun, grid: Any) -> Fault | None:
+    """The fault of the world that stopped the study, if one did: the recorder's (a store the writes
+    could not reach for good), or the first trial's that met one (its last result names its kind; a
+    DDP trial raised it)."""
+    if run.recorder is not None and run.recorder.fault is not None:
+        return run.recorder.fault
+    for result in grid:
+        last = result.metrics or {}
+        if last.get(FAULT_RESULT):
+            kind = FAULT_KINDS.get(str(last[FAULT_RESULT]), Fault)
+            return kind(f"trial {last.get('trial_id', '?')}: {ended_by_error(last)}")
+        if result.error is not None:
+            fault = next((e for e in causes(result.error) if isinstance(e, Fault)), None)
+            fault = fault or disk_fault(result.error, run.storage)
+            if fault is not None:
+                return fault
+    return None
+
+
+@contextlib.contextmanager
+def _faults_named(run: _StudyRun) -> Iterator[None]:
+    """Raise an error of the block that is a fault of the world (the store's file gone, a full disk)
+    as that `Fault`, so that the study run's cause and the console say it in one line."""
+    try:
+        yield
+    except Exception as err:
+        fault = err if isinstance(err, Fault) else None
+        if fault is None and not isinstance(err, DynconvError):
+            fault = (run.watch.classify(err) if run.watch else None) or disk_fault(err, run.storage)
+        if isinstance(fault, DiskFull) and run.watch is not None:
+            run.watch.release()  # room for the writes that close the study's runs with the cause
+        if fault is None or fault is err:
+            raise
+        raise fault from err
 
 
 def confirm_study(
@@ -230,11 +308,13 @@ def confirm_study(
     set_library_environment(verbose)
     uri = resolve_tracking_uri(tracking_uri)
     parent = find_study_run(uri, study)
+    recorded = load_study_spec(uri, parent)
+    parent = settle_dead_study(uri, parent, recorded.storage_uri())
     if parent.info.status == "RUNNING":
         raise DynconvError(
             f"study {study!r} (run {parent.info.run_id}) is still running: confirm it once it ends"
         )
-    data = load_study_spec(uri, parent).to_json_dict()
+    data = recorded.to_json_dict()
     data["mlflow"]["tracking_uri"] = uri  # the recorded spec holds it masked
     confirm = data["confirm"]
     confirm.update(enabled=True, top_k=top_k or confirm["top_k"], seeds=seeds or confirm["seeds"])
@@ -289,27 +369,28 @@ def _prepare_study(
 
     experiment_id = ensure_experiment(uri, spec.experiment)
     parent, run_name, tune_path = open_parent_run(spec, uri, experiment_id, resume, warm)
-    return _StudyRun(spec, uri, storage, data, experiment_id, parent, run_name, tune_path, timings, warm)
+    run = _StudyRun(spec, uri, storage, data, experiment_id, parent, run_name, tune_path, timings, warm)
+    run.watch = StoreWatch(uri, reserve=spec.study)
+    return run
 
 
 def _start_ray(run: _StudyRun, address: str | None, verbose: bool, gpu_resource: str) -> int:
     """Start (or join) Ray, refuse a study the cluster cannot place (closing the parent run FAILED) and
     print the plan. Returns how many trials run at once."""
     t0 = time.perf_counter()
-    logs = _init_ray(run.spec, address, verbose)
+    logs, dashboard = _init_ray(run.spec, address, verbose)
     run.timings["ray_start_seconds"] = time.perf_counter() - t0
 
     import ray
 
-    try:  # one line instead of Ray waiting forever for a trial that can never be placed
-        check_resources_fit(run.spec, cluster_capacity(), gpu_resource)
-    except DynconvError:
-        end_run(run.uri, run.parent, "FAILED")
-        raise
+    # One line (the study run closed FAILED) instead of Ray waiting forever for a trial never placed.
+    check_resources_fit(run.spec, cluster_capacity(), gpu_resource)
 
     concurrent = max_concurrent_trials(run.spec, ray.cluster_resources(), gpu_resource)
     where = {"ray": address or "local", "run": run.parent, "uri": masked(run.uri), "tune_path": run.tune_path}
     where["logs"] = logs
+    if dashboard:
+        where["dashboard"] = dashboard if "://" in dashboard else f"http://{dashboard}"
     resources = describe_trial_resources(run.spec, concurrent, gpu_resource)
     print(format_plan(run.spec, run.data, resources, ray.cluster_resources(), where), flush=True)
     return concurrent
@@ -349,8 +430,9 @@ def _build_or_restore_tuner(
         return tune.Tuner.restore(
             run.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
+    run.recorder = TrialRecorder(run.uri, run.experiment_id, run.parent, spec, run.data.num_classes)
     callbacks = [
-        TrialRecorder(run.uri, run.experiment_id, run.parent, spec, run.data.num_classes),
+        run.recorder,
         ConsoleReporter(
             spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
         ),
@@ -370,7 +452,8 @@ def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:
 def _collect_results(run: _StudyRun, grid: Any) -> StudyResult:
     """The StudyResult of a finished or interrupted fit, its table printed."""
     runs = trial_run_ids(run.uri, run.experiment_id, run.parent)
-    trials = summarise_trials(grid, run.spec, runs)
+    incomplete = incomplete_trials(run.uri, run.experiment_id, run.parent)
+    trials = summarise_trials(grid, run.spec, runs, incomplete)
     interrupted = any(t.status == "UNFINISHED" for t in trials)
     result = StudyResult(
         study=run.spec.study,
@@ -403,45 +486,64 @@ def _finish_study(
 ) -> None:
     """A study that ran to its end: record the best trial by the study's ranking (and the Pareto set),
     evaluate when asked, `confirm()` its best over seeds when the spec asks, describe the study on its
-    parent run, log the timings, close the run (FAILED when no trial scored) and say where to browse it.
-    Checkpoints are evaluated where the trials train (`dynconv.tune.remote_evaluation`).
+    parent run, log the timings, close the run and say where to browse it. Checkpoints are evaluated
+    where the trials train (`dynconv.tune.remote_evaluation`).
+
+    The run is FINISHED only when all it claims is there: FAILED when no trial scored, and FAILED when
+    its evaluation, confirmation or description failed, with what is missing as the first line of its
+    description and its `dynconv.failure` tag; then one line says so (`DynconvError`, a non-zero exit).
     An interrupted confirmation closes the run KILLED instead (`--resume` continues it)."""
+    from dynconv.tune.summary import describe_study_run, mark_incomplete
+
     spec, uri, parent = run.spec, run.uri, run.parent
     best = result.best
     if best is not None:
         record_best_trial(uri, parent, best, Ranking.for_spec(spec))
     if spec.search.multi_objective:
         _record_pareto(result, spec)
+    missing: list[str] = []
     evaluations: list = []
     if evaluate if evaluate is not None else spec.evaluate.enabled:
-        t0 = time.perf_counter()
-        from dynconv.evaluation.study import evaluate_study
-        from dynconv.tune.remote_evaluation import evaluator_for
-
-        evaluations = evaluate_study(spec, result, evaluator_for(spec, context, run.data))
-        run.timings["evaluate_seconds"] = time.perf_counter() - t0
+        evaluations = _evaluate(run, result, context, missing)
     if spec.confirm.enabled and best is not None:
         try:
             result.confirmation = confirm()
         except DynconvError as err:  # the search and its record stand; `dynconv confirm` retries later
-            print(
-                f"dynconv: confirmation skipped: {one_line(err)}; retry: dynconv confirm {spec.study}",
-                file=sys.stderr,
-            )
-            set_tags(uri, parent, {"dynconv.confirmation_error": str(err)[:5000]})
+            missing.append(f"confirmation ({one_line(err)}; retry: dynconv confirm {spec.study})")
         if result.confirmation is not None and result.confirmation.interrupted:
             result.interrupted = True
             _close_interrupted(result)
             return
-    from dynconv.tune.summary import describe_study_run
-
-    describe_study_run(spec, result, evaluations)
+    problem = describe_study_run(spec, result, evaluations)
+    if problem is not None:
+        missing.append(f"description and plots ({problem})")
     log_metrics(uri, parent, run.timings)
-    end_run(uri, parent, "FINISHED" if best is not None else "FAILED")
+    if missing:
+        mark_incomplete(uri, parent, missing)
+    end_run(uri, parent, "FINISHED" if best is not None and not missing else "FAILED")
     print(
         f"\nBrowse it with: dynconv ui --tracking-uri {masked(uri)}   (then open "
         f"{runs_page_url('http://127.0.0.1:5000', run.experiment_id)}; study run {parent})"
     )
+    if missing and best is not None:
+        raise DynconvError(
+            f"study {spec.study!r} ran, but its record is incomplete: {'; '.join(missing)}; the study "
+            f"run {parent} is closed FAILED"
+        )
+
+
+def _evaluate(run: _StudyRun, result: StudyResult, context: TrialContext, missing: list[str]) -> list:
+    """The end-of-study evaluation, timed; a failure (one line, from `evaluate_study`) goes to
+    `missing`, never costs the study: its trials are in MLflow already."""
+    from dynconv.evaluation.study import evaluate_study
+    from dynconv.tune.remote_evaluation import evaluator_for
+
+    t0 = time.perf_counter()
+    evaluations, problem = evaluate_study(run.spec, result, evaluator_for(run.spec, context, run.data))
+    run.timings["evaluate_seconds"] = time.perf_counter() - t0
+    if problem is not None:
+        missing.append(f"evaluation ({problem}; retry with: dynconv evaluate {run.spec.study})")
+    return evaluations
 
 
 def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bool):

@@ -67,3 +67,23 @@ def _holder(fd: int) -> str:
         if text:
             return text.splitlines()[0]
     return "holder unknown"
+
+
+def is_held(storage: str, study: str) -> bool | None:
+    """Whether a live driver holds the lock of `study` now; None when this machine cannot tell (cloud
+    storage, or no lock file here: a study run on a cluster whose storage this machine does not see).
+    A study run left RUNNING while its lock is free belongs to a driver that is gone."""
+    path = lock_path(storage, study)
+    if path is None or not path.is_file():
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock it may just have taken
+    return False

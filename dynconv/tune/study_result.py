@@ -26,7 +26,7 @@ class TrialSummary:
     params: dict[str, Any]
     value: float | None  # the LAST reported value of the ranked metric (None: never reported)
     epochs: int
-    status: str  # FINISHED (all epochs), STOPPED (by the scheduler), UNFINISHED (interrupted), FAILED
+    status: str  # FINISHED (all epochs), STOPPED (by ASHA), UNFINISHED (interrupted), FAILED, INCOMPLETE
     run_id: str | None
     objectives: dict[str, float | None] = field(default_factory=dict)  # multi-objective: last reported
     pareto: bool = False
@@ -88,10 +88,12 @@ def apply_ranking(trials: list[TrialSummary], ranking: Ranking) -> None:
         t.pareto = id(t) in front
 
 
-def summarise_trials(grid: Any, spec: JobSpec, runs: dict[str, str]) -> list[TrialSummary]:
+def summarise_trials(
+    grid: Any, spec: JobSpec, runs: dict[str, str], incomplete: set[str] | frozenset[str] = frozenset()
+) -> list[TrialSummary]:
     """One TrialSummary per trial of `grid` (last value of the ranked metric, epochs, outcome, its MLflow
     run id from `runs`, by trial id), ranked (`rank`), and in a multi-objective study the Pareto trials
-    marked."""
+    marked. A trial in `incomplete` (its MLflow record lost a write) is INCOMPLETE and never ranked."""
     ranking = Ranking.for_spec(spec)
     rows = []
     for result in grid:
@@ -105,6 +107,8 @@ def summarise_trials(grid: Any, spec: JobSpec, runs: dict[str, str]) -> list[Tri
             status = "STOPPED" if metrics.get("done") else "UNFINISHED"
         else:
             status = {"failed": "FAILED", "diverged": "DIVERGED", "finished": "FINISHED"}[outcome]
+        if trial_id in incomplete:
+            status = "INCOMPLETE"
         params = {k: result.config.get(k) for k in spec.search.space}
         objectives = _last_values(df, [m for m, _ in ranking.objectives])
         rows.append(TrialSummary(trial_id, params, value, epochs, status, runs.get(trial_id), objectives))

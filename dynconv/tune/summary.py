@@ -6,6 +6,7 @@ which the MLflow UI shows as the run's description; the plots are artifacts of t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -13,8 +14,8 @@ from typing import Any
 
 from dynconv.errors import one_line
 from dynconv.spec import JobSpec
-from dynconv.tracking.layout import log_artifact, log_metrics, set_tags
-from dynconv.tracking.store import client, masked
+from dynconv.tracking.layout import TAG_FAILURE, log_artifact, log_metrics, set_tags
+from dynconv.tracking.store import client, masked, store_errors
 from dynconv.tune.ranking import Ranking
 
 NOTE_TAG = "mlflow.note.content"
@@ -142,10 +143,22 @@ def write_study_summary(spec: JobSpec, result: Any, evaluations: list[tuple[str,
             log_metrics(uri, parent, {f"importance.{k}": v for k, v in scores.items()})
 
 
-def describe_study_run(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> None:
-    """`write_study_summary`, but a failure costs one stderr line, never the study."""
+def describe_study_run(spec: JobSpec, result: Any, evaluations: list[tuple[str, Any]]) -> str | None:
+    """`write_study_summary`; a failure is returned as its one line (and printed), never raised: the
+    trials, checkpoints and evaluation are in MLflow already."""
     try:
         write_study_summary(spec, result, evaluations)
-    except Exception as exc:  # the trials, checkpoints and evaluation are in MLflow already
-        what = masked(one_line(exc, limit=None))
-        print(f"dynconv: study description/plots skipped: {type(exc).__name__}: {what}", file=sys.stderr)
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {masked(one_line(exc, limit=None))}"
+        print(f"dynconv: study description/plots failed: {what}", file=sys.stderr)
+        return one_line(what)
+    return None
+
+
+def mark_incomplete(uri: str, run_id: str, missing: list[str]) -> None:
+    """Put what a study run is missing first in its description and in its `dynconv.failure` tag (best
+    effort: the store may be what failed)."""
+    line = "Incomplete: " + "; ".join(missing)
+    with contextlib.suppress(*store_errors()):
+        note = client(uri).get_run(run_id).data.tags.get(NOTE_TAG, "")
+        set_tags(uri, run_id, {NOTE_TAG: f"**{line}**\n\n{note}".strip(), TAG_FAILURE: line[:5000]})

@@ -261,9 +261,12 @@ def cases(tmp: Path, only: str = "") -> list[Row]:
     gone.mkdir()
     gone_spec = write_spec(gone, dataset, "gone")
 
+    deleted: list[float] = []
+
     def delete_store(line: str) -> None:
         if " epoch 1/" in line and (gone / "mlflow.db").exists():
             (gone / "mlflow.db").unlink()
+            deleted.append(time.monotonic())
 
     case(
         "store deleted mid-study",
@@ -272,8 +275,10 @@ def cases(tmp: Path, only: str = "") -> list[Row]:
         gone / "nothing.db",
         on_line=delete_store,
     )
+    if deleted and rows and rows[-1].what == "store deleted mid-study":
+        rows[-1].what += f" (exit {time.monotonic() - deleted[0]:.1f} s after the deletion)"
 
-    # A full disk: the store and Tune's storage on a 2 MB tmpfs.
+    # A full disk: the store and Tune's storage on a 4 MB tmpfs.
     with tmpfs("4m", tmp) as small:
         if small is None:
             rows.append(

@@ -28,18 +28,18 @@ from tests.mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.ray
 
-EPOCHS = 8  # enough that training goes on for a while after the first epoch reached MLflow
+EPOCHS = 6  # enough that training goes on for a while after the first epoch reached MLflow
 TRIALS = 2
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Epochs of about a second on 2 quiet cores (150 images a class gave 0.3 s, and a trial's 4 epochs
-    had ended before the server was stopped), so that the outage falls between epochs of a running
-    trial."""
+    """Epochs of most of a second on 2 quiet cores (150 images a class gave 0.3 s, and a trial's 4
+    epochs had ended before the server was stopped), so that the outage falls between epochs of a
+    running trial."""
     from dynconv.data.synth import write_synthetic
 
-    return write_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=400, size=24, seed=0)
+    return write_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=300, size=24, seed=0)
 
 
 def _spec(tmp_path: Path, dataset: Path, uri: str) -> Path:

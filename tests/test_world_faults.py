@@ -112,6 +112,7 @@ def test_an_experiment_in_mlflows_trash_says_how_to_restore_it(spec_file, tmp_pa
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = c.create_experiment("tiny")  # the study name is the default experiment
     c.delete_experiment(exp)
+    capsys.readouterr()  # MLflow's own lines while this test made the store
     line = _one_line(capsys, cli.main(["tune", str(spec_file)]))
     assert f"MLflow experiment 'tiny' (id {exp}) is in MLflow's trash" in line
     assert f"mlflow experiments restore --experiment-id {exp}" in line

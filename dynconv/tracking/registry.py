@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dynconv.errors import DynconvError, one_line
+from dynconv.errors import DynconvError, Fault, one_line
 from dynconv.tracking import retry as tracking_retry
 from dynconv.tracking.layout import (
     REGISTRY_ALIASES,
@@ -408,13 +408,16 @@ def registered_version(uri: str, model_ref: str) -> RegisteredVersion:
 def _store_calls(uri: str, what: str) -> Iterator[None]:
     """Turn a failed store call in the block into one `DynconvError` line saying what failed, and
     whether the store has no model registry at all."""
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
     try:
         yield
     except store_errors() as exc:
         reason = masked(one_line(exc, 200))
-        if (
-            getattr(exc, "error_code", None) in NO_REGISTRY
-            or "registry functionality is unavailable" in reason
+        if isinstance(exc, Fault):  # a full disk, a gone store: the fault's own line says it
+            raise
+        if getattr(exc, "error_code", None) in NO_REGISTRY or isinstance(
+            exc, UnsupportedModelRegistryStoreURIException
         ):
             raise DynconvError(
                 f"{what}: the MLflow store {masked(uri)} has no model registry ({reason})"

@@ -283,6 +283,7 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
         trial_resources(spec, context.gpu_resource),
     )
     path = Path(spec.storage_uri()) / phase.tune_name
+    recorder = None  # a restored Tuner brings its own (its fault then shows in the runs it closed)
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -313,10 +314,15 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
                 max_concurrent_trials=phase.concurrent,
                 reuse_actors=trains_in_trial_actor(spec),
             ),
-            run_config=run_config(spec, phase.tune_name, [recorder, console], phase.verbose),
+            run_config=run_config(
+                spec, phase.tune_name, [recorder, console], phase.verbose, recorder.stopper()
+            ),
         )
     with sigterm_as_sigint():
-        return tuner.fit()
+        grid = tuner.fit()
+    if recorder is not None and recorder.fault is not None:  # a full disk, a gone store: stopped by it
+        raise recorder.fault
+    return grid
 
 
 def _unfinished(result: Any, spec: JobSpec) -> bool:

@@ -509,6 +509,8 @@ def _finish_study(
         try:
             result.confirmation = confirm()
         except DynconvError as err:  # the search and its record stand; `dynconv confirm` retries later
+            if isinstance(err, Fault) and not err.transient:
+                raise  # but the world under the study failed for good: it stops on that
             missing.append(f"confirmation ({one_line(err)}; retry: dynconv confirm {spec.study})")
         if result.confirmation is not None and result.confirmation.interrupted:
             result.interrupted = True

@@ -19,11 +19,13 @@ import argparse
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ class Row:
     running: int | str
     test: str
     stderr: str = ""
+    ended: float = 0.0  # time.monotonic() when the command ended
 
 
 def free_port() -> int:
@@ -134,6 +137,7 @@ def row(what: str, command: str, result, db: Path, test: str) -> Row:
         running_runs(db),
         test,
         err,
+        time.monotonic(),
     )
 
 
@@ -168,6 +172,32 @@ def tmpfs(size: str, parent: Path) -> Iterator[Path | None]:
     finally:
         if mounted.returncode == 0:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@contextlib.contextmanager
+def full_at(disk: Path) -> Iterator[list[float]]:
+    """When `disk` first had under 64 KiB free (polled every 0.1 s while the block runs): the fault."""
+    seen: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            if not seen and shutil.disk_usage(disk).free < 64 * 1024:
+                seen.append(time.monotonic())
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def after_fault(rows: list[Row], what: str, fault_at: list[float]) -> None:
+    """Say in the last row (the case `what`) how long after the fault the command ended."""
+    if fault_at and rows and rows[-1].what.startswith(what):
+        rows[-1].what += f" (exit {rows[-1].ended - fault_at[0]:.1f} s after the fault)"
 
 
 def cases(tmp: Path, only: str = "") -> list[Row]:
@@ -275,8 +305,7 @@ def cases(tmp: Path, only: str = "") -> list[Row]:
         gone / "nothing.db",
         on_line=delete_store,
     )
-    if deleted and rows and rows[-1].what == "store deleted mid-study":
-        rows[-1].what += f" (exit {time.monotonic() - deleted[0]:.1f} s after the deletion)"
+    after_fault(rows, "store deleted", deleted)
 
     # A full disk: the store and Tune's storage on a 4 MB tmpfs.
     with tmpfs("4m", tmp) as small:
@@ -304,23 +333,27 @@ def cases(tmp: Path, only: str = "") -> list[Row]:
                 mlflow={"tracking_uri": f"sqlite:///{small}/mlflow.db"},
                 storage_path=str(small / "ray_results"),
             )
-            case(
-                "disk full mid-study (4 MB tmpfs)",
-                ["tune", str(spec_full)],
-                "tests/test_world_faults.py",
-                small / "mlflow.db",
-            )
+            with full_at(small) as filled:
+                case(
+                    "disk full mid-study (4 MB tmpfs)",
+                    ["tune", str(spec_full)],
+                    "tests/test_world_faults.py",
+                    small / "mlflow.db",
+                )
+            after_fault(rows, "disk full mid-study", filled)
     with tmpfs("1m", tmp) as small:  # Tune's storage alone: the store can still close every run
         if small is not None:
             part = tmp / "part"
             part.mkdir()
             spec_part = write_spec(part, dataset, "part", storage_path=str(small / "ray_results"))
-            case(
-                "disk full under Tune's storage mid-study (1 MB tmpfs)",
-                ["tune", str(spec_part)],
-                "tests/test_world_faults.py",
-                part / "mlflow.db",
-            )
+            with full_at(small) as filled:
+                case(
+                    "disk full under Tune's storage mid-study (1 MB tmpfs)",
+                    ["tune", str(spec_part)],
+                    "tests/test_world_faults.py",
+                    part / "mlflow.db",
+                )
+            after_fault(rows, "disk full under", filled)
     return rows
 
 

@@ -264,34 +264,21 @@ def _registered_runs(phase: ConfirmPhase, runs: list[Any]) -> dict[str, str]:
 
 
 def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
-    """The confirmation's Tune experiment: new, or restored to continue; its ResultGrid."""
+    """The confirmation's Tune experiment (`dynconv.tune.phase`): new, or restored to continue; its
+    ResultGrid. A fault of the world that stopped it (a full disk, a gone store) is raised."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from dynconv.tune.callbacks import ConsoleReporter
-    from dynconv.tune.console import sigterm_as_sigint
-    from dynconv.tune.parent_run import recorded_spec
+    from dynconv.tune.phase import NewPhase, fit_phase, phase_path, phase_tuner
     from dynconv.tune.recorder import TrialRecorder
-    from dynconv.tune.resources import trains_in_trial_actor, trial_resources
-    from dynconv.tune.search import run_config, tune_metric_mode
-    from dynconv.tune.trial import run_trial
 
     spec = phase.spec
     context = replace(phase.context, run_name=phase.tune_name)  # where the runs' checkpoints live
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), context=context),
-        trial_resources(spec, context.gpu_resource),
-    )
-    path = Path(spec.storage_uri()) / phase.tune_name
-    recorder = None  # a restored Tuner brings its own (its fault then shows in the runs it closed)
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(
-            str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
+    new = None  # a restored Tuner brings its own recorder (its fault then shows in the runs it closed)
+    if not tune.Tuner.can_restore(phase_path(spec, phase.tune_name)):
         _refuse_another_under_way(phase)
         _under_way(phase, phase.tune_name)
-        metric, mode = tune_metric_mode(spec)
         recorder = TrialRecorder(
             phase.uri,
             phase.experiment_id,
@@ -303,25 +290,12 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
         )
         keys = [*spec.search.space, "seed"]
         console = ConsoleReporter(spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, keys)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=dict.fromkeys(points[0]),  # the keys the points fill in
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                search_alg=BasicVariantGenerator(points_to_evaluate=points),
-                num_samples=len(points),
-                max_concurrent_trials=phase.concurrent,
-                reuse_actors=trains_in_trial_actor(spec),
-            ),
-            run_config=run_config(
-                spec, phase.tune_name, [recorder, console], phase.verbose, recorder.stopper()
-            ),
-        )
-    with sigterm_as_sigint():
-        grid = tuner.fit()
-    if recorder is not None and recorder.fault is not None:  # a full disk, a gone store: stopped by it
-        raise recorder.fault
+        search = BasicVariantGenerator(points_to_evaluate=points)
+        # the keys the points fill in; no scheduler: every seed trains all its epochs
+        new = NewPhase(dict.fromkeys(points[0]), search, None, len(points), recorder, console)
+    grid = fit_phase(phase_tuner(spec, context, phase.concurrent, phase.verbose, new))
+    if new is not None and new.recorder.fault is not None:  # a full disk, a gone store: stopped by it
+        raise new.recorder.fault
     return grid
 
 

@@ -42,35 +42,30 @@ from dynconv.tune.console import (
     quiet_libraries,
     ray_init_kwargs,
     ray_logs_dir,
-    sigterm_as_sigint,
 )
 from dynconv.tune.parent_run import (
     open_parent_run,
     record_best_trial,
-    recorded_spec,
     resume_run,
     settle_dead_study,
 )
+from dynconv.tune.phase import NewPhase, fit_phase, phase_tuner
 from dynconv.tune.ranking import Ranking
 from dynconv.tune.ray_address import check_ray_address
 from dynconv.tune.resources import (
     check_resources_fit,
     cluster_capacity,
     describe_trial_resources,
-    trains_in_trial_actor,
-    trial_resources,
 )
 from dynconv.tune.search import (
     build_scheduler,
     build_searcher,
     max_concurrent_trials,
     param_space,
-    run_config,
-    tune_metric_mode,
 )
 from dynconv.tune.study_lock import study_lock
 from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
-from dynconv.tune.trial import TrialContext, run_trial
+from dynconv.tune.trial import TrialContext
 from dynconv.tune.warm_start import WarmStart, load_warm_start
 
 __all__ = ["run_study"]
@@ -114,38 +109,6 @@ def _init_ray(spec: JobSpec, address: str | None, verbose: bool = False) -> tupl
     )
     logs = ray_logs_dir(context.address_info.get("session_dir") if address in (None, "local") else None)
     return logs, context.dashboard_url or None
-
-
-def _build_tuner(
-    spec: JobSpec,
-    trainable: Any,
-    run_name: str,
-    callbacks: list,
-    concurrent: int,
-    verbose: bool = False,
-    warm: WarmStart | None = None,
-):
-    """A new Tuner for `trainable`: the spec's searcher (seeded with `warm`'s trials) and scheduler, its
-    storage, failure and checkpoint settings, and `concurrent` trials at once."""
-    from ray import tune
-
-    metric, mode = tune_metric_mode(spec)
-    return tune.Tuner(
-        trainable,
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=mode,
-            search_alg=build_searcher(spec, warm),
-            scheduler=build_scheduler(spec),
-            num_samples=spec.search.num_samples,
-            max_concurrent_trials=concurrent,
-            # A trial that trains in its actor leaves torch and the model code imported there for the
-            # next trial; a TorchTrainer trial's actor is only a thin driver.
-            reuse_actors=trains_in_trial_actor(spec),
-        ),
-        run_config=run_config(spec, run_name, callbacks, verbose, callbacks[0].stopper()),
-    )
 
 
 def run_study(
@@ -413,38 +376,34 @@ def _trial_context(
 def _build_or_restore_tuner(
     run: _StudyRun, context: TrialContext, resume: bool | str, concurrent: int, verbose: bool
 ) -> Any:
-    """The trial function with its parameters and resources, in a new Tuner (with the callbacks that
-    record the trials in MLflow and print trial events) or in the Tuner of the study `--resume`
-    continues."""
-    from ray import tune
-
+    """The search's Tuner (`dynconv.tune.phase`): new, with the spec's searcher (seeded with the
+    warm start's trials) and scheduler, the callbacks that record the trials in MLflow and print trial
+    events; or the one of the study `--resume` continues."""
     from dynconv.tune.callbacks import ConsoleReporter
     from dynconv.tune.recorder import TrialRecorder
 
     spec = run.spec
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_json=recorded_spec(spec), context=context),
-        trial_resources(spec, context.gpu_resource),
-    )
     if resume:  # Tune restores its callbacks (the TrialRecorder below) with the rest of its state
-        return tune.Tuner.restore(
-            run.tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
+        return phase_tuner(spec, context, concurrent, verbose, None)
     run.recorder = TrialRecorder(run.uri, run.experiment_id, run.parent, spec, run.data.num_classes)
-    callbacks = [
+    console = ConsoleReporter(
+        spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
+    )
+    new = NewPhase(
+        param_space(spec),
+        build_searcher(spec, run.warm),
+        build_scheduler(spec),
+        spec.search.num_samples,
         run.recorder,
-        ConsoleReporter(
-            spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
-        ),
-    ]
-    return _build_tuner(spec, trainable, run.run_name, callbacks, concurrent, verbose, run.warm)
+        console,
+    )
+    return phase_tuner(spec, context, concurrent, verbose, new)
 
 
 def _fit_tuner(tuner: Any, timings: dict[str, float]) -> Any:
     """Run the trials (timed as `tune_seconds`); SIGTERM stops them the way Ctrl-C does. Returns the grid."""
     t0 = time.perf_counter()
-    with sigterm_as_sigint():
-        grid = tuner.fit()
+    grid = fit_phase(tuner)
     timings["tune_seconds"] = time.perf_counter() - t0
     return grid
 

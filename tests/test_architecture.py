@@ -140,3 +140,20 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if name.startswith("_")
     ]
     assert offenders == []
+
+
+def test_tag_names_live_in_tracking_layout_only() -> None:
+    """A `dynconv.*` MLflow tag name is a constant of `tracking/layout.py`; everyone else imports it, so
+    that one place says what a run carries (module paths such as `dynconv.tune.study` are not tags)."""
+    packages = {p.stem for p in PACKAGE.iterdir() if p.is_dir() or p.suffix == ".py"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "tracking" / "layout.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            name = node.value
+            if name.startswith("dynconv.") and name.count(".") == 1 and name.split(".")[1] not in packages:
+                offenders.append(f"{_module_name(path)}: {name!r}")
+    assert offenders == []

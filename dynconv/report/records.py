@@ -28,6 +28,7 @@ from dynconv.tracking.find import experiments as find_experiments
 from dynconv.tracking.find import search_runs, try_get_run
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
+    TAG_DYNAMIC,
     TAG_PARENT,
     TAG_RANK,
     TAG_SOURCE_RUN,
@@ -142,7 +143,7 @@ def _record(uri: str, run: Any, experiment: str, parent: Any, spec: dict[str, An
         source_run_id=tags.get(TAG_SOURCE_RUN, ""),
         model=model,
         model_args=dict(args),
-        dynamic=tags.get("dynconv.dynamic") == "true",
+        dynamic=tags.get(TAG_DYNAMIC) == "true",
         started_ms=(parent.info.start_time if parent is not None else run.info.start_time) or 0,
         summary=summary,
         metrics=dict(run.data.metrics),

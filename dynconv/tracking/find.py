@@ -24,6 +24,7 @@ from dynconv.tracking.layout import (
     RUN_ID_PATTERN,
     TAG_OUTCOME,
     TAG_ROLE,
+    TAG_RUN_NAME,
     TAG_SOURCE_RUN,
     TAG_STUDY,
     TAG_TRIAL_ID,
@@ -36,7 +37,7 @@ MAX_LISTED = 10
 def describe_run(run: Any) -> str:
     """`<run id> (<run name>, <status>, started <time>)` for an MLflow run."""
     info = run.info
-    name = run.data.tags.get("dynconv.run_name") or info.run_name or "?"
+    name = run.data.tags.get(TAG_RUN_NAME) or info.run_name or "?"
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((info.start_time or 0) / 1000))
     return f"{info.run_id} ({name}, {info.status}, started {started})"
 

@@ -53,6 +53,11 @@ TAG_OUTCOME = "dynconv.outcome"
 # study, trial: why a run was closed FAILED or KILLED by something other than its own training (the
 # fault's one line: a full disk, a gone store, a driver that died, an interruption)
 TAG_FAILURE = "dynconv.failure"
+TAG_BEST_TRIAL = "dynconv.best_trial_id"  # study: the Tune id of its rank-1 trial
+TAG_BEST_RUN = "dynconv.best_run_id"  # study: that trial's MLflow run id
+TAG_RANKED_ON = "dynconv.ranked_on"  # study: what its trials were ranked on, `val_loss (min)`
+TAG_RUN_NAME = "dynconv.run_name"  # study: `<study>-<date>-<time>-<6 hex>`, also its Tune experiment's name
+TAG_REGISTRY_ERROR = "dynconv.registry_error"  # study: why its champion was not registered
 TAG_EVALUATION_ERROR = "dynconv.evaluation_error"  # study: the line of its end-of-study evaluation's failure
 TAG_EPOCHS_DONE = "dynconv.epochs_done"  # trial: the epochs it trained
 TAG_ERROR = "dynconv.error"  # trial: the one line of the dynconv error that ended it (not retried)

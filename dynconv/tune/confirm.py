@@ -42,6 +42,7 @@ from dynconv.tracking.layout import (
     TAG_CONFIRMING,
     TAG_CONFIRMS,
     TAG_OUTCOME,
+    TAG_REGISTRY_ERROR,
     TAG_TEST_SET,
     TAG_VERDICT,
     delete_tag,
@@ -443,6 +444,6 @@ def register(phase: ConfirmPhase, verdict: Verdict) -> str:
         line = register_champion_run(phase.uri, phase.spec, verdict)
     except DynconvError as err:
         line = f"registry: not registered: {one_line(err)}"
-        set_tags(phase.uri, phase.parent_run_id, {"dynconv.registry_error": str(err)[:5000]})
+        set_tags(phase.uri, phase.parent_run_id, {TAG_REGISTRY_ERROR: str(err)[:5000]})
     print(line, flush=True)
     return line

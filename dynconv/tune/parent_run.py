@@ -26,6 +26,10 @@ from dynconv.tracking.artifacts import read_yaml
 from dynconv.tracking.find import one_study_run
 from dynconv.tracking.layout import (
     SPEC_ARTIFACT,
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_RANKED_ON,
+    TAG_RUN_NAME,
     TAG_STUDY,
     TAG_TUNE_PATH,
     close_failed,
@@ -43,9 +47,6 @@ from dynconv.tune.study_lock import is_held
 if TYPE_CHECKING:
     from dynconv.tune.warm_start import WarmStart
 
-TAG_BEST_TRIAL = "dynconv.best_trial_id"  # parent run: the Tune id of the study's rank-1 trial
-TAG_BEST_RUN = "dynconv.best_run_id"  # parent run: that trial's MLflow run id
-TAG_RANKED_ON = "dynconv.ranked_on"  # parent run: what the trials were ranked on, `val_loss (min)`
 DRIVER_GONE = "driver gone: the run was left RUNNING by a driver that no longer holds the study's lock"
 
 
@@ -70,7 +71,7 @@ def open_parent_run(
     run_name = f"{spec.study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # never collides
     tune_path = f"{spec.storage_uri().rstrip('/')}/{run_name}"
     params = {**describe_space(spec), "model": spec.model.name, "num_samples": spec.search.num_samples}
-    tags = {TAG_TUNE_PATH: tune_path, "dynconv.run_name": run_name}
+    tags = {TAG_TUNE_PATH: tune_path, TAG_RUN_NAME: run_name}
     if warm is not None:
         params.update(warm.run_params(spec.search.seed))
         tags.update(warm.run_tags())

@@ -40,6 +40,8 @@ STEMS: dict[str, Stem] = {
     # its DynamicConv2D kept stride 1 and padding 1 with the 7×7 kernel, so 84×84 → 80×80 → 40×40.
     "seed": Stem(7, 1, 1, True),
 }
+DEFAULT_STEM = "imagenet"
+"""The stem a ResNet gets when its spec names none (torchvision's 7x7 stride-2 conv and max-pool)."""
 
 
 class BasicBlock(nn.Module):
@@ -82,7 +84,7 @@ class ResNet(nn.Module):
         layers: Sequence[int],
         num_classes: int = 50,
         in_chans: int = 3,
-        stem: str = "imagenet",
+        stem: str = DEFAULT_STEM,
         dynamic: bool = False,
         dynamic_rescale: bool = True,
         zero_init_residual: bool = False,

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dynconv import stats
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.report.format import md_table, write_csv
-from dynconv.report.roles import SUBSET_ORDER
 from dynconv.tracking.artifacts import download_yaml
 from dynconv.tracking.find import experiments as find_experiments
 from dynconv.tracking.find import search_runs
@@ -86,7 +86,7 @@ def confirmation_section(
     files, csv_rows = [], []
     for study, run_id, data in confirmations:
         metric = data["metric"]
-        subsets = [s for s in SUBSET_ORDER if any(s in c.get("test", {}) for c in data["configurations"])]
+        subsets = [s for s in SUBSET_NAMES if any(s in c.get("test", {}) for c in data["configurations"])]
         head = [
             "search rank",
             "trial",

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.errors import DynconvError
-from dynconv.report.roles import DEFAULT_STEM, SUBSET_ORDER
+from dynconv.models.resnet import DEFAULT_STEM
 from dynconv.tracking.artifacts import download_yaml, load_predictions
 from dynconv.tracking.find import experiments as find_experiments
 from dynconv.tracking.find import search_runs, try_get_run
@@ -75,7 +76,7 @@ class EvalRecord:
 
     @property
     def subsets(self) -> list[str]:
-        return [s for s in SUBSET_ORDER if f"acc_{s}" in self.metrics]
+        return [s for s in SUBSET_NAMES if f"acc_{s}" in self.metrics]
 
     @property
     def label(self) -> str:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.report.compare import Comparison, compare
 from dynconv.report.confirmation import SINGLE_SEED, compare_over_seeds
 from dynconv.report.format import acc_ci, md_table, pct, write_csv
 from dynconv.report.records import EvalRecord
-from dynconv.report.roles import SUBSET_ORDER
 from dynconv.report.tables import Section
 
 
@@ -82,20 +82,20 @@ def worst_subset(rec: EvalRecord, subsets: Sequence[str]) -> tuple[str, float]:
 
 def _subset_table(records: Sequence[EvalRecord]) -> tuple[str, list[dict[str, Any]]]:
     """Rows = models, columns = subsets (accuracy with its 95 % interval), then RGB minus the worst."""
-    head = ["model", "study", "channel drop", *(f"{s} % [95% CI]" for s in SUBSET_ORDER), "RGB − worst"]
+    head = ["model", "study", "channel drop", *(f"{s} % [95% CI]" for s in SUBSET_NAMES), "RGB − worst"]
     rows, csv_rows = [], []
     for rec in records:
         worst_s, worst = worst_subset(rec, rec.subsets)
         gap = (rec.m("acc", "RGB") or 0.0) - worst
         drop = "-" if rec.channel_drop is None else f"{rec.channel_drop:g}"
-        rows.append([rec.label, f"`{rec.study}`", drop, *(acc_ci(rec, s) for s in SUBSET_ORDER),
+        rows.append([rec.label, f"`{rec.study}`", drop, *(acc_ci(rec, s) for s in SUBSET_NAMES),
                      f"{100 * gap:.1f} ({worst_s})"])  # fmt: skip
         csv_rows.append(
             {"study": rec.study, "model": rec.label, "arm": arm_of(rec) or "",
              "channel_drop": rec.channel_drop,
-             **{f"acc_{s}": rec.m("acc", s) for s in SUBSET_ORDER},
-             **{f"acc_low_{s}": rec.m("acc_low", s) for s in SUBSET_ORDER},
-             **{f"acc_high_{s}": rec.m("acc_high", s) for s in SUBSET_ORDER},
+             **{f"acc_{s}": rec.m("acc", s) for s in SUBSET_NAMES},
+             **{f"acc_low_{s}": rec.m("acc_low", s) for s in SUBSET_NAMES},
+             **{f"acc_high_{s}": rec.m("acc_high", s) for s in SUBSET_NAMES},
              "worst_subset": worst_s, "rgb_minus_worst": gap}
         )  # fmt: skip
     return md_table(head, rows), csv_rows
@@ -208,7 +208,7 @@ def robustness_section(
     md += _missing_arm_lines(arms, elsewhere)
     if "dyn_drop" not in arms or len(arms) == 1:
         return
-    subsets = [s for s in SUBSET_ORDER if all(s in r.subsets for r in arms.values())]
+    subsets = [s for s in SUBSET_NAMES if all(s in r.subsets for r in arms.values())]
     comps = _arm_tests(arms, subsets)
     section.comparisons += comps
     md.append("Per subset, the dynamic arm minus each control (points; McNemar on the same test images):\n")

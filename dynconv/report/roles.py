@@ -1,7 +1,8 @@
 """Which study fills which column of the seed's tables: `Role`s, the seed's own numbers, `pick_roles`.
 
-By the study spec's `model.name` and `model.args.stem` (default "imagenet"), the most recently started
-study of each kind (never the best on the test set: choosing by test accuracy would bias the comparison).
+By the study spec's `model.name` and `model.args.stem` (`models.resnet.DEFAULT_STEM` when unset), the
+most recently started study of each kind (never the best on the test set: choosing by test accuracy
+would bias the comparison).
 Plain data; imports nothing from dynconv but the record type (for annotations).
 """
 
@@ -14,8 +15,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from dynconv.report.records import EvalRecord
 
-SUBSET_ORDER = ("RGB", "RG", "RB", "GB", "R", "G", "B")
-DEFAULT_STEM = "imagenet"
 TARGET_RATIO = 0.90  # the seed's Part II goal: reach 90 % of ResNet-34's accuracy
 
 # The seed's reported numbers (percent; FLOPs as printed), shown beside ours for reference.

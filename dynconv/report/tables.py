@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dynconv import stats
+from dynconv.data.channels import SUBSET_NAMES
 from dynconv.report.compare import Comparison, compare
 from dynconv.report.confirmation import SINGLE_SEED, compare_over_seeds
 from dynconv.report.format import acc_ci, flops_cell, md_table, pct, write_csv
@@ -24,7 +25,6 @@ from dynconv.report.roles import (
     SEED_TABLE1,
     SEED_TABLE2,
     SEED_TABLE3,
-    SUBSET_ORDER,
     TABLE1_PREFERENCE,
     TABLE2_COLUMNS,
     TABLE2_OPTIONAL,
@@ -131,7 +131,7 @@ def _table1_plot(rec: EvalRecord, path: Path) -> Path:
 
 
 def _seed_t1(measure: str, subset: str) -> str:
-    return f"{SEED_TABLE1[measure][SUBSET_ORDER.index(subset)]:.2f}"
+    return f"{SEED_TABLE1[measure][SUBSET_NAMES.index(subset)]:.2f}"
 
 
 def _model_rows(cols: Sequence[tuple[str, EvalRecord | None, str]]) -> list[list[str]]:

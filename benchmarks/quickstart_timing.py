@@ -55,7 +55,7 @@ QUICK_OVERRIDES = [
 ]
 IMPORTS = (
     "import torch, ray, mlflow, optuna, fvcore, pydantic; from ray import tune, train; "
-    "import ray.train.torch; import dynconv.cli, dynconv.tune.study, dynconv.evaluation.study"
+    "import ray.train.torch; import dynconv.cli, dynconv.tune.study, dynconv.tune.study_evaluation"
 )
 
 

@@ -29,7 +29,6 @@ from typing import Any
 from dynconv.errors import DynconvError
 from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
-from dynconv.evaluation.study import list_ranked_trials, select_trials
 from dynconv.evaluation.tables import print_evaluation
 from dynconv.spec import resolve_tracking_uri
 from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
@@ -64,6 +63,7 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tracking.store import masked
 from dynconv.tune.ranking import Ranking
+from dynconv.tune.study_evaluation import list_ranked_trials, select_trials
 
 
 @dataclass

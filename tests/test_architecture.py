@@ -18,11 +18,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("train",)),
     ("evaluation of a model", ("evaluation",)),
     ("tracking", ("tracking",)),
-    ("orchestration", ("evaluation.study", "train.ray_session", "tune", "report", "rerun")),
+    ("orchestration", ("train.ray_session", "tune", "report", "rerun")),
     ("edge", ("cli", "__main__")),
 )
-"""Lowest first; a module belongs to the layer of its longest matching prefix (`evaluation.study` is
-orchestration, the rest of `evaluation` is the evaluation of a model)."""
+"""Lowest first; a module belongs to the layer of its longest matching prefix (`train.ray_session` is
+orchestration, the rest of `train` is training)."""
 RAY_FREE = (
     "errors.py",
     "stats.py",
@@ -156,4 +156,16 @@ def test_tag_names_live_in_tracking_layout_only() -> None:
             name = node.value
             if name.startswith("dynconv.") and name.count(".") == 1 and name.split(".")[1] not in packages:
                 offenders.append(f"{_module_name(path)}: {name!r}")
+    assert offenders == []
+
+
+def test_the_evaluation_of_a_model_knows_no_study() -> None:
+    """`evaluation/` takes a model and data and returns an `Evaluation`: which of a study's checkpoints
+    to evaluate, and recording what it found, are the study's (`tune/study_evaluation.py`)."""
+    offenders = [
+        f"{_module_name(path)}: {module}"
+        for path in (PACKAGE / "evaluation").rglob("*.py")
+        for module, _ in _dynconv_imports(path)
+        if module.split(".")[1:2] in (["tune"], ["tracking"])
+    ]
     assert offenders == []

@@ -21,7 +21,6 @@ from dynconv.errors import DynconvError
 from dynconv.evaluation.model import evaluate_model
 from dynconv.evaluation.predict import model_inputs, predict
 from dynconv.evaluation.results import DYNAMIC_NOTE, PLAIN_NOTE, SpeedConfig
-from dynconv.evaluation.study import evaluate_study_cli, select_trials
 from dynconv.spec import JobSpec
 from dynconv.tracking.find import TrialInfo
 from dynconv.tracking.layout import (
@@ -38,6 +37,7 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tracking.store import client
 from dynconv.tune.ranking import Ranking
+from dynconv.tune.study_evaluation import evaluate_study_cli, select_trials
 from tests import mlflow_layout
 
 FAST = SpeedConfig(warmup=1, latency_iters=2, throughput_batch=8, throughput_iters=1)
@@ -436,7 +436,7 @@ def test_cli_reports_bad_input_as_one_line(store, capsys, tmp_path) -> None:
 def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     from types import SimpleNamespace
 
-    from dynconv.evaluation.study import evaluate_study
+    from dynconv.tune.study_evaluation import evaluate_study
 
     uri = store["uri"]
     spec = make_spec(store["root"], "notrials", "simple_cnn_dynamic")

@@ -19,11 +19,11 @@ from test_evaluate import EXPERIMENT, make_spec, open_study, train_trial
 from dynconv import stats
 from dynconv.errors import DynconvError
 from dynconv.evaluation.results import Evaluation, SpeedConfig, SubsetResult
-from dynconv.evaluation.study import evaluate_study_cli
 from dynconv.report.compare import same_test_images
 from dynconv.report.render import write_report
 from dynconv.tracking.evaluations import record_evaluation
 from dynconv.tracking.layout import end_run
+from dynconv.tune.study_evaluation import evaluate_study_cli
 
 FAST = SpeedConfig(warmup=0, latency_iters=1, throughput_batch=4, throughput_iters=1)
 

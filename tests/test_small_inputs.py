@@ -290,7 +290,7 @@ def _dynconv_lines(capsys: pytest.CaptureFixture) -> list[str]:
 def test_a_study_whose_only_trial_diverged_says_why_nothing_is_evaluated_and_suggests_no_retry(
     tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from dynconv.evaluation.study import evaluate_study
+    from dynconv.tune.study_evaluation import evaluate_study
 
     spec, result = _study_with_one_trial(tmp_path, tiny_dataset, "diverged", "FAILED")
     evaluations, problem = evaluate_study(spec, result)
@@ -304,7 +304,7 @@ def test_a_study_whose_only_trial_diverged_says_why_nothing_is_evaluated_and_sug
 def test_an_evaluation_that_may_succeed_later_still_suggests_the_retry(
     tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dynconv.evaluation import study as evaluation_study
+    from dynconv.tune import study_evaluation as evaluation_study
 
     spec, result = _study_with_one_trial(tmp_path, tiny_dataset, "finished", "FINISHED")
 

@@ -25,7 +25,6 @@ import pytest
 import torch
 
 from dynconv.evaluation.results import SpeedConfig
-from dynconv.evaluation.study import evaluate_study_cli
 from dynconv.report.records import load_records
 from dynconv.rerun import resolve_trial
 from dynconv.spec import JobSpec
@@ -47,6 +46,7 @@ from dynconv.tracking.layout import (
 )
 from dynconv.tune.parent_run import record_best_trial
 from dynconv.tune.ranking import Ranking
+from dynconv.tune.study_evaluation import evaluate_study_cli
 from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
 from dynconv.tune.summary import study_note
 from tests.test_evaluate import EXPERIMENT, make_spec, open_study
@@ -360,7 +360,7 @@ def test_an_evaluation_failing_mid_way_is_closed_failed(root: Path, checkpoint: 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("dynconv.evaluation.study.log_study_plots", broken)
+    monkeypatch.setattr("dynconv.tune.study_evaluation.log_study_plots", broken)
     with pytest.raises(OSError, match="disk full"):
         evaluate_study_cli("broken_plots", subsets="RGB", tracking_uri=uri, device="cpu", speed=FAST)
     [run] = search_runs(uri, "tags.`dynconv.role` = 'evaluation'")

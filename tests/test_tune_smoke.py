@@ -742,8 +742,8 @@ def test_a_study_whose_evaluation_fails_is_failed_and_says_what_is_missing(
 ) -> None:
     """The search stands (its trials and checkpoints are in MLflow), but the study run is not FINISHED:
     its description starts with what is missing, and the study ends in one line, non-zero."""
-    from dynconv.evaluation import study as evaluation_study
     from dynconv.tracking.store import client
+    from dynconv.tune import study_evaluation as evaluation_study
     from dynconv.tune.study import run_study
 
     def broken(*args, **kwargs):

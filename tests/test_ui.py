@@ -129,8 +129,8 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny study as `dynconv tune` leaves it: study run, 2 trial runs, an evaluation with its table."""
     import torch
 
-    from dynconv.evaluation.study import evaluate_study_cli
     from dynconv.tune.ranking import Ranking
+    from dynconv.tune.study_evaluation import evaluate_study_cli
     from dynconv.tune.study_result import StudyResult, TrialSummary, apply_ranking
     from dynconv.tune.summary import write_study_summary
     from tests.test_evaluate import FAST, make_spec, open_study, train_trial

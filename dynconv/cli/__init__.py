@@ -129,8 +129,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from dynconv.evaluation.study import evaluate_study_cli
     from dynconv.tracking.store import readable_store
+    from dynconv.tune.study_evaluation import evaluate_study_cli
 
     uri = readable_store(args.tracking_uri)  # an existing store: never create one here
     evaluate_study_cli(

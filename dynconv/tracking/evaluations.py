@@ -11,7 +11,7 @@ trials). An evaluation run is FINISHED only once all of that is logged; one cut 
 (interrupted) or FAILED (error), and readers skip it.
 
 Imports `dynconv.tracking.*`, the result types and table files of `dynconv.evaluation` (which know
-nothing of MLflow) and `dynconv.plots`; never `dynconv.evaluation.study` (that imports this module).
+nothing of MLflow) and `dynconv.plots`; never `dynconv.tune.study_evaluation` (that imports this module).
 """
 
 from __future__ import annotations

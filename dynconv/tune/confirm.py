@@ -214,7 +214,7 @@ def _with_earlier_configurations(
     extra = {config for config, _ in _trained(runs)} - mine
     if not extra:
         return chosen
-    from dynconv.evaluation.study import list_ranked_trials
+    from dynconv.tune.study_evaluation import list_ranked_trials
 
     ranking = Ranking.for_spec(phase.spec)
     trials = list_ranked_trials(phase.uri, get_run(phase.uri, phase.parent_run_id), ranking)

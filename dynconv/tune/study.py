@@ -260,12 +260,12 @@ def confirm_study(
     """`dynconv confirm STUDY`: the confirmation phase for a study that ran without one (or with other
     `top_k`/`seeds`), on its recorded spec; returns the `ConfirmOutcome`. Run again after an interruption,
     it continues the same confirmation (its Tune experiment is named for `top_k` and `seeds`)."""
-    from dynconv.evaluation.study import list_ranked_trials
     from dynconv.spec import parse_spec, resolve_tracking_uri
     from dynconv.tracking.artifacts import load_study_spec
     from dynconv.tracking.find import find_study_run
     from dynconv.tracking.layout import TAG_TUNE_PATH
     from dynconv.tune.confirm import chosen_trials
+    from dynconv.tune.study_evaluation import list_ranked_trials
     from dynconv.tune.summary import append_confirmation_note
 
     set_library_environment(verbose)
@@ -496,8 +496,8 @@ def _finish_study(
 def _evaluate(run: _StudyRun, result: StudyResult, context: TrialContext, missing: list[str]) -> list:
     """The end-of-study evaluation, timed; a failure (one line, from `evaluate_study`) goes to
     `missing`, never costs the study: its trials are in MLflow already."""
-    from dynconv.evaluation.study import evaluate_study
     from dynconv.tune.remote_evaluation import evaluator_for
+    from dynconv.tune.study_evaluation import evaluate_study
 
     t0 = time.perf_counter()
     evaluations, problem = evaluate_study(run.spec, result, evaluator_for(run.spec, context, run.data))
@@ -509,10 +509,10 @@ def _evaluate(run: _StudyRun, result: StudyResult, context: TrialContext, missin
 
 def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bool):
     """The confirmation phase of this study (`dynconv.tune.confirm`), on the same Ray and resources."""
-    from dynconv.evaluation.study import list_ranked_trials
     from dynconv.tracking.find import get_run
     from dynconv.tune.confirm import ConfirmPhase, chosen_trials, run_confirmation
     from dynconv.tune.ranking import Ranking
+    from dynconv.tune.study_evaluation import list_ranked_trials
 
     spec = run.spec
     parent = get_run(run.uri, run.parent)

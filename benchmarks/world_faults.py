@@ -1,13 +1,14 @@
 """Break the world under a study as it breaks for users (issue 28) and print what each case gives.
 
-Each case runs `dynconv tune` (or `confirm`, `evaluate`) as a user does, in a child process, against a
-3-class synthetic dataset: no cluster at `--address`, a token-authenticated head joined without its
-token, every tracking-URI form MLflow 3.17 refuses, an experiment in MLflow's trash, a full disk (a
-2 MB tmpfs, when this user may mount one), the store deleted mid-study, the reader of stdout gone
-while the plan prints, a study left RUNNING by a killed driver. A row records the exit code, the
-seconds it took, the first line of stderr, the number of stderr lines, whether a traceback reached
-the console, and the runs left RUNNING in the store. The source of the "Faults of the world under a
-study" table of docs/reliability.md; ~4 min on 2 cores.
+Each case runs `dynconv tune` as a user does, in a child process, against a 3-class synthetic dataset:
+no cluster at `--address`, `--address auto` with none running, a token-authenticated head joined
+without its token, every tracking-URI form MLflow 3.17 refuses, an experiment in MLflow's trash, the
+reader of stdout gone while the plan prints, the store deleted mid-study, a full disk under the store
+and Tune's storage (a 4 MB tmpfs) and under Tune's storage alone (1 MB; both only where this user may
+mount one). A row records the exit code, the seconds it took (and, mid-study, how long after the
+fault it ended), the first `dynconv` line of stderr, the number of stderr lines, whether a traceback
+reached the console, and the runs left RUNNING in the store. The source of the table in "Issue 28:
+when the world under a study breaks" of docs/reliability.md; about 2 min on 2 cores.
 
     PYTHONPATH=. .venv/bin/python benchmarks/world_faults.py                  # print the table
     PYTHONPATH=. .venv/bin/python benchmarks/world_faults.py --update docs/reliability.md

@@ -169,3 +169,34 @@ def test_the_evaluation_of_a_model_knows_no_study() -> None:
         if module.split(".")[1:2] in (["tune"], ["tracking"])
     ]
     assert offenders == []
+
+
+MUTATORS = frozenset(
+    {"pop", "popitem", "update", "setdefault", "clear", "insert", "append", "extend", "remove"}
+)
+
+
+def test_no_module_changes_global_state_around_a_call() -> None:
+    """Configuration is passed, not ambient: no module but `environment.py` writes `os.environ`, and none
+    changes `sys.path` or MLflow's process-wide tracking URI (which also writes MLFLOW_TRACKING_URI)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "environment.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = ast.unparse(node.func)
+                owner, method = ast.unparse(node.func.value), node.func.attr
+                bad = method == "set_tracking_uri" or (
+                    owner in ("os.environ", "sys.path") and method in MUTATORS
+                )
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                target = " ".join(ast.unparse(t) for t in targets)
+                bad = "os.environ[" in target or "sys.path" in target
+            else:
+                bad = False
+            if bad:
+                offenders.append(f"{_module_name(path)}:{node.lineno}: {target}")
+    assert offenders == []

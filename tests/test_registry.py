@@ -155,7 +155,10 @@ def test_champion_loads_where_dynconv_is_not_installed(store: dict[str, str], tm
     """Logged and registered here; loaded by `mlflow.pytorch.load_model("models:/<name>@champion")` in a
     process that has torch and mlflow but cannot import dynconv, it gives the same logits on 1, 2 and 3
     channels, and carries the metadata and a signature with a variable channel dimension."""
+    import mlflow
+
     uri, path_before, env_before = store["uri"], list(sys.path), os.environ.get("MLFLOW_TRACKING_URI")
+    global_uri_before = mlflow.is_tracking_uri_set()
     served = _served("resnet18_dynamic", seed=3)
     run_id = _new_run(store)
     model_uri = log_served_model(uri, run_id, served, image_size=SIZE, metadata=METADATA)
@@ -165,6 +168,8 @@ def test_champion_loads_where_dynconv_is_not_installed(store: dict[str, str], tm
         test_set_id="t1",
     )  # fmt: skip
     assert outcome.moved and outcome.version == "1"
+    assert sys.path == path_before and os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    assert mlflow.is_tracking_uri_set() == global_uri_before, "MLflow's global URI is left alone"
 
     x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     batches = [(x[:, [2]], [2]), (x[:, [0, 2]], [0, 2]), (x, None)]

@@ -536,8 +536,9 @@ def test_the_champion_is_registered_with_the_verdicts_alias(confirmed_study) -> 
     assert other not in model.aliases
     import yaml
 
-    model_id = version.model_id or version.source.removeprefix("models:/")
-    where = c.get_logged_model(model_id).artifact_location.removeprefix("file://")
+    # registered from the logged model's artifact location (not its models:/ URI, which MLflow's sqlite
+    # registry resolves through the global tracking URI)
+    where = version.source.removeprefix("file://")
     metadata = yaml.safe_load((Path(where) / "MLmodel").read_text())["metadata"]
     seed_run = verdict.champion.representative()
     assert metadata["test_accuracy"] == pytest.approx(seed_run.test_acc), "the registered model's own"

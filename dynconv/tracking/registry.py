@@ -15,10 +15,11 @@ resumed study reuses it); an alias moves to a new version only if no version hol
 scored on another test set, or the new score beats the holder's (higher is better). Every store failure,
 a store without a registry among them, is one `DynconvError` line: the caller prints it and goes on.
 
-Writes go through `MlflowClient` with explicit run ids. `mlflow.pytorch.log_model` takes no client: it
-writes through MLflow's process-wide tracking URI, which `log_served_model` sets for the call and puts
-back, and into a logged model created here in the run's experiment (never the active run, which the
-code base does not use).
+Writes go through an `MlflowClient` bound to the study's store, with explicit run ids: the model is
+saved to a temporary folder (`mlflow.pytorch.save_model`), uploaded into a logged model created in the
+run's experiment, and registered from that logged model's artifact location. No process-wide MLflow
+setting, environment variable or `sys.path` is changed around a call (`mlflow.pytorch.log_model` and a
+`models:/<id>` registration source would read MLflow's global tracking URI).
 
 Imports `dynconv.errors` and `dynconv.tracking`; `mlflow` and torch inside functions only.
 """
@@ -29,10 +30,8 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -94,6 +93,7 @@ def log_served_model(
     store that fails is one `DynconvError` line.
     """
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelStatus
 
     served = copy.deepcopy(model).cpu().eval()
     example, signature = _example_and_signature(served, image_size)
@@ -103,17 +103,11 @@ def log_served_model(
         logged = tracking_retry.call(
             c.create_logged_model, experiment_id, name=SERVED_MODEL, source_run_id=run_id
         )
-        with (
-            tempfile.TemporaryDirectory(prefix="dynconv-code-") as tmp,
-            _mlflow_tracking_uri(uri),
-            _sys_path_kept(),
-            _pickle_warning_off(),
-        ):
-            info = mlflow.pytorch.log_model(
+        with tempfile.TemporaryDirectory(prefix="dynconv-code-") as tmp:
+            saved = Path(tmp) / SERVED_MODEL
+            mlflow.pytorch.save_model(
                 served,
-                name=SERVED_MODEL,
-                model_id=logged.model_id,
-                run_id=run_id,
+                str(saved),
                 code_paths=[_package_copy(Path(tmp))],
                 signature=signature,
                 input_example=example,
@@ -121,7 +115,9 @@ def log_served_model(
                 pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
                 serialization_format="pickle",
             )
-    return info.model_uri
+            tracking_retry.call(c.log_model_artifacts, logged.model_id, str(saved))
+        tracking_retry.call(c.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
+    return f"models:/{logged.model_id}"
 
 
 def _example_and_signature(served: ServedClassifier, image_size: int):
@@ -155,37 +151,6 @@ def _package_copy(root: Path) -> str:
     return str(target)
 
 
-@contextlib.contextmanager
-def _mlflow_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI (and `MLFLOW_TRACKING_URI`) set to `uri` for the block, both
-    put back after it. For the MLflow calls that take no client: `mlflow.pytorch.log_model`, and a model
-    version of a `models:/<model id>` source, which the sqlite registry looks up through the global URI."""
-    import mlflow
-
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
-
-
-@contextlib.contextmanager
-def _sys_path_kept() -> Iterator[None]:
-    """`sys.path` as it was after the block: validating an input example loads the model, which puts its
-    code copy (a temporary folder, gone afterwards) in front of `sys.path`."""
-    path = list(sys.path)
-    try:
-        yield
-    finally:
-        sys.path[:] = path
-
-
 def served_model_of_run(uri: str, run_id: str) -> str | None:
     """The URI of the served model already logged into run `run_id` (a resumed study logs it once), or
     None."""
@@ -199,16 +164,14 @@ def served_model_of_run(uri: str, run_id: str) -> str | None:
     return f"models:/{ready[0].model_id}" if ready else None
 
 
-@contextlib.contextmanager
-def _pickle_warning_off() -> Iterator[None]:
+class _NotPt2Advice(logging.Filter):
     """Pickle is chosen on purpose (module doc): MLflow's warning that recommends `pt2` is not for us."""
-    logger = logging.getLogger("mlflow.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+
+logging.getLogger("mlflow.pytorch").addFilter(_NotPt2Advice())
 
 
 def register_champion(
@@ -301,15 +264,13 @@ def _version_for_run(c: Any, name: str, model_uri: str, tags: dict[str, str]) ->
             if version.tags.get(key) != tags[key]:
                 tracking_retry.call(c.set_model_version_tag, name, version.version, key, tags[key])
         return str(version.version), True
-    with _mlflow_tracking_uri(c.tracking_uri):
-        created = tracking_retry.call(
-            c.create_model_version,
-            name,
-            model_uri,
-            run_id=run_id,
-            tags=tags,
-            model_id=_logged_model_id(model_uri),
-        )
+    model_id = _logged_model_id(model_uri)
+    # The logged model's artifact location, not its `models:/<id>` URI: MLflow's sqlite registry
+    # resolves that URI through its process-wide tracking URI, not through this client's.
+    source = tracking_retry.call(c.get_logged_model, model_id).artifact_location if model_id else model_uri
+    created = tracking_retry.call(
+        c.create_model_version, name, source, run_id=run_id, tags=tags, model_id=model_id
+    )
     return str(created.version), False
 
 

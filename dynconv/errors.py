@@ -106,6 +106,13 @@ def disk_fault(error: BaseException, where: str | Path | None = None) -> Fault |
     return None
 
 
+def world_fault(error: BaseException, where: str | Path | None = None) -> Fault | None:
+    """The fault of the world `error` is or came from: a `Fault` dynconv raised somewhere in its chain
+    (a trial's, wrapped by Ray), else the `DiskFull` or `ReadOnlyDisk` its errno says (`disk_fault`)."""
+    fault = next((e for e in causes(error) if isinstance(e, Fault)), None)
+    return fault or disk_fault(error, where)
+
+
 def free_space(place: str | Path) -> str:
     """'N MB free' on the file system holding `place` (its nearest existing parent)."""
     path = Path(place)

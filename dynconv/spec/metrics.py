@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from dynconv.errors import FAULT_KINDS, Fault
+
 EPOCH_METRICS: tuple[str, ...] = (
     "epoch",
     "train_loss",
@@ -58,6 +60,15 @@ def error_result(ranked: Sequence[str], message: str, fault: str | None = None) 
     if fault is not None:
         result[FAULT_RESULT] = fault
     return result
+
+
+def ended_by_fault(result: Mapping[str, object], trial_id: str) -> Fault | None:
+    """The fault of the world (`FAULT_RESULT`'s kind) that ended trial `trial_id`, whose last result is
+    `result`, with its line; None when none did."""
+    kind = result.get(FAULT_RESULT)
+    if not kind:
+        return None
+    return FAULT_KINDS.get(str(kind), Fault)(f"trial {trial_id}: {ended_by_error(result)}")
 
 
 def ended_by_error(result: Mapping[str, object]) -> str | None:

@@ -34,9 +34,9 @@ from typing import Any
 from ray.tune import Callback, Stopper
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from dynconv.errors import FAULT_KINDS, Fault, causes, disk_fault, one_line
+from dynconv.errors import Fault, one_line, world_fault
 from dynconv.spec import JobSpec
-from dynconv.spec.metrics import FAULT_RESULT, ended_by_error, trial_outcome
+from dynconv.spec.metrics import ended_by_error, ended_by_fault, trial_outcome
 from dynconv.tracking.faults import StoreWatch
 from dynconv.tracking.find import metric_history
 from dynconv.tracking.layout import (
@@ -163,9 +163,8 @@ class TrialRecorder(Callback):
         self.writer.submit(tid, lambda: self._create_run(trial), f"run of trial {tid}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get(FAULT_RESULT) and self._trial_fault is None:
-            kind = FAULT_KINDS.get(str(result[FAULT_RESULT]), Fault)
-            self._trial_fault = kind(f"trial {trial.trial_id}: {ended_by_error(result)}")
+        if self._trial_fault is None:
+            self._trial_fault = ended_by_fault(result, trial.trial_id)
         if "epoch" not in result or ended_by_error(result) is not None:  # the error is logged at close
             return
         tid, epoch = trial.trial_id, int(result["epoch"])
@@ -197,10 +196,7 @@ class TrialRecorder(Callback):
             error = trial.get_pickled_error()
         except (OSError, EOFError, ValueError):  # Tune could not write it (the disk is full, say)
             error = None
-        fault = None
-        if error is not None:
-            fault = next((e for e in causes(error) if isinstance(e, Fault)), None)
-            fault = fault or disk_fault(error, self.storage)
+        fault = world_fault(error, self.storage) if error is not None else None
         if fault is not None:
             self._trial_fault = type(fault)(f"trial {trial.trial_id}: {one_line(fault)}")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from dynconv.environment import set_library_environment
-from dynconv.errors import FAULT_KINDS, DiskFull, DynconvError, Fault, causes, disk_fault, one_line
+from dynconv.errors import DiskFull, DynconvError, Fault, disk_fault, one_line, world_fault
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
-from dynconv.spec.metrics import FAULT_RESULT, ended_by_error
+from dynconv.spec.metrics import ended_by_fault
 from dynconv.tracking.faults import StoreWatch
 from dynconv.tracking.find import incomplete_trials, trial_run_ids
 from dynconv.tracking.layout import (
@@ -219,14 +219,11 @@ def _fault_of(run: _StudyRun, grid: Any) -> Fault | None:
         return run.recorder.fault
     for result in grid:
         last = result.metrics or {}
-        if last.get(FAULT_RESULT):
-            kind = FAULT_KINDS.get(str(last[FAULT_RESULT]), Fault)
-            return kind(f"trial {last.get('trial_id', '?')}: {ended_by_error(last)}")
-        if result.error is not None:
-            fault = next((e for e in causes(result.error) if isinstance(e, Fault)), None)
-            fault = fault or disk_fault(result.error, run.storage)
-            if fault is not None:
-                return fault
+        fault = ended_by_fault(last, str(last.get("trial_id", "?")))
+        if fault is None and result.error is not None:
+            fault = world_fault(result.error, run.storage)
+        if fault is not None:
+            return fault
     return None
 
 

@@ -8,7 +8,7 @@ same code as `dynconv evaluate`, and lands in MLflow as a new run (`dynconv.role
 `dynconv.rerun_of=<original run id>`) in the original's experiment, nested under the same study; that
 run is FINISHED only once trained, checkpointed and evaluated (KILLED when interrupted, FAILED on an
 error). Finally the original and the rerun are printed side by side (the original's newest complete
-evaluation). A study stands for its best trial by `dynconv.tune.ranking`, as in `dynconv evaluate`.
+evaluation). A study stands for its best trial in the ranking it recorded, as in `dynconv evaluate`.
 A run in MLflow's trash is refused in one line that says how to restore it.
 
 Imports `dynconv.tracking` (never `mlflow` directly), `dynconv.evaluation` and the Ray-free training
@@ -31,12 +31,14 @@ from dynconv.evaluation.model import evaluate_model, model_from_checkpoint
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import print_evaluation
 from dynconv.spec import resolve_tracking_uri
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_evaluation
 from dynconv.tracking.find import (
     find_study_run,
     get_run,
     latest_evaluation_metrics,
+    list_trials,
     metric_history,
     restore_command,
 )
@@ -62,8 +64,8 @@ from dynconv.tracking.layout import (
     set_tags,
 )
 from dynconv.tracking.store import masked
-from dynconv.tune.ranking import Ranking
-from dynconv.tune.study_evaluation import list_ranked_trials, select_trials
+from dynconv.tune.parent_run import recorded_trials
+from dynconv.tune.study_evaluation import select_trials
 
 
 @dataclass
@@ -82,8 +84,8 @@ class RerunResult:
 def resolve_trial(uri: str, run: str) -> Any:
     """The trial run to rerun: a trial, confirmation (or rerun) run id as is, a registered model
     (`models:/<study>@champion`, `models:/<study>/<version>`) -> the confirmation run it was made from, a
-    study name or id -> its best trial with a checkpoint by the study's ranking (as `dynconv evaluate`
-    picks it), an evaluation run id -> the trial it evaluated."""
+    study name or id -> its best trial with a checkpoint by the ranking the study recorded (as
+    `dynconv evaluate` picks it), an evaluation run id -> the trial it evaluated."""
     if run.startswith("models:/"):
         from dynconv.tracking.registry import registered_version
 
@@ -100,8 +102,10 @@ def resolve_trial(uri: str, run: str) -> Any:
                 return get_run(uri, found.data.tags.get(TAG_SOURCE_RUN, ""))
     parent = find_study_run(uri, run)
     study = parent.data.tags.get(TAG_STUDY, run)
-    ranking = Ranking.for_spec(load_study_spec(uri, parent))
-    [(_, best)] = select_trials(list_ranked_trials(uri, parent, ranking), ranking, 1, study)
+    spec = load_study_spec(uri, parent)
+    ranking = Ranking.for_spec(spec)
+    runs = list_trials(uri, parent, ranking.metric, [m for m, _ in ranking.objectives])
+    [(_, best)] = select_trials(recorded_trials(uri, parent, spec), runs, 1, study)
     return get_run(uri, best.run_id)
 
 

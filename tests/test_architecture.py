@@ -34,7 +34,6 @@ RAY_FREE = (
     "spec",
     "flops.py",
     "train/subset_val.py",
-    "tune/ranking.py",
     "train/loop.py",
     "train/session.py",
     "train/optim.py",

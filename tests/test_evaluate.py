@@ -22,7 +22,8 @@ from dynconv.evaluation.model import evaluate_model
 from dynconv.evaluation.predict import model_inputs, predict
 from dynconv.evaluation.results import DYNAMIC_NOTE, PLAIN_NOTE, SpeedConfig
 from dynconv.spec import JobSpec
-from dynconv.tracking.find import TrialInfo
+from dynconv.spec.ranking import Ranking
+from dynconv.tracking.find import TrialInfo, get_run, list_trials
 from dynconv.tracking.layout import (
     TAG_STUDY,
     end_run,
@@ -36,8 +37,9 @@ from dynconv.tracking.layout import (
     start_study_run,
 )
 from dynconv.tracking.store import client
-from dynconv.tune.ranking import Ranking
+from dynconv.tune.parent_run import record_trial_table, recorded_trials
 from dynconv.tune.study_evaluation import evaluate_study_cli, select_trials
+from dynconv.tune.study_result import TrialSummary, apply_ranking
 from tests import mlflow_layout
 
 FAST = SpeedConfig(warmup=1, latency_iters=2, throughput_batch=8, throughput_iters=1)
@@ -134,6 +136,30 @@ def train_trial(
     return run_id
 
 
+def record_ranking(uri: str, spec: JobSpec, parent: str) -> list[TrialSummary]:
+    """Rank the study's trial runs and record the ranking as the driver does at a study's end
+    (`record_trial_table`): a study written without Tune has no results to rank, so each trial's last
+    logged values stand in for what Tune held."""
+    ranking = Ranking.for_spec(spec)
+    runs = list_trials(uri, get_run(uri, parent), ranking.metric, [m for m, _ in ranking.objectives])
+    ended = {"finished": "FINISHED", "killed": "STOPPED", "failed": "FAILED", "incomplete": "INCOMPLETE"}
+    rows = [
+        TrialSummary(
+            r.trial_id,
+            {k: r.param(k) for k in spec.search.space},
+            r.value,
+            len(r.curves["val_acc"]),
+            ended.get(r.outcome, r.status),
+            r.run_id,
+            dict(r.objectives),
+        )
+        for r in runs
+    ]
+    apply_ranking(rows, ranking)
+    record_trial_table(uri, parent, rows, spec)
+    return rows
+
+
 def artifact_paths(uri: str, run_id: str, path: str | None = None) -> set[str]:
     c = client(uri)
     out = set()
@@ -152,6 +178,7 @@ def store(tmp_path_factory) -> dict[str, Any]:
     exp, parent = open_study(uri, spec)
     finished = train_trial(uri, exp, parent, spec, {"lr": 0.05, "augment_strength": 0.1}, "a")
     killed = train_trial(uri, exp, parent, spec, {"lr": 0.02, "augment_strength": 0.3}, "b", "KILLED")
+    record_ranking(uri, spec, parent)
     return {
         "root": root,
         "uri": uri,
@@ -213,35 +240,46 @@ def test_predict_feeds_models_as_documented(dynamic: bool) -> None:
         assert (x[:, 1] == 0).all() and (x[:, 0] != 0).all()
 
 
-def test_select_trials_follows_the_ranking_with_true_ranks(capsys) -> None:
+def test_select_trials_follows_the_recorded_ranking_with_true_ranks(capsys) -> None:
     def t(name: str, status: str, value: float | None, ckpt: bool = True) -> TrialInfo:
         return TrialInfo(name, name, name, status, status.lower(), value, {}, None, ckpt, {}, {})
 
-    trials = [
+    def ranked(ranking: Ranking, runs: list[TrialInfo]) -> list[TrialSummary]:
+        ended = {"KILLED": "STOPPED"}
+        rows = [TrialSummary(r.name, {}, r.value, 2, ended.get(r.status, r.status), r.run_id) for r in runs]
+        apply_ranking(rows, ranking)
+        return rows
+
+    runs = [
         t("k", "KILLED", 0.9),  # stopped early: after every trial that ran all epochs
         t("f1", "FINISHED", 0.6),
         t("f2", "FINISHED", 0.7),
         t("x", "FAILED", 0.99),  # never ranked
         t("nock", "FINISHED", 0.95, ckpt=False),  # rank 1, but nothing to evaluate
     ]
-    chosen = select_trials(trials, Ranking("val_acc", "max"), 3, "s")
+    by_acc, by_loss = ranked(Ranking("val_acc", "max"), runs), ranked(Ranking("val_loss", "min"), runs)
+    chosen = select_trials(by_acc, runs, 3, "s")
     assert [(rank, x.name) for rank, x in chosen] == [(2, "f2"), (3, "f1"), (4, "k")]
     assert capsys.readouterr().out == (
         "trial nock (rank 1) has no checkpoint/state.pt artifact; evaluating rank 2 (trial f2) instead\n"
     )
-    everything = select_trials(trials, Ranking("val_loss", "min"), 10, "s")
+    everything = select_trials(by_loss, runs, 10, "s")
     assert [(rank, x.name) for rank, x in everything] == [(1, "f1"), (2, "f2"), (4, "k")]
     assert capsys.readouterr().out == (
         "trial nock (rank 3) has no checkpoint/state.pt artifact; evaluating rank 4 (trial k) instead\n"
     )
-    finished = [trials[1], trials[2], trials[4]]  # the trial without a checkpoint ranks last here
-    assert [x.name for _, x in select_trials(finished, Ranking("val_loss", "min"), 10, "s")] == ["f1", "f2"]
+    finished = [runs[1], runs[2], runs[4]]  # the trial without a checkpoint ranks last here
+    picked = select_trials(ranked(Ranking("val_loss", "min"), finished), finished, 10, "s")
+    assert [x.name for _, x in picked] == ["f1", "f2"]
     out = capsys.readouterr().out
     assert out == "trial nock (rank 3) has no checkpoint/state.pt artifact; not evaluated\n"
-    lowest = select_trials(trials, Ranking("val_loss", "min"), 1, "s")
+    lowest = select_trials(by_loss, runs, 1, "s")
     assert [(rank, x.name) for rank, x in lowest] == [(1, "f1")]
+    gone = select_trials(by_acc, runs[:4], 1, "s")  # rank 1's run is not in the store
+    assert [(rank, x.name) for rank, x in gone] == [(2, "f2")]
+    assert "trial nock (rank 1) has no MLflow run; evaluating rank 2" in capsys.readouterr().out
     with pytest.raises(DynconvError, match=r"no finished trial with a checkpoint .*1 failed"):
-        select_trials([trials[3]], Ranking("val_acc", "max"), 1, "s")
+        select_trials(ranked(Ranking("val_acc", "max"), [runs[3]]), [runs[3]], 1, "s")
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -339,6 +377,7 @@ def test_study_without_finished_trial(store) -> None:
     exp, parent = open_study(uri, spec)
     run_id, _ = ensure_child_run(uri, exp, parent, role="trial", key="z", run_name="trial_z")
     end_run(uri, run_id, "FAILED")
+    record_ranking(uri, spec, parent)
     with pytest.raises(
         DynconvError, match=r"study 'empty' has no finished trial with a checkpoint \(1 failed"
     ):
@@ -355,6 +394,7 @@ def test_corrupt_checkpoint(store) -> None:
         (Path(tmp) / "state.pt").write_bytes(b"not a checkpoint")
         log_artifact(uri, run_id, Path(tmp) / "state.pt", "checkpoint")
     end_run(uri, run_id, "FINISHED")
+    record_ranking(uri, spec, parent)
     with pytest.raises(DynconvError, match=f"checkpoint of run {run_id} failed to load"):
         evaluate_study_cli("broken", tracking_uri=uri)
 
@@ -441,7 +481,8 @@ def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     uri = store["uri"]
     spec = make_spec(store["root"], "notrials", "simple_cnn_dynamic")
     _, parent = open_study(uri, spec)
-    evaluations, problem = evaluate_study(spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent))
+    result = SimpleNamespace(tracking_uri=uri, parent_run_id=parent, trials=[])
+    evaluations, problem = evaluate_study(spec, result)
     assert evaluations == [] and problem is None, "no trial to evaluate is final: nothing is missing"
     err = capsys.readouterr().err
     assert "evaluation skipped: study 'notrials' has no finished trial" in err
@@ -451,8 +492,9 @@ def test_end_of_study_hook_never_loses_the_study(store, capsys) -> None:
     good = store["spec"].model_copy(
         update={"evaluate": store["spec"].evaluate.model_copy(update={"subsets": ["RGB"]})}
     )
+    trials = recorded_trials(uri, client(uri).get_run(store["parent"]), good)
     [(_, ev)], problem = evaluate_study(
-        good, SimpleNamespace(tracking_uri=uri, parent_run_id=store["parent"])
+        good, SimpleNamespace(tracking_uri=uri, parent_run_id=store["parent"], trials=trials)
     )
     assert problem is None
     assert [r.subset for r in ev.results] == ["RGB"]

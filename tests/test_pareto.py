@@ -8,7 +8,7 @@ import math
 import pytest
 
 from dynconv.spec import parse_spec
-from dynconv.tune.ranking import dominates, pareto_front
+from dynconv.spec.ranking import dominates, pareto_front
 
 MAX2 = ["max", "max"]
 

@@ -1,4 +1,4 @@
-"""`dynconv.tune.ranking`: the one rule every "best trial" follows (pure; no MLflow, no Ray)."""
+"""`dynconv.spec.ranking`: the one rule every "best trial" follows (pure; no MLflow, no Ray)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from dynconv.spec import JobSpec
-from dynconv.tune.ranking import Ranking
+from dynconv.spec.ranking import Ranking
 
 
 @dataclass
@@ -131,7 +131,7 @@ def test_ranking_imports_no_tracking() -> None:
     import ast
     from pathlib import Path
 
-    import dynconv.tune.ranking as module
+    import dynconv.spec.ranking as module
 
     tree = ast.parse(Path(module.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

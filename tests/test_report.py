@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_evaluate import EXPERIMENT, make_spec, open_study, train_trial
+from test_evaluate import EXPERIMENT, make_spec, open_study, record_ranking, train_trial
 
 from dynconv import stats
 from dynconv.errors import DynconvError
@@ -78,6 +78,7 @@ def store(tmp_path_factory) -> dict[str, Any]:
     spec = make_spec(root, "cnn", "simple_cnn")
     exp, parent = open_study(uri, spec)
     train_trial(uri, exp, parent, spec, {"lr": 0.05, "augment_strength": 0.1}, "a")
+    record_ranking(uri, spec, parent)
     [(_, cnn)] = evaluate_study_cli("cnn", subsets="RGB,R", tracking_uri=uri, device="cpu", speed=FAST)
     y, tid = cnn.results[0].y_true, cnn.test_set_id
     n = len(y)  # 18

@@ -279,7 +279,10 @@ def _study_with_one_trial(tmp_path: Path, dataset: Path, outcome: str, status: s
     trial, _ = ensure_child_run(uri, experiment_id, parent, "trial", "t0", "trial-0")
     set_tags(uri, trial, {TAG_OUTCOME: outcome})
     end_run(uri, trial, status)
-    return spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent)
+    from dynconv.tune.study_result import TrialSummary  # the driver's row of it: no value, so unranked
+
+    row = TrialSummary("t0", {}, None, 1, outcome.upper(), trial)
+    return spec, SimpleNamespace(tracking_uri=uri, parent_run_id=parent, trials=[row])
 
 
 def _dynconv_lines(capsys: pytest.CaptureFixture) -> list[str]:

@@ -11,6 +11,7 @@ Also: an evaluation run interrupted by a real SIGINT is closed KILLED and never 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from dynconv.evaluation.results import SpeedConfig
 from dynconv.report.records import load_records
 from dynconv.rerun import resolve_trial
 from dynconv.spec import JobSpec
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.find import (
     get_run,
     incomplete_trials,
@@ -44,8 +46,8 @@ from dynconv.tracking.layout import (
     log_params,
     set_tags,
 )
-from dynconv.tune.parent_run import record_best_trial
-from dynconv.tune.ranking import Ranking
+from dynconv.tune.confirm import chosen_trials, ranked_configurations
+from dynconv.tune.parent_run import record_best_trial, record_trial_table, recorded_trials, trial_table
 from dynconv.tune.study_evaluation import evaluate_study_cli
 from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
 from dynconv.tune.summary import study_note
@@ -134,9 +136,11 @@ def build_study(
     stopped: tuple[str, ...] = (),
     no_checkpoint: tuple[str, ...] = (),
     incomplete: tuple[str, ...] = (),
+    in_mlflow: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, Any]:
-    """Write the study (parent run with spec.yaml, trial runs), summarise it as the driver does, print its
-    table and record its best trial on the parent run."""
+    """Write the study (parent run with spec.yaml, trial runs), rank it from Tune's results as the driver
+    does, record that ranking and the best trial on the parent run. `in_mlflow`: the histories MLflow
+    holds of some trials when they differ from what Tune had (a write dropped, a value logged later)."""
     uri = f"sqlite:///{root}/{study}.db"
     spec = study_spec(root, study, **search)
     exp, parent = open_study(uri, spec)
@@ -149,7 +153,7 @@ def build_study(
             parent,
             spec,
             key,
-            {k: v[: epochs[key]] for k, v in history.items()},
+            {k: v[: epochs[key]] for k, v in (in_mlflow or {}).get(key, history).items()},
             None if key in no_checkpoint else ckpt,
             "KILLED" if key in stopped else "FAILED" if key in incomplete else "FINISHED",
         )
@@ -159,6 +163,7 @@ def build_study(
         tune_grid(trials, epochs), spec, trial_run_ids(uri, exp, parent), incomplete_trials(uri, exp, parent)
     )
     result = StudyResult(study, f"{study}-1", parent, exp, uri, "", False, rows)
+    record_trial_table(uri, parent, rows, spec)
     record_best_trial(uri, parent, result.best, Ranking.for_spec(spec))
     end_run(uri, parent, "FINISHED")
     return {"uri": uri, "spec": spec, "parent": parent, "runs": runs, "result": result}
@@ -175,7 +180,11 @@ def answers(s: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, str]]]:
     evals = [get_run(uri, run_id).data.tags for run_id, _ in done]
     [record] = [r for r in load_records(uri, [EXPERIMENT]) if r.study == spec.study]
     note = study_note(spec, result, [])
+    ranked = ranked_configurations(uri, parent, spec, recorded_trials(uri, parent, spec))
+    listed = trial_table(uri, spec.study).splitlines()
     return {
+        "listed": listed[3].split()[0],  # `dynconv trials`: the first row under its line, header, rule
+        "confirmed": by_run[chosen_trials(spec, ranked)[0][1].run_id],
         "printed": table[2].split()[0],  # the first row under the header and its rule
         "best": result.best.trial_id,
         "tagged": parent.data.tags["dynconv.best_trial_id"],
@@ -204,6 +213,71 @@ def test_val_loss_min_study_names_its_lowest_loss_trial_everywhere(root: Path, c
     parent = get_run(s["uri"], s["parent"])
     assert parent.data.metrics == {"best_val_loss": pytest.approx(0.30)}
     assert parent.data.tags["dynconv.ranked_on"] == "val_loss (min)"
+
+
+def test_every_place_names_the_driver_s_rank_1_whatever_mlflow_s_last_values_say(
+    root: Path, checkpoint: Path
+) -> None:
+    """Rank once: MLflow's last val_acc of the driver's best trial is NaN (logged after Tune's last
+    report), and another trial's last epoch never reached MLflow (a dropped write, so MLflow's last
+    value is its epoch-1 value, the highest of all); the evaluation, the tags, the confirmation's top-k,
+    the report, rerun and `dynconv trials` all follow the driver's ranking of Tune's results."""
+    trials = {
+        "a": {"val_acc": [0.6, 0.90]},  # the best by Tune's results
+        "b": {"val_acc": [0.95, 0.50]},
+        "c": {"val_acc": [0.4, 0.70]},
+    }
+    in_mlflow = {"a": {"val_acc": [0.6, float("nan")]}, "b": {"val_acc": [0.95]}}
+    search = {"metric": "val_acc", "mode": "max"}
+    s = build_study(root, checkpoint, "drift", trials, search, in_mlflow=in_mlflow)
+    assert math.isnan(get_run(s["uri"], s["runs"]["a"]).data.metrics["val_acc"])
+    got, _ = answers(s)
+    assert set(got.values()) == {"a", "a@1"}, got
+    spec = s["spec"].model_copy(update={"confirm": s["spec"].confirm.model_copy(update={"top_k": 2})})
+    parent = get_run(s["uri"], s["parent"])
+    ranked = ranked_configurations(s["uri"], parent, spec, recorded_trials(s["uri"], parent, spec))
+    by_run = {run_id: key for key, run_id in s["runs"].items()}
+    assert [(rank, by_run[t.run_id]) for rank, t in chosen_trials(spec, ranked)] == [(1, "a"), (2, "c")]
+    assert [t.value for _, t in ranked] == [0.90, 0.70, 0.50]  # the values ranked on, not MLflow's
+
+
+def test_a_big_study_prints_its_top_10_and_dynconv_trials_prints_every_trial(root: Path, capsys) -> None:
+    """45 trials: the end-of-study table is the first 10, the counts per outcome and where the rest is;
+    the study run's trials.csv and `dynconv trials` hold all 45 in the driver's order."""
+    from dynconv.cli import main
+    from dynconv.tracking.artifacts import read_csv
+    from dynconv.tune.study_result import end_table_limit
+
+    n = 45
+    trials = {f"t{i:02d}": {"val_acc": [0.1, (i * 37 % n) / n]} for i in range(n)}
+    trials["t07"] = {"val_acc": [float("nan"), float("nan")]}  # no finite value: never ranked
+    s = build_study(
+        root, root / "none", "big", trials, {"metric": "val_acc", "mode": "max"}, no_checkpoint=tuple(trials)
+    )
+    result, spec, uri = s["result"], s["spec"], s["uri"]
+    short = format_summary(result, spec, limit=end_table_limit(n)).splitlines()
+    assert len(short) == 2 + 10 + 1, short
+    assert short[-1] == (
+        "... the first 10 of 45 trials (45 finished); all of them: dynconv trials big (or the study run's "
+        "trials.csv)"
+    )
+    order = [t.trial_id for t in result.ranked]
+    assert [line.split()[0] for line in short[2:12]] == order[:10]
+
+    rows = read_csv(uri, s["parent"], "trials.csv")
+    assert [r["trial_id"] for r in rows] == [*order, "t07"]
+    assert [r["rank"] for r in rows] == [*(str(i) for i in range(1, n)), ""]
+    assert rows[0]["run_id"] == s["runs"][order[0]] and rows[0]["outcome"] == "FINISHED"
+
+    assert main(["trials", "big", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[0].startswith("Study 'big', run ")
+        and "45 trials (45 finished), ranked on val_acc (max)" in out[0]
+    )
+    assert [line.split()[0] for line in out[3:]] == [*order, "t07"]
+    assert main(["trials", "big", "--top", "3", "--tracking-uri", uri]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 2 + 3 + 1
 
 
 def test_a_trial_whose_record_lost_a_write_is_ranked_nowhere(root: Path, checkpoint: Path) -> None:
@@ -346,9 +420,7 @@ def test_sigint_mid_evaluation_leaves_a_killed_run_the_report_ignores(root: Path
     assert record.eval_run_id == second  # the complete evaluation stands, once
     parent = get_run(uri, s["parent"])
     assert parent.data.tags["dynconv.evaluation_run_id"] == second
-    assert latest_evaluation_metrics(uri, get_run(uri, s["runs"]["a"])) == (
-        get_run(uri, second).data.metrics
-    )
+    assert latest_evaluation_metrics(uri, get_run(uri, s["runs"]["a"])) == (get_run(uri, second).data.metrics)
     assert first != second
 
 
@@ -366,4 +438,3 @@ def test_an_evaluation_failing_mid_way_is_closed_failed(root: Path, checkpoint: 
     [run] = search_runs(uri, "tags.`dynconv.role` = 'evaluation'")
     assert run.info.status == "FAILED"
     assert load_records(uri, [EXPERIMENT]) == []
-

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from dynconv.spec import JobSpec
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.layout import ensure_child_run, ensure_experiment, log_metrics, start_study_run
 from dynconv.tracking.store import client
-from dynconv.tune.ranking import Ranking
 from dynconv.tune.study_result import StudyResult, TrialSummary, apply_ranking
 from dynconv.tune.summary import NOTE_TAG, importances, write_study_summary
 

@@ -207,7 +207,7 @@ def test_a_study_whose_trials_all_diverge_says_so_and_fails(
 
     assert main(["confirm", "tiny", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "dynconv: error: study 'tiny' has no finished trial to confirm (trials: failed)"
+    assert err.strip() == "dynconv: error: study 'tiny' has no finished trial to confirm (trials: diverged)"
     assert find_runs(uri, exp, role="confirmation") == []
 
 
@@ -247,8 +247,8 @@ def pareto_study(ray_local, tiny_dataset: Path, tmp_path_factory: pytest.TempPat
 
 
 def test_multi_objective_study_lists_its_pareto_trials(pareto_study) -> None:
+    from dynconv.spec.ranking import pareto_front
     from dynconv.tracking.layout import TAG_SOURCE_RUN
-    from dynconv.tune.ranking import pareto_front
 
     _, result = pareto_study
     assert not result.interrupted and len(result.trials) == 3

@@ -129,7 +129,8 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny study as `dynconv tune` leaves it: study run, 2 trial runs, an evaluation with its table."""
     import torch
 
-    from dynconv.tune.ranking import Ranking
+    from dynconv.spec.ranking import Ranking
+    from dynconv.tune.parent_run import record_trial_table
     from dynconv.tune.study_evaluation import evaluate_study_cli
     from dynconv.tune.study_result import StudyResult, TrialSummary, apply_ranking
     from dynconv.tune.summary import write_study_summary
@@ -149,10 +150,11 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         acc = client(uri).get_run(run_id).data.metrics["val_acc"]  # the last value, as Tune's
         outcome = "FINISHED" if status == "FINISHED" else "STOPPED"
         trials.append(TrialSummary(key, params, acc, 2, outcome, run_id))
+    apply_ranking(trials, Ranking.for_spec(spec))
+    record_trial_table(uri, parent, trials, spec)  # the driver's one ranking, as it records it
     [(eval_run, _)] = evaluate_study_cli(
         "tiny", subsets="RGB,RB,G", tracking_uri=uri, device="cpu", speed=FAST
     )
-    apply_ranking(trials, Ranking.for_spec(spec))
     result = StudyResult("tiny", "tiny-20240101-000000", parent, exp, uri, "", False, trials)
     write_study_summary(spec, result, [(eval_run, _)])
     end_run(uri, parent, "FINISHED")

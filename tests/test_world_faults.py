@@ -211,7 +211,8 @@ def dead_study(tmp_path: Path, tiny_dataset: Path):
 
 def test_a_study_left_running_by_a_dead_driver_is_closed_as_such(dead_study, capsys) -> None:
     """`evaluate` and `confirm` name the dead driver, close its run FAILED with that cause, and go on
-    (here to their own one-line refusal: the study has no finished trial)."""
+    (here to their own one-line refusal: the driver died before it ranked the trials, so there is no
+    ranking to evaluate or confirm from, and `--resume` is the way to one)."""
     from dynconv.tracking.store import client
 
     spec, uri, parent = dead_study
@@ -220,7 +221,8 @@ def test_a_study_left_running_by_a_dead_driver_is_closed_as_such(dead_study, cap
         err = capsys.readouterr().err.strip().splitlines()
         if command[0] == "evaluate":
             assert err[0].startswith(f"dynconv: study run {parent} was left RUNNING by a driver that is gone")
-        assert code == 2 and "has no finished trial" in err[-1], err
+        assert code == 2 and "recorded no ranking of its trials" in err[-1], err
+        assert "finish it with: dynconv tune SPEC --resume" in err[-1]
     run = client(uri).get_run(parent)
     assert run.info.status == "FAILED" and run.data.tags["dynconv.failure"].startswith("driver gone")
 

@@ -143,6 +143,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_trials(args: argparse.Namespace) -> None:
+    from dynconv.tracking.store import readable_store
+    from dynconv.tune.parent_run import trial_table
+
+    print(trial_table(readable_store(args.tracking_uri), args.study, args.top))
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from dynconv.report.render import write_report
     from dynconv.tracking.store import readable_store
@@ -240,6 +247,12 @@ def _add_tracking_parsers(sub) -> None:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("trials", help="a study's trials as it ranked them: the whole end-of-study table")
+    p.add_argument("study", type=arg.non_empty, help="study name or study (parent) run id")
+    p.add_argument("--top", type=arg.int_range(1, 1_000_000), default=None, help="the first N only")
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
+    p.set_defaults(func=_cmd_trials)
 
     p = sub.add_parser("report", help="seed-style tables, significance tests and plots from MLflow")
     p.add_argument(

@@ -20,6 +20,7 @@ from dynconv.report.robustness import robustness_section
 from dynconv.report.roles import ROLES, TABLE1_PREFERENCE, TABLE2_COLUMNS, pick_roles, role_of
 from dynconv.report.tables import Section, table1, table2, table3
 from dynconv.spec import resolve_tracking_uri
+from dynconv.spec.ranking import pareto_front
 from dynconv.tracking.store import masked
 
 
@@ -42,13 +43,9 @@ def pareto_points(records: Sequence[EvalRecord]) -> list[dict[str, Any]]:
                         "acc_high": rec.m("acc_high", s),
                     }
                 )
-    for p in pts:
-        p["pareto"] = not any(
-            q["flops"] <= p["flops"]
-            and q["accuracy"] >= p["accuracy"]
-            and (q["flops"] < p["flops"] or q["accuracy"] > p["accuracy"])
-            for q in pts
-        )
+    front = set(pareto_front([(p["flops"], p["accuracy"]) for p in pts], ("min", "max")))
+    for i, p in enumerate(pts):
+        p["pareto"] = i in front
     return pts
 
 

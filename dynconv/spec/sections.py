@@ -261,7 +261,7 @@ class SearchSpec(StrictModel):
     @property
     def tune_metric(self) -> str:
         """The one metric ranked on: `objective` for a weighted mix, else `metric`; the first objective
-        of a multi-objective search (what `dynconv.tune.ranking` ranks on: the table, `best`, `--top-k`
+        of a multi-objective search (what `dynconv.spec.ranking` ranks on: the table, `best`, `--top-k`
         and the parent's `best_<metric>`)."""
         if self.objectives is not None:
             return next(iter(self.objectives))

@@ -1,4 +1,5 @@
-"""Reading artifacts back: a trial's checkpoint, a study's spec, JSON/YAML files, per-image predictions.
+"""Reading artifacts back: a trial's checkpoint, a study's spec, JSON/YAML and CSV files, per-image
+predictions.
 
 Read-only; imports `dynconv.tracking.layout`, `dynconv.errors`, `dynconv.spec` (lazily) and `mlflow`
 inside functions.
@@ -6,6 +7,7 @@ inside functions.
 
 from __future__ import annotations
 
+import csv
 import pickle
 import tempfile
 from pathlib import Path
@@ -55,6 +57,19 @@ def read_yaml(uri: str, run_id: str, artifact: str) -> Any:
             path = client(uri).download_artifacts(run_id, artifact, tmp)
             return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (*store_errors(), yaml.YAMLError) as exc:
+            raise DynconvError(
+                f"run {run_id} has no readable {artifact} artifact ({one_line(exc)})"
+            ) from None
+
+
+def read_csv(uri: str, run_id: str, artifact: str) -> list[dict[str, str]]:
+    """The rows of a CSV artifact of run `run_id` (values as text); a one-line error when it is missing."""
+    with tempfile.TemporaryDirectory(prefix="dynconv_artifact_") as tmp:
+        try:
+            path = client(uri).download_artifacts(run_id, artifact, tmp)
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        except (*store_errors(), OSError, csv.Error) as exc:
             raise DynconvError(
                 f"run {run_id} has no readable {artifact} artifact ({one_line(exc)})"
             ) from None

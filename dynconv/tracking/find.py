@@ -111,8 +111,8 @@ def find_study_run(uri: str, study: str):
 
 @dataclass
 class TrialInfo:
-    """A trial run as the evaluation sees it; `dynconv.tune.ranking` ranks it (trial_id, status,
-    completed, value, objectives) exactly as it ranks the study's summary rows."""
+    """A trial run as MLflow holds it: what the evaluation, the confirmation and warm start read of it
+    (its ranks come from the study's recorded ranking, never from these values)."""
 
     run_id: str
     name: str

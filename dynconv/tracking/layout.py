@@ -14,6 +14,8 @@ Nothing outside `dynconv/tracking/` imports `mlflow`.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import re
 import sys
 import time
@@ -70,6 +72,7 @@ TAG_REPRODUCED = "dynconv.reproduced"  # rerun: reproduced, or outside the confi
 CONFIRMATION_ARTIFACT = "confirmation.json"  # study: configurations x seeds, intervals, the verdict
 CHECKPOINT_ARTIFACT = "checkpoint/state.pt"
 SPEC_ARTIFACT = "spec.yaml"
+TRIAL_TABLE_ARTIFACT = "trials.csv"  # study: every trial with the rank the driver gave it (its one ranking)
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # MLflow 3.17's UI opens an experiment of this kind on its runs table instead of the GenAI overview.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -241,6 +244,17 @@ def log_artifact(tracking_uri: str, run_id: str, path: Path, artifact_path: str 
 def log_dict(tracking_uri: str, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
     """A JSON (or YAML, by extension) artifact written from `data`."""
     tracking_retry.call(client(tracking_uri).log_dict, run_id, data, artifact_file, store_uri=tracking_uri)
+
+
+def log_csv(tracking_uri: str, run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A CSV artifact with one line per row (the columns of the first row; every row has them)."""
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    c = client(tracking_uri)
+    tracking_retry.call(c.log_text, run_id, text.getvalue(), artifact_file, store_uri=tracking_uri)
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:

@@ -8,7 +8,7 @@ scored well, so its value is biased upwards (the winner's curse); the new seeds 
 The rule, fixed here once:
 
 1. Each configuration's score is the mean over its seeds of the ranked metric's last value (the value
-   the search ranks on, `dynconv.tune.ranking`), with a 95 % Student-t interval (`stats.mean_interval`).
+   the search ranks on, `dynconv.spec.ranking`), with a 95 % Student-t interval (`stats.mean_interval`).
 2. The best mean (in the study's mode) is compared with the runner-up's by Welch's t-test on the
    per-seed values (unequal variances; effect size Hedges' g, positive when the best is better).
 3. p < alpha: the best mean is the champion, registered as `@champion`.

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from typing import Any
 from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.metrics import WORST_SUBSET_METRIC, metric_bounds
-from dynconv.tracking.find import TrialInfo, get_run, search_runs
+from dynconv.spec.ranking import Ranking
+from dynconv.tracking.find import TrialInfo, get_run, list_trials, search_runs
 from dynconv.tracking.layout import (
     CONFIRMATION_ARTIFACT,
     TAG_CHAMPION_RUN,
@@ -52,7 +54,8 @@ from dynconv.tracking.layout import (
     set_tags,
 )
 from dynconv.tune.champion import Configuration, SeedRun, Verdict, decide
-from dynconv.tune.ranking import Ranking
+from dynconv.tune.study_evaluation import ranked_runs
+from dynconv.tune.study_result import TrialSummary
 from dynconv.tune.trial import CONFIRMS, TrialContext
 
 NO_SPEED = {"warmup": 0, "latency_iters": 0, "throughput_iters": 0}  # accuracy only: timing is the eval's
@@ -74,6 +77,7 @@ class ConfirmPhase:
     concurrent: int
     verbose: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    ranked: list[tuple[int, TrialInfo]] = field(default_factory=list)  # `ranked_configurations`
 
     @property
     def tune_name(self) -> str:
@@ -96,13 +100,23 @@ def confirmation_seeds(spec: JobSpec) -> list[int]:
     return [spec.train.seed + i for i in range(1, spec.confirm.seeds + 1)]
 
 
-def chosen_trials(spec: JobSpec, trials: list[TrialInfo]) -> list[tuple[int, TrialInfo]]:
-    """The first `confirm.top_k` trials of the study's ranking, with their ranks; one line when none."""
-    ranked = Ranking.for_spec(spec).rank(trials)
+def ranked_configurations(
+    uri: str, parent_run: Any, spec: JobSpec, trials: Sequence[TrialSummary]
+) -> list[tuple[int, TrialInfo]]:
+    """The configurations a confirmation may retrain: the study's ranked `trials` (its one ranking),
+    best first, each with its rank and trial run; one line when there are none."""
+    ranking = Ranking.for_spec(spec)
+    runs = list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
+    ranked = [(row.rank or 0, run) for row, run in ranked_runs(trials, runs) if run is not None]
     if not ranked:
         ended = ", ".join(sorted({t.status.lower() for t in trials})) or "no trial runs"
         raise DynconvError(f"study {spec.study!r} has no finished trial to confirm (trials: {ended})")
-    return list(enumerate(ranked[: spec.confirm.top_k], start=1))
+    return ranked
+
+
+def chosen_trials(spec: JobSpec, ranked: list[tuple[int, TrialInfo]]) -> list[tuple[int, TrialInfo]]:
+    """The first `confirm.top_k` of the study's `ranked_configurations`."""
+    return ranked[: spec.confirm.top_k]
 
 
 def searched_values(spec: JobSpec, trial: TrialInfo) -> dict[str, Any]:
@@ -212,14 +226,7 @@ def _with_earlier_configurations(
     that `chosen` leaves out (a smaller `top_k`): the verdict covers every seed trained."""
     mine = {t.run_id for _, t in chosen}
     extra = {config for config, _ in _trained(runs)} - mine
-    if not extra:
-        return chosen
-    from dynconv.tune.study_evaluation import list_ranked_trials
-
-    ranking = Ranking.for_spec(phase.spec)
-    trials = list_ranked_trials(phase.uri, get_run(phase.uri, phase.parent_run_id), ranking)
-    ranked = enumerate(ranking.rank(trials), start=1)
-    return chosen + [(rank, t) for rank, t in ranked if t.run_id in extra]
+    return chosen + [(rank, t) for rank, t in phase.ranked if t.run_id in extra]
 
 
 def _verdict_runs(
@@ -290,7 +297,7 @@ def _fit(phase: ConfirmPhase, points: list[dict[str, Any]]) -> Any:
             run_tags={TAG_CONFIRMATION: phase.tune_name},
         )
         keys = [*spec.search.space, "seed"]
-        console = ConsoleReporter(spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, keys)
+        console = ConsoleReporter.for_spec(spec, keys, phase.verbose)
         search = BasicVariantGenerator(points_to_evaluate=points)
         # the keys the points fill in; no scheduler: every seed trains all its epochs
         new = NewPhase(dict.fromkeys(points[0]), search, None, len(points), recorder, console)

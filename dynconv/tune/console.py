@@ -19,7 +19,7 @@ from typing import Any
 
 from dynconv.errors import disk_fault, one_line
 from dynconv.spec import JobSpec
-from dynconv.tune.ranking import Ranking
+from dynconv.spec.ranking import Ranking
 
 # Tune logs a trial's traceback when it fails; the ConsoleReporter prints one line + the error file instead.
 _TUNE_DUPLICATES = ("Trial task failed for trial", "Trials did not complete")

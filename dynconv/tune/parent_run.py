@@ -1,7 +1,8 @@
 """The study's MLflow parent run: open a new one (named, tagged with its Tune path and, warm-started, the
 earlier study run that seeded its search; spec.yaml logged) or
-find the one `--resume` continues, refusing a spec that changed since the study started; at the end,
-record its best trial (`record_best_trial`).
+find the one `--resume` continues, refusing a spec that changed since the study started; once the trials
+are ranked, record the ranking (`record_trial_table`, read back by `recorded_trials`) and the best trial
+(`record_best_trial`).
 
 Used by the study driver (`dynconv.tune.study`) before Ray starts and after the fit. Talks to MLflow
 only through `dynconv.tracking`; must not import Ray, Optuna or `mlflow`.
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dynconv.errors import DynconvError
+from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.checks import spec_diff
-from dynconv.tracking.artifacts import read_yaml
+from dynconv.spec.ranking import Ranking
+from dynconv.tracking.artifacts import read_csv, read_yaml
 from dynconv.tracking.find import one_study_run
 from dynconv.tracking.layout import (
     SPEC_ARTIFACT,
@@ -32,17 +34,19 @@ from dynconv.tracking.layout import (
     TAG_RUN_NAME,
     TAG_STUDY,
     TAG_TUNE_PATH,
+    TRIAL_TABLE_ARTIFACT,
     close_failed,
     find_runs,
     log_artifact,
+    log_csv,
     log_metrics,
     set_tags,
     start_study_run,
 )
 from dynconv.tracking.store import client, masked
-from dynconv.tune.ranking import Ranking
 from dynconv.tune.search import describe_space
 from dynconv.tune.study_lock import is_held
+from dynconv.tune.study_result import TrialSummary, table_rows, trials_from_rows
 
 if TYPE_CHECKING:
     from dynconv.tune.warm_start import WarmStart
@@ -156,3 +160,39 @@ def record_best_trial(uri: str, parent: str, best: Any, ranking: Ranking) -> Non
         parent,
         {TAG_BEST_TRIAL: best.trial_id, TAG_BEST_RUN: best.run_id, TAG_RANKED_ON: ranking.describe()},
     )
+
+
+def record_trial_table(uri: str, parent: str, trials: list[TrialSummary], spec: JobSpec) -> None:
+    """Record the study's one ranking on its run: every trial with its rank, as `trials.csv` (what
+    `dynconv trials`, `evaluate STUDY`, `confirm STUDY`, `rerun STUDY` and the report read)."""
+    log_csv(uri, parent, table_rows(trials, spec), TRIAL_TABLE_ARTIFACT)
+
+
+def recorded_trials(uri: str, parent_run: Any, spec: JobSpec) -> list[TrialSummary]:
+    """The study's trials with the ranks its driver gave them (`record_trial_table`); one line when the
+    study run holds no ranking (its driver ended before ranking the trials: `--resume` finishes it)."""
+    try:
+        rows = read_csv(uri, parent_run.info.run_id, TRIAL_TABLE_ARTIFACT)
+    except DynconvError as err:
+        raise DynconvError(
+            f"study {spec.study!r} (run {parent_run.info.run_id}) recorded no ranking of its trials: its "
+            f"driver ended before ranking them; finish it with: dynconv tune SPEC --resume ({one_line(err)})"
+        ) from None
+    return trials_from_rows(rows, spec)
+
+
+def trial_table(uri: str, study: str, top: int | None = None) -> str:
+    """`dynconv trials STUDY`: the study's trial table as its driver ranked it (every trial, or the
+    first `top`), under one line naming the study run and what it was ranked on."""
+    from dynconv.tracking.artifacts import load_study_spec
+    from dynconv.tracking.find import describe_run, find_study_run
+    from dynconv.tune.study_result import StudyResult, format_summary
+
+    parent = find_study_run(uri, study)
+    spec = load_study_spec(uri, parent)
+    trials = recorded_trials(uri, parent, spec)
+    info = parent.info
+    result = StudyResult(spec.study, "", info.run_id, info.experiment_id, uri, "", False, trials)
+    head = f"Study {spec.study!r}, run {describe_run(parent)}: {len(trials)} trials ({result.outcomes()})"
+    ranked = f"ranked on {Ranking.for_spec(spec).describe()}"
+    return f"{head}, {ranked}\n{format_summary(result, spec, limit=top)}"

@@ -1,26 +1,12 @@
 """The study's MLflow record of its trials, written by the study driver alone, from Tune's events.
 
-`TrialRecorder` is a Tune callback, as Ray's own `MLflowLoggerCallback` is: trial actors and Ray Train
-workers only report to Tune, and this callback, in the driver,
-
-- creates a trial's child run when the trial starts (its params, the model's FLOPs and parameters),
-- logs each reported result at step = epoch,
-- logs the final checkpoint and closes the run with the trial's outcome: FINISHED when it ran all its
-  epochs (`dynconv.outcome=finished`) or when the scheduler stopped it early (`stopped_early`: ASHA
-  stopping a trial is the search working, not a failure), FAILED when it failed for good (`failed`; with
-  the line in `dynconv.error` when one of dynconv's own errors ended it without a retry)
-  or its loss stopped being finite (`diverged`), KILLED when the study was interrupted
-  (`interrupted`) or when it belongs to no trial of the resumed study (`orphaned`).
-
-Writes go through a `QueuedWriter`: Tune's event loop never waits for MLflow, and a write that meets
-an unreachable store waits in memory until the store answers. At the end of the study the recorder
-waits for its queue (bounded) and prints what MLflow is still missing.
-
-After the driver was killed, `--resume` restores this callback with the Tuner, and the first loop step
-reconciles MLflow with what Tune persisted: runs of the trials Tune knows are adopted (with the
-epochs they hold), runs of trials Tune lost (created after its last state save, and re-suggested under
-a new id) are closed KILLED as orphaned, runs Tune knows as ended are closed, and epochs a run is
-missing are filled in from the `history` of the trial's next checkpoint (`dynconv.train.loop`).
+`TrialRecorder` is a Tune callback (as Ray's own `MLflowLoggerCallback` is; trials only report to
+Tune): it creates a trial's child run when the trial starts, logs each result at step = epoch, logs the
+final checkpoint and closes the run with the trial's outcome (`dynconv.outcome`: finished,
+stopped_early, failed, diverged, interrupted, orphaned, incomplete). Writes go through a
+`QueuedWriter`, so Tune's loop never waits for MLflow; a permanent fault of the store stops the study
+(`stopper`). After a killed driver, `--resume` restores the callback and its first step reconciles
+MLflow with what Tune persisted (adopts, closes or fills in runs from the checkpoint's `history`).
 """
 
 from __future__ import annotations

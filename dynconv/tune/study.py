@@ -23,6 +23,7 @@ from dynconv.errors import DiskFull, DynconvError, Fault, disk_fault, one_line, 
 from dynconv.spec import JobSpec
 from dynconv.spec.data import prepare_for_spec
 from dynconv.spec.metrics import ended_by_fault
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.faults import StoreWatch
 from dynconv.tracking.find import incomplete_trials, trial_run_ids
 from dynconv.tracking.layout import (
@@ -46,11 +47,11 @@ from dynconv.tune.console import (
 from dynconv.tune.parent_run import (
     open_parent_run,
     record_best_trial,
+    record_trial_table,
     resume_run,
     settle_dead_study,
 )
 from dynconv.tune.phase import NewPhase, fit_phase, phase_tuner
-from dynconv.tune.ranking import Ranking
 from dynconv.tune.ray_address import check_ray_address
 from dynconv.tune.resources import (
     check_resources_fit,
@@ -64,7 +65,7 @@ from dynconv.tune.search import (
     param_space,
 )
 from dynconv.tune.study_lock import study_lock
-from dynconv.tune.study_result import StudyResult, format_summary, summarise_trials
+from dynconv.tune.study_result import StudyResult, end_table_limit, format_summary, summarise_trials
 from dynconv.tune.trial import TrialContext
 from dynconv.tune.warm_start import WarmStart, load_warm_start
 
@@ -261,8 +262,8 @@ def confirm_study(
     from dynconv.tracking.artifacts import load_study_spec
     from dynconv.tracking.find import find_study_run
     from dynconv.tracking.layout import TAG_TUNE_PATH
-    from dynconv.tune.confirm import chosen_trials
-    from dynconv.tune.study_evaluation import list_ranked_trials
+    from dynconv.tune.confirm import ranked_configurations
+    from dynconv.tune.parent_run import recorded_trials
     from dynconv.tune.summary import append_confirmation_note
 
     set_library_environment(verbose)
@@ -279,7 +280,8 @@ def confirm_study(
     confirm = data["confirm"]
     confirm.update(enabled=True, top_k=top_k or confirm["top_k"], seeds=seeds or confirm["seeds"])
     spec = parse_spec(data, source=f"study run {parent.info.run_id}")
-    chosen_trials(spec, list_ranked_trials(uri, parent, Ranking.for_spec(spec)))  # one line before Ray
+    trials = recorded_trials(uri, parent, spec)
+    ranked_configurations(uri, parent, spec, trials)  # none: one line before Ray starts
     quiet_libraries(verbose)
     with study_lock(spec.storage_uri(), spec.study):
         tune_path = parent.data.tags.get(TAG_TUNE_PATH) or str(Path(spec.storage_uri()) / spec.study)
@@ -295,7 +297,7 @@ def confirm_study(
             {},
         )
         concurrent = _start_ray(run, address, verbose, gpu_resource)
-        outcome = _confirm(run, _trial_context(run, "PACK", -1, gpu_resource), concurrent, verbose)
+        outcome = _confirm(run, _trial_context(run, "PACK", -1, gpu_resource), concurrent, verbose, trials)
     if outcome.interrupted:
         again = f"dynconv confirm {study} --top-k {spec.confirm.top_k} --seeds {spec.confirm.seeds}"
         print(f"\nConfirmation interrupted. Continue it with: {again}", file=sys.stderr)
@@ -422,7 +424,8 @@ def _collect_results(run: _StudyRun, grid: Any) -> StudyResult:
         trials=trials,
         timings=run.timings,
     )
-    print("\n" + format_summary(result, run.spec))
+    record_trial_table(run.uri, run.parent, trials, run.spec)
+    print("\n" + format_summary(result, run.spec, limit=end_table_limit(len(trials))))
     return result
 
 
@@ -463,7 +466,7 @@ def _finish_study(
         evaluations = _evaluate(run, result, context, missing)
     if spec.confirm.enabled and best is not None:
         try:
-            result.confirmation = confirm()
+            result.confirmation = confirm(result.trials)
         except DynconvError as err:  # the search and its record stand; `dynconv confirm` retries later
             if isinstance(err, Fault) and not err.transient:
                 raise  # but the world under the study failed for good: it stops on that
@@ -504,16 +507,14 @@ def _evaluate(run: _StudyRun, result: StudyResult, context: TrialContext, missin
     return evaluations
 
 
-def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bool):
-    """The confirmation phase of this study (`dynconv.tune.confirm`), on the same Ray and resources."""
+def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bool, trials: list):
+    """The confirmation phase of this study (`dynconv.tune.confirm`), on the same Ray and resources, of
+    the best of its ranked `trials` (`TrialSummary`s)."""
     from dynconv.tracking.find import get_run
-    from dynconv.tune.confirm import ConfirmPhase, chosen_trials, run_confirmation
-    from dynconv.tune.ranking import Ranking
-    from dynconv.tune.study_evaluation import list_ranked_trials
+    from dynconv.tune.confirm import ConfirmPhase, chosen_trials, ranked_configurations, run_confirmation
 
     spec = run.spec
-    parent = get_run(run.uri, run.parent)
-    trials = list_ranked_trials(run.uri, parent, Ranking.for_spec(spec))
+    ranked = ranked_configurations(run.uri, get_run(run.uri, run.parent), spec, trials)
     phase = ConfirmPhase(
         spec,
         run.uri,
@@ -525,8 +526,9 @@ def _confirm(run: _StudyRun, context: TrialContext, concurrent: int, verbose: bo
         concurrent,
         verbose,
         run.timings,
+        ranked,
     )
-    return run_confirmation(phase, chosen_trials(spec, trials))
+    return run_confirmation(phase, chosen_trials(spec, ranked))
 
 
 def _record_pareto(result: StudyResult, spec: JobSpec) -> None:

@@ -1,13 +1,11 @@
 """Study-level evaluation: pick a study's trials, load their checkpoints, evaluate, record, print.
 
-Which trials: the study's trial runs ranked by `dynconv.tune.ranking` for the study's spec (read from
-its parent run), the same rule as the console table and the parent's `dynconv.best_*` tags: the last
-logged value of the ranked metric, trials that ran all epochs before ones stopped early, FAILED and
-unscored trials never. The first `top_k` of them that can be evaluated (a `checkpoint/state.pt`
-artifact, a FINISHED or KILLED run) are; a ranked trial passed over is named in one line, and every
-evaluation run carries its trial's TRUE rank in `dynconv.rank`. The checkpoint is the trial's *last*
-epoch (what Tune kept, and what the ranking scores), so its epoch and validation accuracy are printed
-next to the best one.
+Which trials: the first `top_k` of the study's one ranking (the driver's, handed over at the study's
+end, or the one its run recorded, `dynconv.tune.parent_run.recorded_trials`) that can be evaluated (a
+`checkpoint/state.pt` artifact, a FINISHED or KILLED run); a ranked trial passed over is named in one
+line, and every evaluation run carries its trial's rank in `dynconv.rank`. The checkpoint is the
+trial's *last* epoch (what Tune kept, and what the ranking scores), so its epoch and validation accuracy
+are printed next to the best one.
 
 An evaluation run is FINISHED once its metrics, tables, predictions and plots are all logged; one
 interrupted (Ctrl-C, SIGINT) or broken mid-way is closed KILLED or FAILED before the error propagates.
@@ -21,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from dynconv.errors import DynconvError, one_line
 from dynconv.evaluation.model import EvaluateCheckpoint, in_this_process
 from dynconv.evaluation.results import Evaluation, SpeedConfig
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.spec import resolve_tracking_uri
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.artifacts import load_checkpoint, load_study_spec
 from dynconv.tracking.evaluations import log_study_plots, record_evaluation
 from dynconv.tracking.find import TrialInfo, find_study_run, get_run, list_trials
@@ -43,8 +43,8 @@ from dynconv.tracking.layout import (
     set_tags,
 )
 from dynconv.tracking.store import masked, store_errors
-from dynconv.tune.parent_run import settle_dead_study
-from dynconv.tune.ranking import Ranking
+from dynconv.tune.parent_run import recorded_trials, settle_dead_study
+from dynconv.tune.study_result import TrialSummary
 
 EVALUABLE_STATUSES = ("FINISHED", "KILLED")
 
@@ -54,13 +54,10 @@ class NothingToEvaluate(DynconvError):
     checkpoint). Permanent: evaluating the same study again ends the same way, so nobody is told to."""
 
 
-def list_ranked_trials(uri: str, parent_run, ranking: Ranking) -> list[TrialInfo]:
-    """The study's trial runs, with what `ranking` reads of each (the last values of its metrics)."""
-    return list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
-
-
-def _not_evaluable(trial: TrialInfo) -> str | None:
-    """Why a ranked trial cannot be evaluated (no checkpoint, a run still open), or None."""
+def _not_evaluable(trial: TrialInfo | None) -> str | None:
+    """Why a ranked trial cannot be evaluated (no run, no checkpoint, a run still open), or None."""
+    if trial is None:
+        return "has no MLflow run"
     if not trial.has_checkpoint:
         return f"has no {CHECKPOINT_ARTIFACT} artifact"
     if trial.status not in EVALUABLE_STATUSES:
@@ -68,61 +65,77 @@ def _not_evaluable(trial: TrialInfo) -> str | None:
     return None
 
 
+def ranked_runs(
+    trials: Sequence[TrialSummary], runs: Sequence[TrialInfo]
+) -> list[tuple[TrialSummary, TrialInfo | None]]:
+    """The ranked ones of the study's `trials`, best first, each with its run from `runs` carrying the
+    values it was ranked on (None when the store does not hold it)."""
+    by_run = {r.run_id: r for r in runs}
+    out: list[tuple[TrialSummary, TrialInfo | None]] = []
+    for t in sorted((t for t in trials if t.rank is not None), key=lambda t: t.rank or 0):
+        run = by_run.get(t.run_id or "")
+        out.append((t, run and replace(run, value=t.value, objectives=dict(t.objectives))))
+    return out
+
+
 def select_trials(
-    trials: Sequence[TrialInfo], ranking: Ranking, top_k: int, study: str
+    trials: Sequence[TrialSummary], runs: Sequence[TrialInfo], top_k: int, study: str
 ) -> list[tuple[int, TrialInfo]]:
-    """The first `top_k` trials of `ranking.rank(trials)` that can be evaluated, each with its true rank
-    (1 = the study's best). A ranked trial passed over is named in one printed line, with the rank
-    evaluated in its place; a one-line error when no trial can be evaluated."""
+    """The first `top_k` of the study's ranked `trials` whose run (in `runs`) can be evaluated, each with
+    its rank (1 = the study's best). A ranked trial passed over is named in one printed line, with the
+    rank evaluated in its place; a one-line error when no trial can be evaluated."""
     if top_k < 1:
         raise DynconvError(f"--top-k must be at least 1, got {top_k}")
     chosen: list[tuple[int, TrialInfo]] = []
-    passed: list[tuple[int, TrialInfo, str]] = []
-    for rank, trial in enumerate(ranking.rank(trials), start=1):
+    passed: list[tuple[int, str, str]] = []
+    for row, run in ranked_runs(trials, runs):
         if len(chosen) == top_k:
             break
-        why = _not_evaluable(trial)
-        if why is not None:
-            passed.append((rank, trial, why))
+        rank = row.rank or 0
+        why = _not_evaluable(run)
+        if run is None or why is not None:
+            passed.append((rank, run.name if run else row.trial_id, why or ""))
             continue
-        for p_rank, p_trial, p_why in passed:
-            instead = f"evaluating rank {rank} (trial {trial.name}) instead"
-            print(f"trial {p_trial.name} (rank {p_rank}) {p_why}; {instead}", flush=True)
+        for p_rank, p_name, p_why in passed:
+            instead = f"evaluating rank {rank} (trial {run.name}) instead"
+            print(f"trial {p_name} (rank {p_rank}) {p_why}; {instead}", flush=True)
         passed = []
-        chosen.append((rank, trial))
+        chosen.append((rank, run))
     if not chosen:
+        by_run = {r.run_id: r for r in runs}
         raise NothingToEvaluate(
-            f"study {study!r} has no finished trial with a checkpoint ({_outcomes(trials, ranking)})"
+            f"study {study!r} has no finished trial with a checkpoint ({_outcomes(trials, by_run)})"
         )
-    for p_rank, p_trial, p_why in passed:  # no evaluable trial ranks below these
-        print(f"trial {p_trial.name} (rank {p_rank}) {p_why}; not evaluated", flush=True)
+    for p_rank, p_name, p_why in passed:  # no evaluable trial ranks below these
+        print(f"trial {p_name} (rank {p_rank}) {p_why}; not evaluated", flush=True)
     return chosen
 
 
-def _outcomes(trials: Sequence[TrialInfo], ranking: Ranking) -> str:
-    """How the study's trials ended, counted (for the error when none can be evaluated); a diverged
-    trial (closed FAILED) is counted as diverged."""
+def _outcomes(trials: Sequence[TrialSummary], runs: dict[str, TrialInfo]) -> str:
+    """How the study's trials ended, counted (for the error when none can be evaluated)."""
     counts: dict[str, int] = {}
     for t in trials:
-        ended = "diverged" if t.outcome == "diverged" else t.status.lower()
-        key = ended + ("" if t.has_checkpoint else " without checkpoint")
-        if t.status != "FAILED" and not ranking.rankable(t):
-            key += f" without a {ranking.metric} value"
+        run = runs.get(t.run_id or "")
+        key = t.status.lower() + ("" if run is not None and run.has_checkpoint else " without checkpoint")
         counts[key] = counts.get(key, 0) + 1
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no trial runs at all"
 
 
 def _chosen_trials(
-    trials: list[TrialInfo], ranking: Ranking, top_k: int | None, study: str, only_run_id: str | None
+    trials: Sequence[TrialSummary],
+    runs: Sequence[TrialInfo],
+    top_k: int | None,
+    study: str,
+    only_run_id: str | None,
 ) -> list[tuple[int | None, TrialInfo]]:
     """The trials to evaluate with their ranks: `only_run_id` when given (it must have a checkpoint; no
     rank), else the first `top_k` of the ranking; `top_k=None`: as many as the Pareto set of a
     multi-objective study holds (the Pareto trials rank first), else the best."""
     if only_run_id is None:
         if top_k is None:
-            top_k = max(1, len(ranking.front(trials)))
-        return list(select_trials(trials, ranking, top_k, study))  # list[tuple[int, ...]] widened
-    chosen = [t for t in trials if t.run_id == only_run_id]
+            top_k = max(1, sum(t.pareto for t in trials))
+        return list(select_trials(trials, runs, top_k, study))  # list[tuple[int, ...]] widened
+    chosen = [t for t in runs if t.run_id == only_run_id]
     if not chosen or not chosen[0].has_checkpoint:
         raise DynconvError(f"trial run {only_run_id} has no {CHECKPOINT_ARTIFACT} artifact")
     return [(None, chosen[0])]
@@ -157,11 +170,13 @@ def evaluate_trials(
     only_run_id: str | None = None,
     data=None,
     evaluate: EvaluateCheckpoint | None = None,
+    trials: Sequence[TrialSummary] | None = None,
 ) -> list[tuple[str, Evaluation]]:
     """Evaluate the study's best trial(s) by its ranking, logging one child run each (FINISHED once
     complete); returns [(run id, Evaluation)].
 
-    `top_k=None`: the whole Pareto set of a multi-objective study (`dynconv.tune.ranking`), else the best.
+    `trials`: the study's trials as its driver ranked them (by default, the ranking the study run
+    recorded). `top_k=None`: the whole Pareto set of a multi-objective study, else the best.
     `evaluate`: where a checkpoint is evaluated (a study's end: on a Ray worker with a trial's
     resources); by default here, on `device` (`dynconv evaluate`).
     """
@@ -172,8 +187,10 @@ def evaluate_trials(
     names = parse_subsets(list(subsets) if subsets is not None else list(SUBSET_NAMES))
     study = parent_run.data.tags.get(TAG_STUDY, spec.study)
     ranking = Ranking.for_spec(spec)
-    trials = list_ranked_trials(uri, parent_run, ranking)
-    chosen = _chosen_trials(trials, ranking, top_k, study, only_run_id)
+    if trials is None and only_run_id is None:
+        trials = recorded_trials(uri, parent_run, spec)
+    runs = list_trials(uri, parent_run, ranking.metric, [m for m, _ in ranking.objectives])
+    chosen = _chosen_trials(trials or [], runs, top_k, study, only_run_id)
     states = [(r, t, load_checkpoint(uri, t.run_id)) for r, t in chosen]  # fail before any work
     if evaluate is None:
         data = data if data is not None else prepare_for_spec(spec, progress=False)
@@ -197,7 +214,8 @@ def evaluate_trials(
         )
         with closed_on_error(uri, run_id):
             if rank is not None and not done:  # the best evaluated trial
-                log_study_plots(uri, run_id, ranking.rank(trials), trials, ranking.metric)
+                ranked = [run for _, run in ranked_runs(trials or [], runs) if run is not None]
+                log_study_plots(uri, run_id, ranked, runs, ranking.metric)
                 set_tags(uri, parent_id, {TAG_EVALUATION_RUN: run_id})
             end_run(uri, run_id, "FINISHED")
         print_evaluation(ev, _header(study, rank, ranking, trial, state, ev, run_id))
@@ -227,6 +245,7 @@ def evaluate_study(
             subsets=spec.evaluate.subsets,
             split=spec.evaluate.split,
             evaluate=evaluate,
+            trials=result.trials,
         )
         return evaluations, None
     except Exception as exc:  # whatever failed, the evaluation is what is missing
@@ -256,7 +275,7 @@ def evaluate_study_cli(
     """`dynconv evaluate STUDY`: STUDY is a study name, a study (parent) run id or a trial run id.
 
     No `top_k`: the best trial, or the whole Pareto set of a multi-objective study; `top_k=N`: the first
-    N of the study's ranking (`dynconv.tune.ranking`, for the spec on its parent run) in either kind.
+    N of the ranking the study recorded, in either kind.
     """
     from dynconv.data.channels import parse_subsets
 

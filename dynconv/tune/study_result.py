@@ -1,9 +1,8 @@
-"""What a study produced: `StudyResult`, with one `TrialSummary` per trial read from Tune's ResultGrid
-(`summarise_trials`: last value of the ranked metric, epochs, outcome, rank by `dynconv.tune.ranking`),
-and `format_summary`, the end-of-study table.
+"""What a study produced: `StudyResult`, with one `TrialSummary` per trial, ranked once from Tune's
+ResultGrid (`summarise_trials`); the trial table that records that ranking on the study run
+(`table_rows`, read back by `trials_from_rows`); and `format_summary`, the printed table.
 
-Plain data and formatting: built by the study driver (`dynconv.tune.study`) and read by the evaluation,
-the study summary and the UI. Reads the grid by attribute; must not import Ray, Optuna, MLflow or
+Plain data and formatting: reads the grid by attribute; imports no Ray, Optuna, MLflow or
 `dynconv.tracking`.
 """
 
@@ -15,12 +14,12 @@ from typing import Any
 
 from dynconv.spec import JobSpec
 from dynconv.spec.metrics import trial_outcome
-from dynconv.tune.ranking import Ranking
+from dynconv.spec.ranking import Ranking
 
 
 @dataclass
 class TrialSummary:
-    """One row of the end-of-study table; ranked by `dynconv.tune.ranking` (it is a `RankedTrial`)."""
+    """One row of the end-of-study table; ranked by `dynconv.spec.ranking` (it is a `RankedTrial`)."""
 
     trial_id: str
     params: dict[str, Any]
@@ -125,19 +124,95 @@ def _last_values(df: Any, names: list[str]) -> dict[str, float | None]:
     return out
 
 
-def format_summary(result: StudyResult, spec: JobSpec) -> str:
-    """The end-of-study table, best trial first (`result.ranked`; unranked trials last, by id): trial,
-    searched values, last value of the ranked metric (of each objective, with a Pareto mark, in a
-    multi-objective study), epochs, outcome, MLflow run."""
+def table_rows(trials: list[TrialSummary], spec: JobSpec) -> list[dict[str, Any]]:
+    """The trials as the rows of the study's recorded trial table, ranked ones first in rank order:
+    rank (empty: not ranked), trial id, the searched values, the last value of the ranked metric (of
+    each objective, and the Pareto mark, in a multi-objective study), epochs, outcome, MLflow run id."""
+    ranking = Ranking.for_spec(spec)
+    metrics = [m for m, _ in ranking.objectives] or [ranking.metric]
+    rows = []
+    for t in _in_table_order(trials):
+        values = {m: t.value for m in metrics} if not ranking.objectives else dict(t.objectives)
+        row: dict[str, Any] = {"rank": t.rank if t.rank is not None else "", "trial_id": t.trial_id}
+        row |= {k: t.params.get(k) for k in spec.search.space}
+        row |= {m: "" if values.get(m) is None else values[m] for m in metrics}
+        if ranking.objectives:
+            row["pareto"] = int(t.pareto)
+        row |= {"epochs": t.epochs, "outcome": t.status, "run_id": t.run_id or ""}
+        rows.append(row)
+    return rows
+
+
+def trials_from_rows(rows: list[dict[str, str]], spec: JobSpec) -> list[TrialSummary]:
+    """The study's trials, with the ranks it recorded, from its trial table's rows (CSV text)."""
+    ranking = Ranking.for_spec(spec)
+    trials = []
+    for row in rows:
+        objectives = {m: _number(row.get(m)) for m, _ in ranking.objectives}
+        trials.append(
+            TrialSummary(
+                trial_id=row["trial_id"],
+                params={k: _typed(row.get(k)) for k in spec.search.space},
+                value=_number(row.get(ranking.metric)),
+                epochs=int(row.get("epochs") or 0),
+                status=row["outcome"],
+                run_id=row.get("run_id") or None,
+                objectives=objectives,
+                pareto=row.get("pareto") == "1",
+                rank=int(row["rank"]) if row.get("rank") else None,
+            )
+        )
+    return trials
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+def _typed(text: str | None) -> Any:
+    """A searched value read back from CSV text: a number when it is one (a choice may be text)."""
+    if text in (None, ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _in_table_order(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """Ranked trials by rank, then the unranked ones by trial id."""
+    ranked = sorted((t for t in trials if t.rank is not None), key=lambda t: t.rank or 0)
+    return ranked + sorted((t for t in trials if t.rank is None), key=lambda t: t.trial_id)
+
+
+FULL_TABLE_TRIALS = 40  # a table of this many rows still fits a screen
+SHORT_TABLE_TRIALS = 10
+
+
+def end_table_limit(trials: int) -> int | None:
+    """How many rows the end-of-study table of `trials` trials prints: all of them while they fit a
+    screen, else the first `SHORT_TABLE_TRIALS` (the whole table is the study run's `trials.csv`, and
+    `dynconv trials STUDY` prints it)."""
+    return None if trials <= FULL_TABLE_TRIALS else SHORT_TABLE_TRIALS
+
+
+def format_summary(result: StudyResult, spec: JobSpec, limit: int | None = None) -> str:
+    """The trial table, best trial first (unranked trials last, by id): trial, searched values, last
+    value of the ranked metric (of each objective, with a Pareto mark, in a multi-objective study),
+    epochs, outcome, MLflow run. `limit`: at most that many rows, then the counts per outcome and where
+    the whole table is."""
     ranking = Ranking.for_spec(spec)
     keys = list(spec.search.space)
     objectives = [m for m, _ in ranking.objectives]  # multi-objective: last values and a Pareto mark
     ranked = [f"last {ranking.metric}"] if not objectives else []
     extra = [*(f"last {m}" for m in objectives), "pareto"] if objectives else []
     head = ["trial", *keys, *ranked, *extra, "epochs", "outcome", "mlflow run"]
-    order = result.ranked
-    seen = {id(t) for t in order}
-    order += sorted((t for t in result.trials if id(t) not in seen), key=lambda t: t.trial_id)
+    order = _in_table_order(result.trials)
+    cut = limit is not None and len(order) > limit
+    if cut:
+        order = order[:limit]
     body = []
     for t in order:
         vals = [
@@ -152,6 +227,11 @@ def format_summary(result: StudyResult, spec: JobSpec) -> str:
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if cut:
+        lines.append(
+            f"... the first {limit} of {len(result.trials)} trials ({result.outcomes()}); all of them: "
+            f"dynconv trials {result.study} (or the study run's trials.csv)"
+        )
     return "\n".join(lines)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from dynconv.errors import one_line
 from dynconv.spec import JobSpec
+from dynconv.spec.ranking import Ranking
 from dynconv.tracking.layout import TAG_FAILURE, log_artifact, log_metrics, set_tags
 from dynconv.tracking.store import client, masked, store_errors
-from dynconv.tune.ranking import Ranking
 
 NOTE_TAG = "mlflow.note.content"
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -104,7 +104,7 @@ def importances(spec: JobSpec, result: Any) -> dict[str, float] | None:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     ranking = Ranking.for_spec(spec)
-    scored = ranking.rank(result.trials)
+    scored = result.ranked
     if len(scored) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
     dists = {

@@ -1,34 +1,17 @@
 """`dynconv tune SPEC --warm-start STUDY`: an earlier study's trials, read back from MLflow, seed this
-study's Optuna search.
+study's Optuna search (as `OptunaSearch(points_to_evaluate=..., evaluated_rewards=...)`: COMPLETE trials
+before its first suggestion, none run again).
 
-They reach Optuna through Ray's own mechanism (`OptunaSearch(points_to_evaluate=..., evaluated_rewards=
-...)`, see `dynconv.tune.search.build_searcher`): Optuna holds them as COMPLETE trials, with their
-parameters and values, before its first suggestion, and Tune runs none of them again.
-
-Which trials seed the search, and with which value, is the study's own ranking
-(`dynconv.tune.ranking.Ranking.for_spec` of the NEW spec): trials that ran all their epochs (outcome
-`finished`) and are `rankable` (a finite last value of the ranked metric, or of every objective); the
-value is that last value, as OptunaSearch tells Optuna at the end of a trial.
-
-The two searches must be compatible, or the study is refused in one line before anything is created:
-the same ranked metric(s) and mode(s) (a weighted mix: the same weights), the same searched
-parameters (none missing, none extra) and each of the same type. A trial whose value lies outside a
-narrowed range (or is a choice the new space dropped) is skipped and counted, as Optuna itself cannot
-hold it in the new distribution; when no trial is left, the study is refused.
-
-The earlier trials must also have been trained as this study's will be, or their values would seed
-the search as if they measured its configurations: the same model (name and arguments), data (the
-dataset root, or the synthetic set's settings, and the image size: the study run records the spec,
-not the prepared data's fingerprint), epochs and trial scheduler. A difference is refused in one line
-naming each field with both values, unless its group (`model`, `data`, `epochs`, `scheduler`) is
-accepted (`--warm-start-accept`); the new study run then records it (`run_tags`).
-
-The seeded trials consume none of the sampler's random draws, so a sampler seeded as the earlier
-study's was would suggest that study's first configurations again, to the last digit, while fewer
-than `search.tpe_startup_trials` trials are complete. A warm-started search therefore draws from a
-stream of its own: its sampler's seed is derived from `search.seed` and the earlier study run's id
-(`WarmStart.sampler_seed`, numpy's `SeedSequence` with the run id as spawn key: independent streams
-for different keys), which the study run records (`run_params`), so the study stays reproducible.
+Owns three decisions:
+- which trials seed it, with which value: those the NEW spec's ranking would rank among trials that
+  ran all their epochs, with their last value (what OptunaSearch tells Optuna); a value outside a
+  narrowed range or a dropped choice is skipped and counted;
+- whether the two studies are comparable: the same ranked metric(s), mode(s) and weights, and the same
+  searched parameters and types (else refused), trained the same way (model, data, epochs, scheduler:
+  each difference named with both values, unless `--warm-start-accept` accepts its group, which the
+  new study run records);
+- the sampler's seed: from `search.seed` and the earlier run id (numpy's `SeedSequence`), since the
+  seeded trials consume no random draws and the earlier seed would repeat its first suggestions.
 
 Reads MLflow through `dynconv.tracking` only; imports no Ray, Optuna nor `mlflow`.
 """
@@ -46,6 +29,7 @@ import numpy as np
 
 from dynconv.errors import DynconvError
 from dynconv.spec import JobSpec, absolute_path
+from dynconv.spec.ranking import Ranking
 from dynconv.spec.sections import ParamSpec
 from dynconv.tracking.artifacts import load_study_spec
 from dynconv.tracking.find import TrialInfo, find_study_run, list_trials
@@ -56,7 +40,6 @@ from dynconv.tracking.layout import (
     TAG_WARM_START,
     TAG_WARM_START_ACCEPTED,
 )
-from dynconv.tune.ranking import Ranking
 
 NOT_FINISHED = "not finished"  # stopped early, failed, diverged or interrupted: outcome other than `finished`
 ACCEPTABLE = ("model", "data", "epochs", "scheduler")  # what `--warm-start-accept` may let differ

@@ -1,9 +1,9 @@
-"""One ranking of a study's trials, so that every place that names "the best trial" names the same one.
+"""One ranking of a study's trials: the rule that says which trial is the study's best.
 
-The console table, `StudyResult.best`, the parent run's `best_<metric>` metric and `dynconv.best_*` tags,
-the study description, the importances, the end-of-study evaluation, `dynconv evaluate [--top-k]`,
-`dynconv rerun STUDY` and (through the evaluations' `dynconv.rank` tags) `dynconv report` all rank with
-`Ranking.for_spec(spec).rank(trials)`.
+The study driver ranks once, from Tune's results (`dynconv.tune.study_result.summarise_trials`), and
+records the ranking as the study run's trial table; the evaluation, the confirmation, `rerun STUDY`, the
+report and `dynconv trials` read that record instead of ranking MLflow's metric histories again. The
+console's running best and warm start's choice of trials apply the same rule to what they see.
 
 What is ranked: each trial's LAST reported value of the ranked metric (`search.metric`, or `objective`
 for a weighted `{metric: weight}` mix, see `dynconv.spec.metrics`) in `search.mode`. The last value is what
@@ -12,9 +12,9 @@ neither.
 
 The rule:
 
-1. FAILED and DIVERGED trials (a loss that stopped being finite, `dynconv.spec.metrics.diverged`) and
-   trials without a finite value are never ranked (a multi-objective trial needs a finite last value
-   of every objective).
+1. FAILED, DIVERGED (a loss that stopped being finite, `dynconv.spec.metrics.diverged`) and INCOMPLETE
+   trials (their MLflow record lost a write) and trials without a finite value are never ranked (a
+   multi-objective trial needs a finite last value of every objective).
 2. Trials that ran all their epochs come before trials that stopped early (ASHA stopped those for being
    worse at a rung, on a smaller budget).
 3. Within each group, by the ranked value in its mode (`max`: higher first, `min`: lower first).
@@ -25,9 +25,8 @@ objective values: a trial is on the front when no other is at least as good on e
 strictly better on one) come first, then the others; within each of those, rule 2, then the objectives
 compared one after the other, each in its own mode (first objective first: the tie rule), then rule 4.
 
-Pure: imports no Ray, Optuna, MLflow nor `dynconv.tracking`; ranks any object that has the attributes of
-`RankedTrial` (`dynconv.tune.study_result.TrialSummary` from Tune's results, `dynconv.tracking.TrialInfo`
-from MLflow's trial runs).
+Pure (no Ray, Optuna or MLflow): a function of the spec's search section, ranking any object with the
+attributes of `RankedTrial`.
 """
 
 from __future__ import annotations

@@ -138,15 +138,23 @@ import torch
 mlflow.set_tracking_uri(uri)
 model = mlflow.pytorch.load_model(f"models:/{name}@champion")
 info = mlflow.models.get_model_info(f"models:/{name}@champion")
+batches = torch.load(inputs)
 with torch.no_grad():
-    torch.save([model(x, channels=channels) for x, channels in torch.load(inputs)], outputs)
+    logits = [model(x, channels=channels) for x, channels in batches]
+# the pyfunc face: the same batches as numpy pixels, the channels as an inference parameter
+pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+answers = [
+    pyfunc.predict(x.numpy(), params={"channels": ",".join(map(str, channels or range(x.shape[1])))})
+    for x, channels in batches
+]
+torch.save({"logits": logits, "classes": [a["class_index"].tolist() for a in answers]}, outputs)
 import dynconv
 
 print(json.dumps({
     "dynconv": dynconv.__file__,
     "class": f"{type(model).__module__}.{type(model).__qualname__}",
     "metadata": info.metadata,
-    "signature": info.signature.inputs.to_dict(),
+    "signature": info.signature.to_dict(),
 }))
 """
 
@@ -154,7 +162,8 @@ print(json.dumps({
 def test_champion_loads_where_dynconv_is_not_installed(store: dict[str, str], tmp_path: Path) -> None:
     """Logged and registered here; loaded by `mlflow.pytorch.load_model("models:/<name>@champion")` in a
     process that has torch and mlflow but cannot import dynconv, it gives the same logits on 1, 2 and 3
-    channels, and carries the metadata and a signature with a variable channel dimension."""
+    channels, and carries the metadata (with the training size) and the signature of its pyfunc face,
+    which loads there too and answers with the same classes on the same channels."""
     import mlflow
 
     uri, path_before, env_before = store["uri"], list(sys.path), os.environ.get("MLFLOW_TRACKING_URI")
@@ -189,10 +198,13 @@ def test_champion_loads_where_dynconv_is_not_installed(store: dict[str, str], tm
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not report["dynconv"].startswith(str(REPO)) and "/code/dynconv/" in report["dynconv"]
     assert report["class"] == "dynconv.models.served.ServedClassifier"
-    assert report["metadata"] == METADATA
-    assert report["signature"][0]["tensor-spec"]["shape"] == [-1, -1, SIZE, SIZE]
-    for got, want in zip(torch.load(tmp_path / "outputs.pt"), expected, strict=True):
+    assert report["metadata"] == {**METADATA, "image_size": SIZE}
+    params = {p["name"]: p["default"] for p in json.loads(report["signature"]["params"])}
+    assert params == {"channels": "RGB", "top_k": 5} and report["signature"]["inputs"] is None
+    outputs = torch.load(tmp_path / "outputs.pt")
+    for got, want in zip(outputs["logits"], expected, strict=True):
         torch.testing.assert_close(got, want)
+    assert outputs["classes"] == [want.argmax(dim=1).tolist() for want in expected]
 
 
 def test_served_code_copy_is_closed_under_imports() -> None:
@@ -202,14 +214,20 @@ def test_served_code_copy_is_closed_under_imports() -> None:
         for name in CODE_COPY
         for p in ([PACKAGE / name] if name.endswith(".py") else (PACKAGE / name).rglob("*.py"))
     ]
-    roots = {name.removesuffix(".py") for name in CODE_COPY}
+    modules = {".".join(("dynconv", *p.relative_to(PACKAGE).with_suffix("").parts)) for p in copied}
+    modules = {m.removesuffix(".__init__") for m in modules}
     missing = set()
     for path in copied:
         for node in ast.walk(ast.parse(path.read_text())):
-            modules = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            modules += [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            missing |= {m for m in modules if m.startswith("dynconv.") and m.split(".")[1] not in roots}
+            if isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported = [node.module]
+            else:
+                continue
+            missing |= {m for m in imported if m.split(".")[0] == "dynconv" and m not in modules}
     assert missing == set()
+    assert "dynconv.tracking.served_pyfunc" in modules and "dynconv.data.decode" in modules
 
 
 def test_alias_moves_when_beaten_or_scored_on_another_test_set(store: dict[str, str]) -> None:

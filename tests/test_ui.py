@@ -238,6 +238,10 @@ def test_browser_shows_the_registered_champion_with_its_alias_and_source_run(
     assert "tiny" in model and f"Version {s['champion']}" in model and "@ champion" in model, model[:3000]
     version = page_text(render(f"{base}/versions/{s['champion']}", tmp_path))
     assert "champion" in version and "trial_a" in version, version[:3000]  # its source run, by name
+    # how to serve it, with its `channels` parameter: MLflow 3.17's version page shows a signature's
+    # inputs and outputs but not its params, so the version's description names them
+    assert "Params: channels (string, default 'RGB')" in version, version[:3000]
+    assert "mlflow models serve -m models:/tiny@champion" in version and "Outputs (6)" in version
 
 
 @pytest.mark.skipif(not os.environ.get("DYNCONV_SCREENSHOT"), reason="writes docs/img; run by hand")

@@ -166,6 +166,21 @@ def _cmd_rerun(args: argparse.Namespace) -> None:
     rerun(args.run, epochs=args.epochs, device=args.device, tracking_uri=uri)
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from dynconv.cli.predict import predict_files
+    from dynconv.tracking.store import readable_store
+
+    predict_files(
+        readable_store(args.tracking_uri),
+        args.model,
+        args.paths,
+        channels=args.channels,
+        top_k=args.top_k,
+        out=Path(args.out).expanduser(),
+        batch_size=args.batch_size,
+    )
+
+
 def _masked(line: str) -> str:
     """`line` with the password of any URI in it hidden (MLflow's errors quote the store's URL)."""
     from dynconv.tracking.store import masked
@@ -272,6 +287,21 @@ def _add_tracking_parsers(sub) -> None:
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.set_defaults(func=_cmd_rerun)
+
+    p = sub.add_parser("predict", help="score image files and folders with a registered model into a CSV")
+    p.add_argument("model", type=arg.non_empty, help="models:/NAME@ALIAS, models:/NAME/VERSION or a run id")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
+    p.add_argument(
+        "--channels",
+        type=arg.non_empty,
+        default="RGB",
+        help="what the model sees: RGB, RG, RB, GB, R, G, B, or slots such as 0,2",
+    )
+    p.add_argument("--top-k", type=arg.int_range(1, 1000), default=5, help="classes listed per image")
+    p.add_argument("--out", default="predictions.csv", help="the CSV written (default predictions.csv)")
+    p.add_argument("--batch-size", type=arg.int_range(1, 4096), default=64)
+    p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
+    p.set_defaults(func=_cmd_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

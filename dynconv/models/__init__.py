@@ -4,9 +4,11 @@ Every model's forward is `forward(x, channels=None)`; `model.dynamic` says wheth
 name a subset (dynamic models) or x must carry all `model.max_in_channels` channels (plain models).
 
 `served.ServedClassifier` wraps a trained model for users outside dynconv ([0, 1] images, any channel
-subset, normalised inside).
+subset, normalised inside); `serving.ServedPredictor` answers a served model's requests (pixels or
+encoded images, each naming its channels).
 
-Models import torch, `dynconv.layers` and `dynconv.errors` only; never Ray, MLflow or data.
+Models import torch, `dynconv.layers` and `dynconv.errors` (serving also the image decoder and channel
+names of `dynconv.data`); never Ray or MLflow.
 """
 
 # Importing the model modules registers their entry points.

@@ -8,8 +8,10 @@ model all three slots with the missing ones zero-filled after normalisation (= t
 
 The statistics are constructor arguments (kept as buffers, so they travel with the weights) rather than
 constants here: they are the data layer's (`dynconv.data.augment`), and a served model's package copy
-holds only `models/`, `layers/` and `errors` (`dynconv.tracking.registry`). Build one from a checkpoint
-with `dynconv.evaluation.model.served_from_checkpoint`.
+holds only what `dynconv.tracking.registry.CODE_COPY` lists. Build one from a checkpoint with
+`dynconv.evaluation.model.served_from_checkpoint`. Requests that name their channels (`"RB"`), encoded
+image files and answers that name classes are `dynconv.models.serving.ServedPredictor`'s, which wraps
+this module for `mlflow.pyfunc` and `mlflow models serve`.
 
 What it cannot take is refused in one line (a ValueError), never guessed at: a channel slot that is
 not an integer (`channels=[0.9]` was truncated to slot 0), and values outside [0, 1] (0-255 floats gave

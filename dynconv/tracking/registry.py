@@ -1,13 +1,15 @@
 """A study's champion in MLflow's Model Registry: the served model logged into a run, its registration
 under the study's name with the `champion` / `candidate` alias, and a registered version read back.
 
-What a registered version is, so a user can load it with torch and mlflow alone
-(`mlflow.pytorch.load_model("models:/<name>@champion")`, see docs/registry.md): a
-`dynconv.models.served.ServedClassifier` pickled by `mlflow.pytorch` with the part of dynconv it
-unpickles with (`__init__`, `errors`, `layers/`, `models/`) as its `code_paths`, a signature whose
-channel dimension is variable, and the caller's metadata (channel slots, normalisation, per-subset
-accuracies, study, test set). Pickle, not MLflow's default `pt2` export: an exported graph is traced for
-one channel count and takes no `channels=` argument.
+What a registered version is, so a user can load it with torch and mlflow alone (see
+docs/registry.md): a `dynconv.models.served.ServedClassifier` pickled by `mlflow.pytorch` with the part of
+dynconv it loads with (`CODE_COPY`) as its `code_paths`, and the caller's metadata (channel slots,
+normalisation, per-subset accuracies, study, test set, class names) with the training image size. Two
+faces: `mlflow.pytorch.load_model("models:/<name>@champion")` is the torch module (`channels=`), and its
+`python_function` flavor is `dynconv.tracking.served_pyfunc` (`mlflow.pyfunc.load_model`, `mlflow models
+serve`: pixels or encoded images, `params={"channels": "RB"}`, classes named in the answer), whose
+signature it carries. Pickle, not MLflow's default `pt2` export: an exported graph is traced for one
+channel count and takes no `channels=` argument.
 
 Who holds an alias (`register_champion`): the registered model belongs to one study (its
 `dynconv.study` tag) and holds only versions dynconv registered for it; one version per source run (a
@@ -54,8 +56,19 @@ if TYPE_CHECKING:
     from dynconv.models.served import ServedClassifier
 
 PACKAGE = Path(__file__).resolve().parents[1]
-CODE_COPY = ("__init__.py", "errors.py", "layers", "models")
-"""What of `dynconv/` a served model needs to unpickle: the model classes and what they import
+CODE_COPY = (
+    "__init__.py",
+    "errors.py",
+    "layers",
+    "models",
+    "data/__init__.py",
+    "data/channels.py",
+    "data/decode.py",
+    "tracking/__init__.py",
+    "tracking/served_pyfunc.py",
+)
+"""What of `dynconv/` a served model needs to load and answer: the model classes, the request handling
+(`models/serving.py`: subset names, decoding as training did), the pyfunc loader, and what they import
 (`tests/test_registry.py` checks that this is closed under imports)."""
 NO_REGISTRY = frozenset({"ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "NOT_IMPLEMENTED"})
 """MLflow error codes of a store without a model registry: a server that does not serve the registry
@@ -88,15 +101,20 @@ def log_served_model(
     """Log `model` (a CPU copy, in eval mode) into run `run_id` as MLflow model "model", loadable where
     dynconv is not installed; returns its URI (`models:/<model id>`), what `register_champion` takes.
 
-    `metadata` (channel slots, normalisation, accuracies, study, test set: the caller's) is stored in the
-    model's MLmodel file; the input example is one (1, 3, image_size, image_size) image in [0, 1]. A
-    store that fails is one `DynconvError` line.
+    `metadata` (channel slots, normalisation, accuracies, study, test set, `class_names`: the caller's)
+    is stored in the model's MLmodel file with `image_size`, the size the pyfunc face takes pixels at and
+    resizes encoded images to; the input example is one (1, 3, image_size, image_size) image in [0, 1].
+    Class names that do not number the model's classes, or a store that fails, are one `DynconvError`
+    line.
     """
     import mlflow.pytorch
     from mlflow.entities import LoggedModelStatus
 
+    from dynconv.tracking import served_pyfunc
+
     served = copy.deepcopy(model).cpu().eval()
-    example, signature = _example_and_signature(served, image_size)
+    example, num_classes = _example(served, image_size)
+    metadata = _served_metadata(metadata, image_size, num_classes)
     with _store_calls(uri, f"logging the served model into run {run_id}"):
         c = client(uri)
         experiment_id = tracking_retry.call(c.get_run, run_id).info.experiment_id
@@ -109,37 +127,65 @@ def log_served_model(
                 served,
                 str(saved),
                 code_paths=[_package_copy(Path(tmp))],
-                signature=signature,
+                signature=served_pyfunc.signature(),
                 input_example=example,
                 metadata=metadata,
-                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                pip_requirements=_requirements(),
                 serialization_format="pickle",
             )
+            _answer_through_pyfunc_face(saved)
             tracking_retry.call(c.log_model_artifacts, logged.model_id, str(saved))
         tracking_retry.call(c.finalize_logged_model, logged.model_id, LoggedModelStatus.READY)
     return f"models:/{logged.model_id}"
 
 
-def _example_and_signature(served: ServedClassifier, image_size: int):
-    """(input example, signature) of a served model: one RGB image in [0, 1]; input (-1, -1, H, W)
-    float32, as any batch of 1..3 channels goes, output (-1, num_classes) logits."""
-    import numpy as np
+def _requirements() -> list[str]:
+    """What a fresh environment needs to load and serve the model: mlflow's pytorch defaults (torch,
+    cloudpickle; MLflow adds itself) and Pillow, which decodes encoded images."""
+    import mlflow.pytorch
+    import PIL
+
+    return [*mlflow.pytorch.get_default_pip_requirements(), f"pillow=={PIL.__version__}"]
+
+
+def _example(served: ServedClassifier, image_size: int):
+    """(input example, number of classes) of a served model: one RGB image in [0, 1], what both faces
+    take (the torch module as `x`, the pyfunc face as pixels)."""
     import torch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     example = torch.rand((1, 3, image_size, image_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         num_classes = int(served(example).shape[1])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, image_size, image_size))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes))]),
-    )
-    return example.numpy(), signature
+    return example.numpy(), num_classes
+
+
+def _served_metadata(metadata: dict[str, Any], image_size: int, num_classes: int) -> dict[str, Any]:
+    """The caller's metadata with the training `image_size`; its `class_names`, when given, checked to
+    name each of the model's classes once."""
+    names = metadata.get("class_names")
+    if names is not None and (len(names) != num_classes or len(set(map(str, names))) != len(names)):
+        raise DynconvError(
+            f"class_names {list(names)[:5]}... names {len(names)} classes, the model scores {num_classes}: "
+            "give one distinct name per class, in label order"
+        )
+    return {**metadata, "image_size": int(image_size)}
+
+
+def _answer_through_pyfunc_face(saved: Path) -> None:
+    """Point the `python_function` flavor of the model saved at `saved` at `served_pyfunc`, which answers
+    requests naming their channels; the `pytorch` flavor, which `mlflow.pytorch.load_model` reads, stays
+    as `mlflow.pytorch.save_model` wrote it."""
+    from mlflow.models import Model
+
+    from dynconv.tracking.served_pyfunc import LOADER_MODULE
+
+    mlmodel = Model.load(str(saved / "MLmodel"))
+    mlmodel.flavors["python_function"]["loader_module"] = LOADER_MODULE
+    mlmodel.save(str(saved / "MLmodel"))
 
 
 def _package_copy(root: Path) -> str:
-    """`root/dynconv`: a copy of the files of `CODE_COPY`, the package a served model unpickles with."""
+    """`root/dynconv`: a copy of the files of `CODE_COPY`, the package a served model loads with."""
     target = root / "dynconv"
     target.mkdir()
     for name in CODE_COPY:
@@ -147,6 +193,7 @@ def _package_copy(root: Path) -> str:
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     return str(target)
 
@@ -268,8 +315,17 @@ def _version_for_run(c: Any, name: str, model_uri: str, tags: dict[str, str]) ->
     # The logged model's artifact location, not its `models:/<id>` URI: MLflow's sqlite registry
     # resolves that URI through its process-wide tracking URI, not through this client's.
     source = tracking_retry.call(c.get_logged_model, model_id).artifact_location if model_id else model_uri
+    from dynconv.tracking.served_pyfunc import usage
+
+    description = usage(name) if model_id else None
     created = tracking_retry.call(
-        c.create_model_version, name, source, run_id=run_id, tags=tags, model_id=model_id
+        c.create_model_version,
+        name,
+        source,
+        run_id=run_id,
+        tags=tags,
+        description=description,
+        model_id=model_id,
     )
     return str(created.version), False
 
@@ -340,6 +396,33 @@ def study_versions(uri: str, name: str, study: str) -> list[RegisteredVersion]:
 def registered_version(uri: str, model_ref: str) -> RegisteredVersion:
     """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names, with the run it was
     registered from (its `dynconv.source_run_id` tag, else MLflow's run id); one-line errors."""
+    version = _model_version(uri, model_ref)
+    source_run = version.tags.get(TAG_SOURCE_RUN) or version.run_id
+    if not source_run:
+        raise DynconvError(f"{model_ref} (version {version.version}) records no source run")
+    return RegisteredVersion(str(version.version), source_run, dict(version.tags))
+
+
+def download_served_model(uri: str, model_ref: str, dst: Path) -> Path:
+    """The MLflow model of the registered version `model_ref` names (`registered_version`'s forms),
+    downloaded into the folder `dst` through the study's store (`dynconv predict` loads it from there
+    with `served_pyfunc.load_predictor`); one-line errors."""
+    import mlflow.artifacts
+
+    version = _model_version(uri, model_ref)
+    with _store_calls(uri, f"downloading {model_ref} (version {version.version})"):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=version.source, dst_path=str(dst), tracking_uri=uri
+        )
+    if not (Path(local) / "MLmodel").is_file():
+        raise DynconvError(
+            f"{model_ref} (version {version.version}) holds no MLflow model at {version.source}"
+        )
+    return Path(local)
+
+
+def _model_version(uri: str, model_ref: str) -> Any:
+    """MLflow's model version `model_ref` names, or a one-line error saying it names none."""
     match = _MODEL_REF.match(model_ref)
     if match is None:
         raise DynconvError(
@@ -350,19 +433,14 @@ def registered_version(uri: str, model_ref: str) -> RegisteredVersion:
         c = client(uri)
         try:
             if alias is not None:
-                version = tracking_retry.call(c.get_model_version_by_alias, name, alias)
-            else:
-                version = tracking_retry.call(c.get_model_version, name, number)
+                return tracking_retry.call(c.get_model_version_by_alias, name, alias)
+            return tracking_retry.call(c.get_model_version, name, number)
         except store_errors() as exc:
             if getattr(exc, "error_code", None) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise
             raise DynconvError(
                 f"{model_ref}: no such registered model version ({one_line(exc, 200)})"
             ) from None
-    source_run = version.tags.get(TAG_SOURCE_RUN) or version.run_id
-    if not source_run:
-        raise DynconvError(f"{model_ref} (version {version.version}) records no source run")
-    return RegisteredVersion(str(version.version), source_run, dict(version.tags))
 
 
 @contextlib.contextmanager

@@ -448,7 +448,8 @@ def register(phase: ConfirmPhase, verdict: Verdict) -> str:
     from dynconv.tune.registration import register_champion_run
 
     try:
-        line = register_champion_run(phase.uri, phase.spec, verdict)
+        names = phase.data.class_names if phase.data is not None else None
+        line = register_champion_run(phase.uri, phase.spec, verdict, names)
     except DynconvError as err:
         line = f"registry: not registered: {one_line(err)}"
         set_tags(phase.uri, phase.parent_run_id, {TAG_REGISTRY_ERROR: str(err)[:5000]})

@@ -20,8 +20,10 @@ from dynconv.tracking.registry import log_served_model, register_champion, serve
 from dynconv.tune.champion import Verdict
 
 
-def model_metadata(spec: JobSpec, verdict: Verdict, test_set: str) -> dict[str, Any]:
-    """What a user of the registered model needs to feed it and to know how good it is."""
+def model_metadata(
+    spec: JobSpec, verdict: Verdict, test_set: str, class_names: list[str] | None = None
+) -> dict[str, Any]:
+    """What a user of the registered model needs to feed it, read its answers and know how good it is."""
     c = verdict.champion
     score = c.score()
     return {
@@ -39,17 +41,21 @@ def model_metadata(spec: JobSpec, verdict: Verdict, test_set: str) -> dict[str, 
         "confirmed_test_accuracy": {s: c.test(s)._asdict() for s in c.subsets()},  # over the seeds
         "test_set": test_set,
         "verdict": verdict.one_line(),
+        **({"class_names": list(class_names)} if class_names else {}),
     }
 
 
-def register_champion_run(uri: str, spec: JobSpec, verdict: Verdict) -> str:
-    """Log and register the champion; its one line (the version, the alias and whether it moved)."""
+def register_champion_run(
+    uri: str, spec: JobSpec, verdict: Verdict, class_names: list[str] | None = None
+) -> str:
+    """Log and register the champion (its answers naming `class_names`, the dataset's classes); its
+    one line (the version, the alias and whether it moved)."""
     run_id = verdict.champion.representative().run_id
     test_set = get_run(uri, run_id).data.tags.get(TAG_TEST_SET, "")
     model_uri = served_model_of_run(uri, run_id)
     if model_uri is None:
         served = served_from_checkpoint(load_checkpoint(uri, run_id), run_id)
-        metadata = model_metadata(spec, verdict, test_set)
+        metadata = model_metadata(spec, verdict, test_set, class_names)
         model_uri = log_served_model(uri, run_id, served, image_size=spec.data.image_size, metadata=metadata)
     outcome = register_champion(
         uri,

@@ -11,15 +11,19 @@ script runs) after hooking two private methods of Ray Tune's `TuneController` (R
 trial, when Tune schedules the trial's actor ("Tune starts the trial") and when that actor is up. The
 hooks only append a line to a file; the CLI runs unchanged.
 
-Phases of the wall-clock come from the study's own timings, which `run_study` logs as metrics of the
-study's MLflow parent run: data preparation (synthetic set written + decode-once cache), Ray start-up,
-the Tune phase (trials) and the channel-subset evaluation. The rest is interpreter start, imports, MLflow
-set-up, the summary and shutdown. Trial start-up = from Tune starting the trial to its first training
-step, where the first step's time is the first epoch's MLflow timestamp minus that epoch's duration
-(`epoch_seconds`, measured by the loop from its first step); it splits into: the trial actor starting
-(process, unpickling the trainable: imports), the trial function until its MLflow run exists (MLflow
-import and run creation), and the rest until the first step (Ray Train controller, worker group and
-worker imports when the trial uses a `TorchTrainer`; model, optimizer and data set-up in any case).
+The wall-clock is split in four parts from the driver's own clock (the `--cli` hooks also note when
+`dynconv.tune.study` starts and ends the search and the evaluation): start-up (command start to the
+search's start), search (the Tune phase), evaluation, and summary (everything after: results, the table,
+the study run's description, Ray's shutdown, exit). Finer phases come from the study's own timings, which
+`run_study` logs as metrics of the study's MLflow parent run: data preparation (synthetic set written +
+decode-once cache), Ray start-up, the Tune phase (trials) and the channel-subset evaluation. The rest is
+interpreter start, imports, MLflow set-up, the summary and shutdown. Trial start-up = from Tune starting
+the trial to its first training step, where the first step's time is the first epoch's MLflow timestamp
+minus that epoch's duration (`epoch_seconds`, measured by the loop from its first step); it splits into:
+the trial actor starting (process, unpickling the trainable: imports), the trial function until its
+MLflow run exists (MLflow import and run creation), and the rest until the first step (Ray Train
+controller, worker group and worker imports when the trial uses a `TorchTrainer`; model, optimizer and
+data set-up in any case).
 Run it on a machine where no other Ray is running: like the README command, the study then starts its
 own local Ray (with another one running, `ray.init()` would attach to it).
 
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from common import REPO, docs_section, machine_info, markdown_table, write_docs_section
@@ -46,6 +51,7 @@ SECTION = "Quickstart wall-clock"
 GOAL_SECONDS = 60.0
 GOAL_STARTUP_SECONDS = 5.0
 TRIAL_CLOCK_FILE = "trial_clock.jsonl"
+DRIVER = SimpleNamespace(trial_id="driver")  # the clock's entries of the study driver's own steps
 QUICK_OVERRIDES = [
     "search.num_samples=2",
     "train.epochs=2",
@@ -66,7 +72,7 @@ def cli_with_trial_clock(argv: list[str]) -> int:
     clock = Path(TRIAL_CLOCK_FILE).resolve()
     schedule, started = TuneController._schedule_trial_actor, TuneController._actor_started
 
-    def note(event: str, trial: Any) -> None:
+    def note(event: str, trial: Any) -> None:  # trial: a Tune trial, or DRIVER
         with clock.open("a") as f:
             f.write(json.dumps({"event": event, "trial_id": trial.trial_id, "t": time.time()}) + "\n")
 
@@ -82,18 +88,36 @@ def cli_with_trial_clock(argv: list[str]) -> int:
 
     TuneController._schedule_trial_actor = on_schedule
     TuneController._actor_started = on_started
+    import dynconv.tune.study as study
+
+    def noting(name: str, step: str) -> None:  # the driver's steps: when the search and evaluation ran
+        original = getattr(study, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            note(f"{step}_start", DRIVER)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                note(f"{step}_end", DRIVER)
+
+        setattr(study, name, wrapper)
+
+    noting("_fit_tuner", "search")
+    noting("_evaluate", "evaluate")
     from dynconv.cli import main
 
     return main(argv)
 
 
-def run_cli(spec: Path, workdir: Path, overrides: list[str], log: Path) -> float:
-    """Run `dynconv tune SPEC` (through `--cli`) in `workdir`, tee its output to `log`; wall-clock seconds."""
+def run_cli(spec: Path, workdir: Path, overrides: list[str], log: Path) -> tuple[float, float]:
+    """Run `dynconv tune SPEC` (through `--cli`) in `workdir`, tee its output to `log`; its wall-clock
+    seconds and its start (epoch seconds, the trial clock's time)."""
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)  # the quickstart's default store: ./mlflow.db in the workdir
     args = ["tune", str(spec), *(a for o in overrides for a in ("--set", o))]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--cli", *args]
     print("$ dynconv " + " ".join(args), flush=True)
+    started = time.time()
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -106,7 +130,7 @@ def run_cli(spec: Path, workdir: Path, overrides: list[str], log: Path) -> float
     wall = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"dynconv tune exited with {code}; log: {log}")
-    return wall
+    return wall, started
 
 
 def trial_clock(workdir: Path) -> dict[str, dict[str, float]]:
@@ -167,6 +191,21 @@ def study_phases(tracking_uri: str, clock: dict[str, dict[str, float]]) -> dict[
     return out
 
 
+def driver_split(steps: dict[str, float], started: float, wall: float) -> dict[str, float]:
+    """The command's wall-clock in four: start-up (command start to the search's start: interpreter,
+    imports, data, MLflow, Ray), search (the Tune phase), evaluation, and summary (the rest after the
+    search: results, table, description, MLflow writes, Ray's shutdown, exit)."""
+    search = steps["search_end"] - steps["search_start"]
+    evaluate = steps.get("evaluate_end", 0.0) - steps.get("evaluate_start", 0.0)
+    startup = steps["search_start"] - started
+    return {
+        "split_startup": startup,
+        "split_search": search,
+        "split_evaluation": evaluate,
+        "split_summary": wall - startup - search - evaluate,
+    }
+
+
 def import_seconds() -> float:
     """Wall-clock of a fresh interpreter importing what the study driver imports (warm file cache)."""
     code = f"import time; t = time.perf_counter(); {IMPORTS}; print(time.perf_counter() - t)"
@@ -205,6 +244,21 @@ def tables(results: list[dict[str, Any]]) -> tuple[str, str, list[str]]:
     ]
     n = len(results)
     phase_table = markdown_table(["phase", f"seconds, median [range] of {n} run(s)"], phases)
+    parts = [
+        row(
+            "start-up: command start → search starts (imports, data, MLflow, Ray)",
+            lambda r: r["split_startup"],
+        ),
+        row("search: the Tune phase (4 trials)", lambda r: r["split_search"]),
+        row("evaluation: best trial × channel subsets, recorded", lambda r: r["split_evaluation"]),
+        row("summary: table, study description, MLflow, Ray shutdown, exit", lambda r: r["split_summary"]),
+        ["**total wall-clock**", f"**{median_range([r['wall'] for r in results])}**"],
+    ]
+    phase_table = (
+        markdown_table(["part of the command", f"seconds, median [range] of {n} run(s)"], parts)
+        + "\n\n"
+        + phase_table
+    )
     every = [s for r in results for s in r["trial_starts"]]
     split = [
         ("Tune schedules the trial → trial actor up", "actor"),
@@ -271,9 +325,11 @@ def main() -> None:
         for i in range(repeats):
             workdir = base / f"run{i + 1}"
             workdir.mkdir(parents=True, exist_ok=True)
-            wall = run_cli(spec, workdir, overrides, workdir / "run.log")
-            phases = study_phases(f"sqlite:///{workdir / 'mlflow.db'}", trial_clock(workdir))
+            wall, started = run_cli(spec, workdir, overrides, workdir / "run.log")
+            clock = trial_clock(workdir)
+            phases = study_phases(f"sqlite:///{workdir / 'mlflow.db'}", clock)
             phases["wall"] = wall
+            phases.update(driver_split(clock.get(DRIVER.trial_id, {}), started, wall))
             results.append(phases)
             print(f"run {i + 1}: wall-clock {wall:.1f} s, trial start-ups (s): "
                   + ", ".join(f"{s['startup']:.1f}" for s in phases["trial_starts"]), flush=True)  # fmt: skip

@@ -59,6 +59,12 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote synthetic dataset to {out}")
 
 
+VERBOSE_HELP = (
+    "every trial event on its own line, however many trials (without it, a study beyond a screenful shows "
+    "its progress), and Ray/Tune's own logs and progress tables"
+)
+
+
 class _ClosedStdoutStops(io.TextIOBase):
     """stdout for a study: once its reader goes away (`dynconv tune SPEC | head`), writes go nowhere
     and the study is stopped the way Ctrl-C stops it (SIGINT: Tune saves its state, every run is closed
@@ -83,6 +89,9 @@ class _ClosedStdoutStops(io.TextIOBase):
                 self._stream.flush()
             except BrokenPipeError:
                 self._reader_gone()
+
+    def isatty(self) -> bool:  # the study's console draws its progress bar only on a terminal
+        return not self._closed_reader and self._stream.isatty()
 
     def _reader_gone(self) -> None:
         self._closed_reader = True
@@ -329,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", type=arg.non_empty, default=None, help="Ray address ('auto': a running cluster)"
     )
-    p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument(
         "--resume",
         nargs="?",
@@ -383,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", type=arg.non_empty, default=None, help="Ray address ('auto': a running cluster)"
     )
-    p.add_argument("--verbose", action="store_true", help="also show Ray/Tune's own logs and progress tables")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("--tracking-uri", type=arg.tracking_uri, default=None)
     p.add_argument(CHILD_FLAG, dest="study_process", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_confirm)

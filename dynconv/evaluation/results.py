@@ -30,6 +30,7 @@ class SpeedConfig:
     throughput_batch: int = 256
     throughput_iters: int = 3
     budget_s: float = 10.0  # per measurement; iterations stop early once it is spent
+    subsets: tuple[str, ...] | None = None  # the subsets timed (the others NaN); None: every one evaluated
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Speed of a model on one subset: latency of one image (batch 1, median) and throughput at a large batch.
 
-Forward pass only, input already on the device; each measurement has a time budget (`SpeedConfig`).
+Forward pass only, input already on the device; each measurement has a time budget (`SpeedConfig`),
+and only the subsets `SpeedConfig.subsets` names are timed (a study's `evaluate.speed_subsets`: on a
+CPU, timing all seven subsets of a small model costs more than the evaluation itself).
 Imports torch lazily and `dynconv.evaluation.predict`; never Ray or MLflow.
 """
 
@@ -35,21 +37,31 @@ def _timed_calls(fn, iters: int, budget_s: float) -> list[float]:
     return times
 
 
+def speed_config(evaluate) -> SpeedConfig:
+    """The timing of a study's end-of-study evaluation, from its spec's `evaluate` section
+    (`dynconv.spec.sections.EvaluateSpec`): every evaluated subset, or those `speed_subsets` names."""
+    subsets = evaluate.speed_subsets
+    return SpeedConfig(subsets=None if subsets is None else tuple(subsets))
+
+
 def measure_speed(
     model, images: np.ndarray, subset: str, dynamic: bool, device, speed: SpeedConfig
 ) -> tuple[float, float]:
-    """(latency ms per image at batch 1 (median), images per second at `speed.throughput_batch`).
+    """(latency ms per image at batch 1 (median), images per second at `speed.throughput_batch`); both
+    NaN for a subset `speed.subsets` leaves out.
 
     Each measurement stops early once `speed.budget_s` is spent, so a 7.7-GFLOP model on a CPU costs
     seconds, not minutes; when even the warm-up at the large batch overruns the budget, that one
     (slightly pessimistic) call is the measurement.
     """
+    latency = throughput = float("nan")
+    if speed.subsets is not None and subset not in speed.subsets:
+        return latency, throughput
     import torch
 
     from dynconv.data.augment import normalize
 
     model.eval()
-    latency = throughput = float("nan")
 
     def call(x):
         _sync(device)  # the copy to the device is not part of the timing

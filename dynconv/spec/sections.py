@@ -394,6 +394,11 @@ class EvaluateSpec(StrictModel):
     top_k: int = Field(1, ge=1)
     subsets: list[str] = Field(default_factory=lambda: list(SUBSET_NAMES))
     split: Literal["train", "val", "test"] = "test"
+    speed_subsets: list[str] | None = Field(
+        None,
+        description="the subsets whose latency and throughput are measured (the others show '-'); "
+        "default: every evaluated subset; [] measures none",
+    )
 
     @field_validator("subsets")
     @classmethod
@@ -404,6 +409,17 @@ class EvaluateSpec(StrictModel):
                 f"unknown subset(s) {short_repr(bad or subsets)}; valid: {', '.join(SUBSET_NAMES)}"
             )
         return subsets
+
+    @model_validator(mode="after")
+    def _speed_subsets_evaluated(self) -> EvaluateSpec:
+        """A speed measured on a subset the evaluation skips would never be taken: name it."""
+        missing = [s for s in self.speed_subsets or [] if s not in self.subsets]
+        if missing:
+            raise ValueError(
+                f"speed_subsets {short_repr(missing)} not among the evaluated subsets "
+                f"({', '.join(self.subsets)})"
+            )
+        return self
 
 
 class ConfirmSpec(StrictModel):

@@ -385,9 +385,7 @@ def _build_or_restore_tuner(
     if resume:  # Tune restores its callbacks (the TrialRecorder below) with the rest of its state
         return phase_tuner(spec, context, concurrent, verbose, None)
     run.recorder = TrialRecorder(run.uri, run.experiment_id, run.parent, spec, run.data.num_classes)
-    console = ConsoleReporter(
-        spec.train.epochs, spec.search.tune_metric, spec.search.tune_mode, list(spec.search.space)
-    )
+    console = ConsoleReporter.for_spec(spec, list(spec.search.space), verbose)
     new = NewPhase(
         param_space(spec),
         build_searcher(spec, run.warm),

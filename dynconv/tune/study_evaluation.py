@@ -24,6 +24,7 @@ from dataclasses import replace
 from dynconv.errors import DynconvError, one_line
 from dynconv.evaluation.model import EvaluateCheckpoint, in_this_process
 from dynconv.evaluation.results import Evaluation, SpeedConfig
+from dynconv.evaluation.speed import speed_config
 from dynconv.evaluation.tables import format_number, print_evaluation
 from dynconv.spec import resolve_tracking_uri
 from dynconv.spec.ranking import Ranking
@@ -244,6 +245,7 @@ def evaluate_study(
             top_k=None if spec.search.multi_objective else spec.evaluate.top_k,  # None: the Pareto set
             subsets=spec.evaluate.subsets,
             split=spec.evaluate.split,
+            speed=speed_config(spec.evaluate),
             evaluate=evaluate,
             trials=result.trials,
         )

@@ -200,9 +200,7 @@ def study_e2e(args: argparse.Namespace, device: torch.device, workdir: Path) -> 
             out["status"] += "; no trial result"
             return out
         c = client(result.tracking_uri)
-        hist = sorted(
-            c.get_metric_history(trial.run_id, "train_images_per_second"), key=lambda m: m.step
-        )
+        hist = sorted(c.get_metric_history(trial.run_id, "train_images_per_second"), key=lambda m: m.step)
         out["img_s"] = hist[-1].value if hist else None
         out["val_acc"] = trial.value  # last value of the ranked metric (val_acc here)
         out["trial_status"] = trial.status

@@ -53,6 +53,16 @@ def test_prepare_builds_nchw_uint8_arrays_and_manifest(synth: Path, capsys) -> N
     assert "train" in out and "cache built" in out
 
 
+def test_decoding_off_a_terminal_says_how_far_it_is_in_lines(synth: Path, monkeypatch, capsys) -> None:
+    """A log file or a pipe (capsys: not a terminal) gets periodic lines, never tqdm's carriage returns."""
+    monkeypatch.setattr(cache, "PROGRESS_EVERY_S", 0.0)
+    prepare(synth, size=12, workers=1)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "decode train: 1/9 images" in err and "decode train: 9/9 images" in err, err
+    assert "decode test: 3/3 images" in err
+
+
 def test_cache_is_reused_while_nothing_changes(synth: Path, monkeypatch, capsys) -> None:
     first = prepare(synth, size=12, workers=1, progress=False)
     _no_rebuild(monkeypatch)

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ from dynconv.errors import one_line
 
 __all__ = ["cache_location", "default_cache_dir", "fingerprint", "prepare", "print_summary"]
 
+PROGRESS_EVERY_S = 30.0  # off a terminal, a decoding split says how far it is this often
 _AUTO_IMAGES_PER_WORKER = 256  # with workers=None, small datasets are decoded in-process
 log = logging.getLogger(__name__)
 
@@ -298,12 +300,19 @@ def _build_split(
     skipped: list[str] = []
     digests[split] = []
     tasks = [(str(source.path(e)), size, max_pixels) for e in entries]
+    on_terminal = progress and sys.stderr.isatty()  # a log or a pipe gets lines, never carriage returns
+    said = time.perf_counter()
     with (
         open(out / f"{split}_images.u8", "wb") as f,
-        tqdm(total=len(tasks), desc=f"decode {split}", unit="img", disable=not progress, leave=False) as bar,
+        tqdm(
+            total=len(tasks), desc=f"decode {split}", unit="img", disable=not on_terminal, leave=False
+        ) as bar,
     ):
-        for e, (arr, digest_or_err) in zip(entries, decode(tasks), strict=True):
+        for done, (e, (arr, digest_or_err)) in enumerate(zip(entries, decode(tasks), strict=True), start=1):
             bar.update(1)
+            if progress and not on_terminal and time.perf_counter() - said >= PROGRESS_EVERY_S:
+                print(f"decode {split}: {done}/{len(tasks)} images", file=sys.stderr, flush=True)
+                said = time.perf_counter()
             if arr is None:
                 err = digest_or_err
                 where = source.path(e) if source.layout == "folder" else f"{source.path(e)} ({e.origin})"

@@ -24,8 +24,8 @@ from dynconv.errors import DynconvError, one_line
 from dynconv.spec import JobSpec
 from dynconv.spec.checks import spec_diff
 from dynconv.spec.ranking import Ranking
-from dynconv.tracking.artifacts import read_csv, read_yaml
-from dynconv.tracking.find import one_study_run
+from dynconv.tracking.artifacts import load_study_spec, read_csv, read_yaml
+from dynconv.tracking.find import describe_run, find_study_run, one_study_run
 from dynconv.tracking.layout import (
     SPEC_ARTIFACT,
     TAG_BEST_RUN,
@@ -46,7 +46,13 @@ from dynconv.tracking.layout import (
 from dynconv.tracking.store import client, masked
 from dynconv.tune.search import describe_space
 from dynconv.tune.study_lock import is_held
-from dynconv.tune.study_result import TrialSummary, table_rows, trials_from_rows
+from dynconv.tune.study_result import (
+    StudyResult,
+    TrialSummary,
+    format_summary,
+    table_rows,
+    trials_from_rows,
+)
 
 if TYPE_CHECKING:
     from dynconv.tune.warm_start import WarmStart
@@ -184,10 +190,6 @@ def recorded_trials(uri: str, parent_run: Any, spec: JobSpec) -> list[TrialSumma
 def trial_table(uri: str, study: str, top: int | None = None) -> str:
     """`dynconv trials STUDY`: the study's trial table as its driver ranked it (every trial, or the
     first `top`), under one line naming the study run and what it was ranked on."""
-    from dynconv.tracking.artifacts import load_study_spec
-    from dynconv.tracking.find import describe_run, find_study_run
-    from dynconv.tune.study_result import StudyResult, format_summary
-
     parent = find_study_run(uri, study)
     spec = load_study_spec(uri, parent)
     trials = recorded_trials(uri, parent, spec)
